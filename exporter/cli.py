@@ -1,0 +1,132 @@
+"""The command line: flags in the Prometheus exporter style, `demo`, `--check-config`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from exporter import __version__
+from exporter.config import Config, ConfigError, load_config, single_target_config
+from exporter.logsetup import setup_logging
+
+DEFAULT_PORT = 9832
+EXIT_CONFIG = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pg-connections-exporter",
+        description="Prometheus exporter for PostgreSQL connection saturation.",
+    )
+    parser.add_argument(
+        "command",
+        nargs="?",
+        choices=["run", "demo"],
+        default="run",
+        help="run (default): serve metrics; demo: start a throwaway PostgreSQL "
+        "with a synthetic workload and serve its metrics",
+    )
+    parser.add_argument(
+        "--config.file",
+        dest="config_file",
+        metavar="PATH",
+        help="YAML configuration file (targets, settings, queries)",
+    )
+    parser.add_argument(
+        "--dsn",
+        help="a single target's DSN, when there is no config file (default: $DATA_SOURCE_NAME)",
+    )
+    add_web_flags(parser)
+    parser.add_argument(
+        "--check-config",
+        action="store_true",
+        help="validate the configuration and exit (0 valid, 2 invalid)",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"pg-connections-exporter {__version__}"
+    )
+    return parser
+
+
+def add_web_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--web.listen-address",
+        dest="listen_address",
+        default=f":{DEFAULT_PORT}",
+        metavar="[HOST]:PORT",
+        help=f"address to serve on (default :{DEFAULT_PORT})",
+    )
+    parser.add_argument(
+        "--web.telemetry-path",
+        dest="telemetry_path",
+        default="/metrics",
+        help="path of the metrics endpoint (default /metrics)",
+    )
+    parser.add_argument(
+        "--log.level", dest="log_level", default="info", choices=["debug", "info", "warn", "error"]
+    )
+    parser.add_argument(
+        "--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"]
+    )
+
+
+def parse_listen_address(value: str) -> tuple[str, int]:
+    """`:9832`, `127.0.0.1:9832` or `[::1]:9832` to (host, port); an empty host is every address."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"--web.listen-address {value!r}: expected [HOST]:PORT")
+    return host.strip("[]"), int(port)
+
+
+def resolve_config(args: argparse.Namespace) -> Config:
+    if args.config_file:
+        return load_config(args.config_file)
+    dsn = args.dsn or os.environ.get("DATA_SOURCE_NAME")
+    if dsn:
+        return single_target_config(dsn, "--dsn" if args.dsn else "DATA_SOURCE_NAME")
+    raise ConfigError(["no targets: give --config.file, --dsn or DATA_SOURCE_NAME"])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = "warning" if args.log_level == "warn" else args.log_level
+    setup_logging(level, args.log_format)
+    try:
+        host, port = parse_listen_address(args.listen_address)
+    except ValueError as exc:
+        print(f"pg-connections-exporter: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.command == "demo":
+        from exporter.demo import run_demo
+
+        return run_demo(host, port, args.telemetry_path)
+    try:
+        config = resolve_config(args)
+    except ConfigError as exc:
+        print(
+            f"pg-connections-exporter: invalid configuration ({len(exc.problems)} problem(s)):",
+            file=sys.stderr,
+        )
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.check_config:
+        print(
+            f"{config.source}: valid: {len(config.targets)} target(s), "
+            f"{len(config.queries)} queries"
+        )
+        return 0
+    from exporter.app import Exporter
+
+    try:
+        exporter = Exporter(config, host, port, args.telemetry_path)
+    except OSError as exc:
+        print(
+            f"pg-connections-exporter: cannot listen on {args.listen_address}: {exc.strerror}",
+            file=sys.stderr,
+        )
+        return 1
+    exporter.run()
+    return 0

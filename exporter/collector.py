@@ -1,0 +1,123 @@
+"""The prometheus-client custom collector: one scrape of every target, as metric families.
+
+Follows client_python's custom-collector pattern: `collect()` yields freshly built families on
+each call and keeps no metric objects between scrapes, so a label set that disappears from the
+server disappears from /metrics too.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import platform
+from collections.abc import Iterator, Sequence
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeHistogramMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from exporter import __version__
+from exporter.scrape import Scraper
+from exporter.target import TargetResult
+
+SELF = "pg_connections_exporter"
+
+# The HTTP handler sets this to the time Prometheus allows (X-Prometheus-Scrape-Timeout-Seconds).
+scrape_timeout: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "scrape_timeout", default=None
+)
+
+
+class ExporterCollector(Collector):
+    """Yields every target's metrics plus the exporter's own."""
+
+    def __init__(self, scraper: Scraper) -> None:
+        self.scraper = scraper
+
+    def collect(self) -> Iterator[Metric]:
+        settings = self.scraper.config.settings
+        timeout = scrape_timeout.get()
+        timeout = (
+            settings.scrape_timeout if timeout is None else min(timeout, settings.scrape_timeout)
+        )
+        results = self.scraper.scrape(timeout)
+        yield from target_families(results)
+        yield from self_families(self.scraper, results)
+
+
+def target_families(results: Sequence[TargetResult]) -> Iterator[Metric]:
+    """The query metrics of all targets, one family per metric name."""
+    families: dict[str, Metric] = {}
+    for result in results:
+        base_names = ["target", *result.target.labels]
+        base_values = [result.target.name, *result.target.labels.values()]
+        for outcome in result.queries:
+            for produced in outcome.metrics:
+                spec = produced.spec
+                family = families.get(spec.name)
+                if family is None:
+                    family = _new_family(spec.type, spec.name, spec.help, base_names + spec.labels)
+                    families[spec.name] = family
+                for labels, value in produced.samples:
+                    family.add_metric([*base_values, *labels], value)
+                for h in produced.histograms:
+                    family.add_metric([*base_values, *h.labels], list(h.buckets), h.sum)
+    yield from families.values()
+
+
+def _new_family(kind: str, name: str, doc: str, labels: list[str]) -> Metric:
+    if kind == "counter":
+        return CounterMetricFamily(name, doc, labels=labels)
+    if kind == "gauge_histogram":
+        return GaugeHistogramMetricFamily(name, doc, labels=labels)
+    return GaugeMetricFamily(name, doc, labels=labels)
+
+
+def self_families(scraper: Scraper, results: Sequence[TargetResult]) -> Iterator[Metric]:
+    """pg_up and the exporter's own health."""
+    build = GaugeMetricFamily(
+        f"{SELF}_build_info",
+        "Version of pg-connections-exporter.",
+        labels=["version", "python_version"],
+    )
+    build.add_metric([__version__, platform.python_version()], 1)
+    yield build
+
+    up = GaugeMetricFamily(
+        "pg_up", "1 if the target answered this scrape's queries.", labels=["target"]
+    )
+    duration = GaugeMetricFamily(
+        f"{SELF}_scrape_duration_seconds",
+        "Time this scrape spent on the target.",
+        labels=["target"],
+    )
+    q_duration = GaugeMetricFamily(
+        f"{SELF}_query_duration_seconds",
+        "Time each query took in this scrape (0 when served from cache).",
+        labels=["target", "query"],
+    )
+    q_success = GaugeMetricFamily(
+        f"{SELF}_query_success",
+        "1 if the query ran (or was served from cache) without error.",
+        labels=["target", "query"],
+    )
+    for r in results:
+        up.add_metric([r.target.name], 1 if r.up else 0)
+        duration.add_metric([r.target.name], r.duration)
+        for q in r.queries:
+            q_duration.add_metric([r.target.name, q.name], q.duration)
+            q_success.add_metric([r.target.name, q.name], 0 if q.error else 1)
+    yield from (up, duration, q_duration, q_success)
+
+    errors = CounterMetricFamily(
+        f"{SELF}_query_errors",
+        "Failed query runs, by reason (error, timeout, deadline, connection, invalid_result).",
+        labels=["target", "query", "reason"],
+    )
+    for t in scraper.targets:
+        for (query, reason), n in sorted(t.counters.query_errors.items()):
+            errors.add_metric([t.target.name, query, reason], n)
+    yield errors

@@ -1,0 +1,454 @@
+"""The configuration model: targets, settings and collector queries, validated as one.
+
+Every problem in a file is reported at once, each with the file and the key path, in a single
+`ConfigError`, so an operator fixes a config in one pass instead of one error per restart.
+Built-in queries are loaded through the same model as user queries: one schema, one validator.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import psycopg.conninfo
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+QUERY_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+RESERVED_LABELS = frozenset({"target", "le", "query", "reason"})
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_ENV_REF = re.compile(r"\$(\$|\{([A-Za-z_][A-Za-z0-9_]*)\})")
+
+
+class ConfigError(Exception):
+    """Every problem found in one configuration, each naming where it is."""
+
+    def __init__(self, problems: Iterable[str]):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number or a string such as `500ms`, `5s`, `2m`, `1h`."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 5s, 500ms or 2m")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+    else:
+        raise ValueError(f"expected a duration such as 5s, 500ms or 2m, got {value!r}")
+    if seconds <= 0:
+        raise ValueError("a duration must be greater than zero")
+    return seconds
+
+
+def parse_server_version(value: Any) -> int:
+    """A server_version_num from `160000`, `16`, `9.6` or `15.2`."""
+    if isinstance(value, bool):
+        raise ValueError("expected a PostgreSQL version such as 16, 9.6 or 160000")
+    if isinstance(value, int):
+        return value if value >= 10000 else value * 10000
+    text = str(value).strip()
+    m = re.fullmatch(r"(\d+)(?:\.(\d+))?", text)
+    if not m:
+        raise ValueError(f"expected a PostgreSQL version such as 16, 9.6 or 160000, got {value!r}")
+    major, minor = int(m.group(1)), int(m.group(2) or 0)
+    if major >= 10000:
+        return major
+    if major >= 10:
+        return major * 10000 + minor
+    return major * 10000 + minor * 100
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+ServerVersion = Annotated[int, BeforeValidator(parse_server_version)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MetricSpec(_Strict):
+    """One metric family made from the result set of a query."""
+
+    name: str
+    type: Literal["gauge", "counter", "gauge_histogram"] = "gauge"
+    help: str = Field(min_length=1)
+    labels: list[str] = []
+    value: str
+    aggregate: Literal["sum", "max"] = "sum"
+    match: dict[str, str] = {}
+    max_series: int | None = Field(default=None, ge=1)
+    fold_labels: list[str] | None = None
+    zero_fill: dict[str, list[str]] = {}
+    bucket_column: str | None = None
+    buckets_param: str | None = None
+    sum_column: str | None = None
+    warn: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _metric_name(cls, v: str) -> str:
+        if not METRIC_NAME.match(v):
+            raise ValueError(f"{v!r} is not a valid Prometheus metric name")
+        return v
+
+    @field_validator("labels")
+    @classmethod
+    def _label_names(cls, v: list[str]) -> list[str]:
+        for label in v:
+            if not LABEL_NAME.match(label) or label.startswith("__"):
+                raise ValueError(f"{label!r} is not a valid Prometheus label name")
+            if label in RESERVED_LABELS:
+                raise ValueError(f"label {label!r} is reserved by the exporter")
+        if len(set(v)) != len(v):
+            raise ValueError("labels are listed more than once")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MetricSpec:
+        if self.fold_labels is not None:
+            unknown = set(self.fold_labels) - set(self.labels)
+            if unknown:
+                raise ValueError(f"fold_labels {sorted(unknown)} are not among labels")
+            if self.max_series is None:
+                raise ValueError("fold_labels needs max_series")
+        unknown = set(self.zero_fill) - set(self.labels)
+        if unknown:
+            raise ValueError(f"zero_fill labels {sorted(unknown)} are not among labels")
+        if self.type == "counter" and not self.name.endswith("_total"):
+            raise ValueError(f"counter {self.name!r}: a counter's name ends in _total")
+        if self.type == "gauge_histogram":
+            if not (self.bucket_column and self.buckets_param):
+                raise ValueError("a gauge_histogram needs bucket_column and buckets_param")
+        elif self.bucket_column or self.buckets_param or self.sum_column:
+            raise ValueError(
+                "bucket_column, buckets_param and sum_column belong to gauge_histogram only"
+            )
+        return self
+
+
+class QuerySpec(_Strict):
+    """One SQL statement, run once per scrape (or per cache lifetime), feeding its metrics."""
+
+    name: str
+    help: str = ""
+    sql: str = Field(min_length=1)
+    target_kind: Literal["postgres", "pgbouncer"] = "postgres"
+    min_version: ServerVersion | None = None
+    max_version: ServerVersion | None = None
+    timeout: Duration | None = None
+    cache: Duration | None = None
+    params: dict[str, Any] = {}
+    metrics: list[MetricSpec] = Field(min_length=1)
+
+    @field_validator("name")
+    @classmethod
+    def _query_name(cls, v: str) -> str:
+        if not QUERY_NAME.match(v):
+            raise ValueError("a query name is lower case letters, digits and _")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> QuerySpec:
+        if self.min_version and self.max_version and self.min_version > self.max_version:
+            raise ValueError("min_version is above max_version")
+        names = [m.name for m in self.metrics]
+        if len(set(names)) != len(names):
+            raise ValueError("two metrics of this query share a name")
+        for metric in self.metrics:
+            if metric.buckets_param is not None:
+                bounds = self.params.get(metric.buckets_param)
+                if (
+                    not isinstance(bounds, list)
+                    or not bounds
+                    or not all(isinstance(b, int | float) for b in bounds)
+                    or sorted(bounds) != bounds
+                ):
+                    raise ValueError(
+                        f"metric {metric.name}: params.{metric.buckets_param} must be an "
+                        "ascending list of numbers"
+                    )
+        return self
+
+
+class TargetSpec(_Strict):
+    """A server (or PgBouncer admin console) to scrape."""
+
+    name: str = Field(min_length=1)
+    dsn: str = Field(min_length=1)
+    password_file: Path | None = None
+    labels: dict[str, str] = {}
+    kind: Literal["postgres", "pgbouncer"] = "postgres"
+    connect_timeout: Duration = 5.0
+
+    @field_validator("labels")
+    @classmethod
+    def _label_names(cls, v: dict[str, str]) -> dict[str, str]:
+        for label in v:
+            if not LABEL_NAME.match(label) or label.startswith("__"):
+                raise ValueError(f"{label!r} is not a valid Prometheus label name")
+            if label in RESERVED_LABELS:
+                raise ValueError(f"label {label!r} is reserved by the exporter")
+        return v
+
+    @field_validator("dsn")
+    @classmethod
+    def _dsn(cls, v: str) -> str:
+        try:
+            psycopg.conninfo.conninfo_to_dict(v)
+        except psycopg.ProgrammingError:
+            # The parser's message may quote the DSN, password included: say only what it is.
+            raise ValueError("not a valid libpq connection string or URI") from None
+        return v
+
+
+class Settings(_Strict):
+    """Defaults that apply to every target and query."""
+
+    scrape_timeout: Duration = 10.0
+    query_timeout: Duration = 5.0
+    lock_timeout: Duration = 1.0
+
+
+class CollectorSettings(_Strict):
+    """Which built-in queries run, and their parameters."""
+
+    disable: list[str] = []
+    params: dict[str, dict[str, Any]] = {}
+
+
+class ConfigFile(_Strict):
+    """The top level of a configuration file."""
+
+    targets: list[TargetSpec] = Field(min_length=1)
+    settings: Settings = Settings()
+    collectors: CollectorSettings = CollectorSettings()
+    queries: list[QuerySpec] = []
+
+
+@dataclass(frozen=True)
+class Target:
+    """A target ready to connect: the DSN with its password resolved."""
+
+    name: str
+    conninfo: str = field(repr=False)
+    labels: Mapping[str, str]
+    kind: str
+    connect_timeout: float
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated configuration: what the exporter runs."""
+
+    targets: tuple[Target, ...]
+    settings: Settings
+    queries: tuple[QuerySpec, ...]
+    source: str
+
+
+def expand_env(node: Any, path: str, problems: list[str], source: str) -> Any:
+    """Replace `${VAR}` in every string; `$$` is a literal `$`. Unset variables are problems."""
+    if isinstance(node, dict):
+        return {k: expand_env(v, _join(path, k), problems, source) for k, v in node.items()}
+    if isinstance(node, list):
+        return [expand_env(v, f"{path}[{i}]", problems, source) for i, v in enumerate(node)]
+    if not isinstance(node, str):
+        return node
+
+    def substitute(m: re.Match[str]) -> str:
+        if m.group(1) == "$":
+            return "$"
+        name = m.group(2)
+        if name not in os.environ:
+            problems.append(f"{source}: {path}: environment variable {name} is not set")
+            return ""
+        return os.environ[name]
+
+    return _ENV_REF.sub(substitute, node)
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out = f"{out}[{part}]" if isinstance(part, int) else _join(out, part)
+    return out or "(top level)"
+
+
+def _validation_problems(err: ValidationError, source: str, prefix: str = "") -> list[str]:
+    problems = []
+    for e in err.errors(include_url=False, include_input=False):
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        where = _loc(loc)
+        if prefix:
+            where = prefix if where == "(top level)" else f"{prefix}.{where}"
+        message = e["msg"].removeprefix("Value error, ")
+        problems.append(f"{source}: {where}: {message}")
+    return problems
+
+
+def _read_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(parse)"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{source}: {where}: invalid YAML: {problem}"]) from None
+
+
+def builtin_queries() -> list[QuerySpec]:
+    """The queries shipped in `exporter/queries/*.yaml`, validated by the user schema."""
+    problems: list[str] = []
+    queries: list[QuerySpec] = []
+    for entry in sorted(resources.files("exporter.queries").iterdir(), key=lambda p: p.name):
+        if not entry.name.endswith(".yaml"):
+            continue
+        source = f"built-in {entry.name}"
+        data = _read_yaml(entry.read_text(encoding="utf-8"), source)
+        for i, raw in enumerate((data or {}).get("queries", [])):
+            try:
+                queries.append(QuerySpec.model_validate(raw))
+            except ValidationError as err:
+                problems += _validation_problems(err, source, f"queries[{i}]")
+    if problems:
+        raise ConfigError(problems)
+    return queries
+
+
+def _resolve_targets(spec: ConfigFile, source: str, problems: list[str]) -> list[Target]:
+    targets = []
+    seen: set[str] = set()
+    for i, t in enumerate(spec.targets):
+        where = f"{source}: targets[{i}]"
+        if t.name in seen:
+            problems.append(f"{where}.name: target name {t.name!r} is used twice")
+        seen.add(t.name)
+        conninfo = t.dsn
+        if t.password_file is not None:
+            try:
+                password = t.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as exc:
+                problems.append(
+                    f"{where}.password_file: cannot read {t.password_file}: {exc.strerror}"
+                )
+                continue
+            conninfo = psycopg.conninfo.make_conninfo(conninfo, password=password)
+        targets.append(Target(t.name, conninfo, dict(t.labels), t.kind, t.connect_timeout))
+    return targets
+
+
+def _select_queries(spec: ConfigFile, source: str, problems: list[str]) -> list[QuerySpec]:
+    builtins = {q.name: q for q in builtin_queries()}
+    for i, name in enumerate(spec.collectors.disable):
+        if name not in builtins:
+            problems.append(
+                f"{source}: collectors.disable[{i}]: no built-in query named "
+                f"{name!r} (known: {', '.join(sorted(builtins))})"
+            )
+    selected = []
+    for name, query in builtins.items():
+        if name in spec.collectors.disable:
+            continue
+        overrides = spec.collectors.params.get(name)
+        if overrides:
+            unknown = set(overrides) - set(query.params)
+            for key in sorted(unknown):
+                problems.append(
+                    f"{source}: collectors.params.{name}.{key}: query {name} has no "
+                    f"parameter {key!r}"
+                )
+            try:
+                query = QuerySpec.model_validate(
+                    {**query.model_dump(), "params": {**query.params, **overrides}}
+                )
+            except ValidationError as err:
+                problems += _validation_problems(err, source, f"collectors.params.{name}")
+        selected.append(query)
+    for name in spec.collectors.params:
+        if name not in builtins:
+            problems.append(f"{source}: collectors.params.{name}: no built-in query named {name!r}")
+    for i, query in enumerate(spec.queries):
+        if query.name in builtins:
+            problems.append(
+                f"{source}: queries[{i}].name: {query.name!r} is a built-in query "
+                "name; pick another"
+            )
+        selected.append(query)
+    _check_unique_metrics(selected, spec, source, problems)
+    return selected
+
+
+def _check_unique_metrics(
+    queries: list[QuerySpec], spec: ConfigFile, source: str, problems: list[str]
+) -> None:
+    owner: dict[str, str] = {}
+    constant_labels = {label for t in spec.targets for label in t.labels}
+    for query in queries:
+        for metric in query.metrics:
+            if metric.name in owner:
+                problems.append(
+                    f"{source}: queries: metric {metric.name} is produced by both "
+                    f"{owner[metric.name]} and {query.name}"
+                )
+            owner[metric.name] = query.name
+            clash = constant_labels & set(metric.labels)
+            if clash:
+                problems.append(
+                    f"{source}: targets: constant labels {sorted(clash)} clash with "
+                    f"labels of metric {metric.name}"
+                )
+
+
+def parse_config(data: Any, source: str) -> Config:
+    """Validate already-parsed YAML data into a `Config`, or raise one `ConfigError`."""
+    problems: list[str] = []
+    if not isinstance(data, dict):
+        raise ConfigError([f"{source}: (top level): expected a mapping with a 'targets' list"])
+    data = expand_env(data, "", problems, source)
+    try:
+        spec = ConfigFile.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(problems + _validation_problems(err, source)) from None
+    targets = _resolve_targets(spec, source, problems)
+    queries = _select_queries(spec, source, problems)
+    if problems:
+        raise ConfigError(problems)
+    return Config(tuple(targets), spec.settings, tuple(queries), source)
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a configuration file."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{source}: cannot read: {exc.strerror}"]) from None
+    return parse_config(_read_yaml(text, source), source)
+
+
+def single_target_config(dsn: str, source: str) -> Config:
+    """The no-file mode of postgres_exporter: one target from `--dsn` or DATA_SOURCE_NAME."""
+    return parse_config({"targets": [{"name": "default", "dsn": dsn}]}, source)

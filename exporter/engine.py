@@ -1,0 +1,168 @@
+"""Turns a query's result rows into metric samples, as its metric specs describe.
+
+Pure logic with no I/O: filtering rows (`match`), combining rows that share a label set
+(`aggregate`), folding the long tail into `other` (`max_series`), filling absent label values
+with zeros (`zero_fill`) and cumulating histogram buckets.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client.utils import floatToGoString
+
+from exporter.config import MetricSpec, QuerySpec
+
+OTHER = "other"
+
+LabelValues = tuple[str, ...]
+Row = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class HistogramSample:
+    """One gauge-histogram series: cumulative bucket counts (the last is +Inf) and the sum."""
+
+    labels: LabelValues
+    buckets: tuple[tuple[str, float], ...]
+    sum: float
+
+
+@dataclass(frozen=True)
+class MetricSamples:
+    """What one metric spec produced from one result set."""
+
+    spec: MetricSpec
+    samples: tuple[tuple[LabelValues, float], ...] = ()
+    histograms: tuple[HistogramSample, ...] = ()
+
+
+def missing_columns(query: QuerySpec, columns: Sequence[str]) -> list[str]:
+    """Columns the metric specs name that the result set lacks."""
+    have = set(columns)
+    wanted: list[str] = []
+    for metric in query.metrics:
+        wanted += [*metric.labels, metric.value, *metric.match]
+        wanted += [c for c in (metric.bucket_column, metric.sum_column) if c]
+    return sorted({c for c in wanted if c not in have})
+
+
+def build_samples(query: QuerySpec, rows: Sequence[Row]) -> list[MetricSamples]:
+    """All metrics of `query` from its rows."""
+    out = []
+    for metric in query.metrics:
+        selected = [r for r in rows if _matches(r, metric.match)]
+        if metric.type == "gauge_histogram":
+            bounds = [float(b) for b in query.params[metric.buckets_param or ""]]
+            out.append(MetricSamples(metric, histograms=_histograms(metric, selected, bounds)))
+        else:
+            out.append(MetricSamples(metric, samples=_samples(metric, selected)))
+    return out
+
+
+def _matches(row: Row, match: Mapping[str, str]) -> bool:
+    return all(_text(row.get(col)) == want for col, want in match.items())
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _number(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return float(value)
+    number = float(value)
+    return None if math.isnan(number) else number
+
+
+def _combine(aggregate: str, a: float, b: float) -> float:
+    return a + b if aggregate == "sum" else max(a, b)
+
+
+def _samples(metric: MetricSpec, rows: Sequence[Row]) -> tuple[tuple[LabelValues, float], ...]:
+    series: dict[LabelValues, float] = {}
+    for row in rows:
+        value = _number(row[metric.value])
+        if value is None:
+            continue
+        key = tuple(_text(row[label]) for label in metric.labels)
+        series[key] = _combine(metric.aggregate, series[key], value) if key in series else value
+    if metric.max_series is not None:
+        series = fold_series(series, metric)
+    if metric.zero_fill:
+        series = _zero_fill(series, metric)
+    return tuple(sorted(series.items()))
+
+
+def fold_series(series: dict[LabelValues, float], metric: MetricSpec) -> dict[LabelValues, float]:
+    """Keep the `max_series` largest groups of the fold labels; combine the rest into `other`."""
+    assert metric.max_series is not None
+    fold = metric.fold_labels if metric.fold_labels is not None else metric.labels
+    positions = [metric.labels.index(label) for label in fold]
+    totals: dict[LabelValues, float] = {}
+    for key, value in series.items():
+        group = tuple(key[p] for p in positions)
+        totals[group] = totals.get(group, 0.0) + value
+    if len(totals) <= metric.max_series:
+        return series
+    ranked = sorted(totals, key=lambda g: (-totals[g], g))
+    kept = set(ranked[: metric.max_series])
+    folded: dict[LabelValues, float] = {}
+    for key, value in series.items():
+        if tuple(key[p] for p in positions) not in kept:
+            key = tuple(OTHER if i in positions else v for i, v in enumerate(key))
+        folded[key] = _combine(metric.aggregate, folded[key], value) if key in folded else value
+    return folded
+
+
+def _zero_fill(series: dict[LabelValues, float], metric: MetricSpec) -> dict[LabelValues, float]:
+    fill_positions = [metric.labels.index(label) for label in metric.zero_fill]
+    rest_positions = [i for i in range(len(metric.labels)) if i not in fill_positions]
+    rests = {tuple(key[p] for p in rest_positions) for key in series}
+    if not rest_positions:
+        rests = {()}
+    filled = dict(series)
+    for rest in rests:
+        for combo in itertools.product(*metric.zero_fill.values()):
+            key: list[str] = [""] * len(metric.labels)
+            for p, v in zip(rest_positions, rest, strict=True):
+                key[p] = v
+            for p, v in zip(fill_positions, combo, strict=True):
+                key[p] = v
+            filled.setdefault(tuple(key), 0.0)
+    return filled
+
+
+def _histograms(
+    metric: MetricSpec, rows: Sequence[Row], bounds: Sequence[float]
+) -> tuple[HistogramSample, ...]:
+    assert metric.bucket_column is not None
+    counts: dict[LabelValues, list[float]] = {}
+    sums: dict[LabelValues, float] = {}
+    for row in rows:
+        value = _number(row[metric.value])
+        index = row[metric.bucket_column]
+        if value is None or index is None:
+            continue
+        key = tuple(_text(row[label]) for label in metric.labels)
+        per_bucket = counts.setdefault(key, [0.0] * (len(bounds) + 1))
+        per_bucket[min(max(int(index), 0), len(bounds))] += value
+        if metric.sum_column:
+            sums[key] = sums.get(key, 0.0) + (_number(row[metric.sum_column]) or 0.0)
+    if metric.zero_fill:
+        for key in _zero_fill(dict.fromkeys(counts, 0.0), metric):
+            counts.setdefault(key, [0.0] * (len(bounds) + 1))
+    out = []
+    for key in sorted(counts):
+        cumulative = list(itertools.accumulate(counts[key]))
+        les = [floatToGoString(b) for b in bounds] + ["+Inf"]
+        out.append(
+            HistogramSample(key, tuple(zip(les, cumulative, strict=True)), sums.get(key, 0.0))
+        )
+    return tuple(out)

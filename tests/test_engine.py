@@ -1,0 +1,89 @@
+"""The row-to-sample logic, on hand-made rows (pure logic: no database behaviour here)."""
+
+from __future__ import annotations
+
+from exporter.config import QuerySpec
+from exporter.engine import OTHER, build_samples
+
+
+def query(**metric: object) -> QuerySpec:
+    base = {"name": "m", "help": "h", "value": "n"}
+    return QuerySpec.model_validate(
+        {"name": "q", "sql": "SELECT 1", "metrics": [{**base, **metric}]}
+    )
+
+
+def samples(q: QuerySpec, rows: list[dict]) -> dict[tuple[str, ...], float]:
+    return dict(build_samples(q, rows)[0].samples)
+
+
+def test_rows_sharing_labels_are_summed_or_maxed() -> None:
+    rows = [{"db": "a", "n": 2}, {"db": "a", "n": 3}, {"db": "b", "n": 1}]
+    assert samples(query(labels=["db"]), rows) == {("a",): 5, ("b",): 1}
+    assert samples(query(labels=["db"], aggregate="max"), rows) == {("a",): 3, ("b",): 1}
+
+
+def test_match_selects_rows_and_nulls_are_skipped() -> None:
+    rows = [{"k": "x", "n": 1}, {"k": "y", "n": 7}, {"k": "x", "n": None}]
+    assert samples(query(match={"k": "x"}), rows) == {(): 1}
+
+
+def test_max_series_keeps_the_largest_and_folds_the_rest_per_remaining_label() -> None:
+    rows = [
+        {"db": "big", "state": "idle", "n": 10},
+        {"db": "mid", "state": "idle", "n": 5},
+        {"db": "mid", "state": "active", "n": 1},
+        {"db": "small1", "state": "idle", "n": 2},
+        {"db": "small2", "state": "active", "n": 1},
+        {"db": "small2", "state": "idle", "n": 1},
+    ]
+    out = samples(query(labels=["db", "state"], max_series=2, fold_labels=["db"]), rows)
+    assert out == {
+        ("big", "idle"): 10,
+        ("mid", "idle"): 5,
+        ("mid", "active"): 1,
+        (OTHER, "idle"): 3,
+        (OTHER, "active"): 1,
+    }
+    assert sum(out.values()) == sum(r["n"] for r in rows)
+
+
+def test_zero_fill_adds_missing_values_for_each_other_label_set() -> None:
+    rows = [{"db": "a", "state": "idle", "n": 4}]
+    out = samples(query(labels=["db", "state"], zero_fill={"state": ["idle", "active"]}), rows)
+    assert out == {("a", "idle"): 4, ("a", "active"): 0}
+    assert samples(query(labels=["state"], zero_fill={"state": ["idle", "active"]}), []) == {
+        ("idle",): 0,
+        ("active",): 0,
+    }
+
+
+def test_gauge_histogram_cumulates_buckets() -> None:
+    q = QuerySpec.model_validate(
+        {
+            "name": "q",
+            "sql": "SELECT 1",
+            "params": {"b": [1, 10]},
+            "metrics": [
+                {
+                    "name": "h",
+                    "help": "h",
+                    "type": "gauge_histogram",
+                    "labels": ["s"],
+                    "value": "n",
+                    "bucket_column": "i",
+                    "buckets_param": "b",
+                    "sum_column": "total",
+                }
+            ],
+        }
+    )
+    rows = [
+        {"s": "idle", "i": 0, "n": 2, "total": 1.0},
+        {"s": "idle", "i": 2, "n": 3, "total": 90.0},
+        {"s": "idle", "i": 1, "n": 1, "total": 5.0},
+    ]
+    (hist,) = build_samples(q, rows)[0].histograms
+    assert hist.labels == ("idle",)
+    assert hist.buckets == (("1.0", 2), ("10.0", 3), ("+Inf", 6))
+    assert hist.sum == 96.0

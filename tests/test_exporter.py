@@ -1,0 +1,140 @@
+"""The exporter against real PostgreSQL 15 and 18: workload, custom queries, one connection."""
+
+from __future__ import annotations
+
+import threading
+
+import psycopg
+
+from exporter.connection import APPLICATION_NAME
+from exporter.localpg import LocalCluster
+from exporter.workload import SessionSpec, Workload
+from tests.helpers import http_get
+
+
+def exporter_backends(cluster: LocalCluster) -> int:
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (APPLICATION_NAME,)
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_known_workload_shows_in_metrics(pg: LocalCluster, exporter_for) -> None:
+    app = "known-workload"
+    with Workload(pg.dsn()) as w:
+        w.open_many([SessionSpec("idle", application_name=app, host="127.0.0.1")] * 3)
+        w.open_many([SessionSpec("idle in transaction", application_name=app)] * 2)
+        w.open(SessionSpec("active", application_name=app))
+        running = exporter_for({"targets": [{"name": "db", "dsn": pg.dsn()}]})
+        s = running.scrape()
+        assert s.value("pg_up", target="db") == 1
+        by_state = s.by("pg_connections_by_application", "state", application_name=app)
+        assert by_state == {"idle": 3, "idle in transaction": 2, "active": 1}
+        # The exporter's own backend is not in the breakdown...
+        assert not s.series("pg_connections_by_application", application_name=APPLICATION_NAME)
+        # ...but its slot counts as used.
+        assert s.value("pg_connections_used", target="db") >= 7
+        openmetrics = http_get(
+            f"{running.url}/metrics", {"Accept": "application/openmetrics-text; version=1.0.0"}
+        )[1]
+        assert "# TYPE pg_connections_state_duration_seconds gaugehistogram" in openmetrics
+
+
+def test_one_connection_per_target_however_many_scrapes(pg: LocalCluster, exporter_for) -> None:
+    running = exporter_for(
+        {
+            "targets": [
+                {"name": "a", "dsn": pg.dsn()},
+                {"name": "b", "dsn": pg.dsn(host="127.0.0.1")},
+            ]
+        }
+    )
+    running.scrape()
+    errors: list[BaseException] = []
+
+    def hammer() -> None:
+        try:
+            for _ in range(5):
+                s = running.scrape()
+                assert s.value("pg_up", target="a") == 1
+                assert s.value("pg_up", target="b") == 1
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=hammer) for _ in range(20)]
+    counts = []
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        counts.append(exporter_backends(pg))
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    assert counts and max(counts) == 2, counts  # one per target, never more
+    assert exporter_backends(pg) == 2
+
+
+def test_custom_query_and_a_broken_one(pg: LocalCluster, exporter_for) -> None:
+    config = {
+        "targets": [{"name": "db", "dsn": pg.dsn(), "labels": {"env": "test"}}],
+        "collectors": {"disable": ["connection_settings"]},
+        "queries": [
+            {
+                "name": "custom_numbers",
+                "help": "numbers",
+                "sql": "SELECT g::text AS n, g * 10 AS v FROM generate_series(1, 3) g",
+                "metrics": [
+                    {"name": "custom_value", "help": "ten times n", "labels": ["n"], "value": "v"},
+                    {"name": "custom_sum_total", "help": "sum", "value": "v", "type": "counter"},
+                ],
+            },
+            {
+                "name": "custom_broken",
+                "sql": "SELECT * FROM no_such_table",
+                "metrics": [{"name": "custom_broken_value", "help": "never", "value": "x"}],
+            },
+            {
+                "name": "custom_future",
+                "min_version": "99",
+                "sql": "SELECT 1 AS x",
+                "metrics": [{"name": "custom_future_value", "help": "gated", "value": "x"}],
+            },
+        ],
+    }
+    running = exporter_for(config)
+    s = running.scrape()
+    assert s.by("custom_value", "n", target="db", env="test") == {"1": 10, "2": 20, "3": 30}
+    assert s.value("custom_sum_total", target="db") == 60
+    assert s.get("custom_broken_value") is None
+    assert s.value("pg_connections_exporter_query_success", query="custom_broken") == 0
+    assert (
+        s.value("pg_connections_exporter_query_errors_total", query="custom_broken", reason="error")
+        == 1
+    )
+    # The broken query hurts only itself.
+    assert s.value("pg_connections_exporter_query_success", query="connections") == 1
+    assert s.value("pg_connections_max", target="db", env="test") == 120
+    assert s.get("pg_connections_timeout_seconds", setting="statement_timeout") is None
+    assert s.get("custom_future_value") is None
+    assert s.value("pg_up", target="db") == 1
+    again = running.scrape()
+    assert (
+        again.value(
+            "pg_connections_exporter_query_errors_total", query="custom_broken", reason="error"
+        )
+        == 2
+    )
+
+
+def test_landing_page_and_health(pg: LocalCluster, exporter_for) -> None:
+    secret = "landing-page-secret-pw"
+    running = exporter_for({"targets": [{"name": "db", "dsn": pg.dsn(password=secret)}]})
+    running.scrape()
+    status, body, _ = http_get(f"{running.url}/")
+    assert status == 200
+    assert "db" in body and "up" in body and "/metrics" in body
+    assert secret not in body and str(pg.socket_dir) not in body
+    assert http_get(f"{running.url}/healthz")[0] == 200
+    assert http_get(f"{running.url}/nope")[0] == 404

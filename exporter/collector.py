@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextvars
 import platform
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -76,33 +77,62 @@ def _new_family(kind: str, name: str, doc: str, labels: list[str]) -> Metric:
     return GaugeMetricFamily(name, doc, labels=labels)
 
 
+@dataclass(frozen=True)
+class SelfMetric:
+    """An exporter-level metric: declared once, for the collector and the metrics reference."""
+
+    name: str
+    type: str
+    labels: tuple[str, ...]
+    help: str
+
+    def family(self) -> Metric:
+        base = self.name.removesuffix("_total") if self.type == "counter" else self.name
+        return _new_family(self.type, base, self.help, list(self.labels))
+
+
+BUILD_INFO = SelfMetric(
+    f"{SELF}_build_info",
+    "gauge",
+    ("version", "python_version"),
+    "Version of pg-connections-exporter.",
+)
+UP = SelfMetric(
+    "pg_up",
+    "gauge",
+    ("target",),
+    "1 if the target answered this scrape's queries, 0 if it could not be reached.",
+)
+SCRAPE_DURATION = SelfMetric(
+    f"{SELF}_scrape_duration_seconds", "gauge", ("target",), "Time this scrape spent on the target."
+)
+QUERY_DURATION = SelfMetric(
+    f"{SELF}_query_duration_seconds",
+    "gauge",
+    ("target", "query"),
+    "Time each query took in this scrape (0 when served from cache).",
+)
+QUERY_SUCCESS = SelfMetric(
+    f"{SELF}_query_success",
+    "gauge",
+    ("target", "query"),
+    "1 if the query ran (or was served from cache) without error.",
+)
+QUERY_ERRORS = SelfMetric(
+    f"{SELF}_query_errors_total",
+    "counter",
+    ("target", "query", "reason"),
+    "Failed query runs, by reason (error, timeout, deadline, connection, invalid_result).",
+)
+SELF_METRICS = (BUILD_INFO, UP, SCRAPE_DURATION, QUERY_DURATION, QUERY_SUCCESS, QUERY_ERRORS)
+
+
 def self_families(scraper: Scraper, results: Sequence[TargetResult]) -> Iterator[Metric]:
     """pg_up and the exporter's own health."""
-    build = GaugeMetricFamily(
-        f"{SELF}_build_info",
-        "Version of pg-connections-exporter.",
-        labels=["version", "python_version"],
-    )
+    build = BUILD_INFO.family()
     build.add_metric([__version__, platform.python_version()], 1)
-    yield build
-
-    up = GaugeMetricFamily(
-        "pg_up", "1 if the target answered this scrape's queries.", labels=["target"]
-    )
-    duration = GaugeMetricFamily(
-        f"{SELF}_scrape_duration_seconds",
-        "Time this scrape spent on the target.",
-        labels=["target"],
-    )
-    q_duration = GaugeMetricFamily(
-        f"{SELF}_query_duration_seconds",
-        "Time each query took in this scrape (0 when served from cache).",
-        labels=["target", "query"],
-    )
-    q_success = GaugeMetricFamily(
-        f"{SELF}_query_success",
-        "1 if the query ran (or was served from cache) without error.",
-        labels=["target", "query"],
+    up, duration, q_duration, q_success, errors = (
+        m.family() for m in (UP, SCRAPE_DURATION, QUERY_DURATION, QUERY_SUCCESS, QUERY_ERRORS)
     )
     for r in results:
         up.add_metric([r.target.name], 1 if r.up else 0)
@@ -110,14 +140,7 @@ def self_families(scraper: Scraper, results: Sequence[TargetResult]) -> Iterator
         for q in r.queries:
             q_duration.add_metric([r.target.name, q.name], q.duration)
             q_success.add_metric([r.target.name, q.name], 0 if q.error else 1)
-    yield from (up, duration, q_duration, q_success)
-
-    errors = CounterMetricFamily(
-        f"{SELF}_query_errors",
-        "Failed query runs, by reason (error, timeout, deadline, connection, invalid_result).",
-        labels=["target", "query", "reason"],
-    )
     for t in scraper.targets:
         for (query, reason), n in sorted(t.counters.query_errors.items()):
             errors.add_metric([t.target.name, query, reason], n)
-    yield errors
+    yield from (build, up, duration, q_duration, q_success, errors)

@@ -124,15 +124,39 @@ QUERY_ERRORS = SelfMetric(
     ("target", "query", "reason"),
     "Failed query runs, by reason (error, timeout, deadline, connection, invalid_result).",
 )
-SELF_METRICS = (BUILD_INFO, UP, SCRAPE_DURATION, QUERY_DURATION, QUERY_SUCCESS, QUERY_ERRORS)
+CONNECT_FAILURES = SelfMetric(
+    f"{SELF}_connect_failures_total",
+    "counter",
+    ("target", "reason"),
+    "Failed connection attempts by reason: too_many_clients, reserved_slots_only, "
+    "database_limit, role_limit, authentication, starting_up, shutting_down, timeout, "
+    "unreachable, other.",
+)
+SELF_METRICS = (
+    BUILD_INFO,
+    UP,
+    SCRAPE_DURATION,
+    QUERY_DURATION,
+    QUERY_SUCCESS,
+    QUERY_ERRORS,
+    CONNECT_FAILURES,
+)
 
 
 def self_families(scraper: Scraper, results: Sequence[TargetResult]) -> Iterator[Metric]:
     """pg_up and the exporter's own health."""
     build = BUILD_INFO.family()
     build.add_metric([__version__, platform.python_version()], 1)
-    up, duration, q_duration, q_success, errors = (
-        m.family() for m in (UP, SCRAPE_DURATION, QUERY_DURATION, QUERY_SUCCESS, QUERY_ERRORS)
+    up, duration, q_duration, q_success, errors, failures = (
+        m.family()
+        for m in (
+            UP,
+            SCRAPE_DURATION,
+            QUERY_DURATION,
+            QUERY_SUCCESS,
+            QUERY_ERRORS,
+            CONNECT_FAILURES,
+        )
     )
     for r in results:
         up.add_metric([r.target.name], 1 if r.up else 0)
@@ -143,4 +167,6 @@ def self_families(scraper: Scraper, results: Sequence[TargetResult]) -> Iterator
     for t in scraper.targets:
         for (query, reason), n in sorted(t.counters.query_errors.items()):
             errors.add_metric([t.target.name, query, reason], n)
-    yield from (build, up, duration, q_duration, q_success, errors)
+        for reason, n in sorted(t.connection.connect_failures.items()):
+            failures.add_metric([t.target.name, reason], n)
+    yield from (build, up, duration, q_duration, q_success, errors, failures)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from exporter.config import Target
+from exporter.failures import classify
 from exporter.redact import describe_conninfo
 
 APPLICATION_NAME = "pg-connections-exporter"
@@ -34,7 +36,7 @@ class ConnectFailure:
     """The last failed connection attempt, as psycopg reported it."""
 
     at: float
-    sqlstate: str | None
+    reason: str
     message: str
 
 
@@ -63,7 +65,7 @@ class TargetConnection:
         self._session_statement_timeout: dict[int, float] = {}
         self._lock = threading.Lock()
         self.last_failure: ConnectFailure | None = None
-        self.connect_failures = 0
+        self.connect_failures: Counter[str] = Counter()
         kwargs: dict[str, Any] = {
             "autocommit": True,
             "prepare_threshold": None,
@@ -96,16 +98,17 @@ class TargetConnection:
         self.pool.close(timeout=timeout)
 
     def _record_failure(self, exc: psycopg.Error) -> None:
-        message = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        reason = classify(exc)
         with self._lock:
-            self.last_failure = ConnectFailure(time.time(), exc.sqlstate, message)
-            self.connect_failures += 1
+            self.last_failure = ConnectFailure(time.time(), reason, message)
+            self.connect_failures[reason] += 1
         log.warning(
             "cannot connect to target",
             extra={
                 "target": self.target.name,
                 "server": describe_conninfo(self.target.conninfo),
-                "sqlstate": exc.sqlstate or "",
+                "reason": reason,
                 "error": message,
             },
         )

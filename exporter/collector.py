@@ -147,17 +147,7 @@ def self_families(scraper: Scraper, results: Sequence[TargetResult]) -> Iterator
     """pg_up and the exporter's own health."""
     build = BUILD_INFO.family()
     build.add_metric([__version__, platform.python_version()], 1)
-    up, duration, q_duration, q_success, errors, failures = (
-        m.family()
-        for m in (
-            UP,
-            SCRAPE_DURATION,
-            QUERY_DURATION,
-            QUERY_SUCCESS,
-            QUERY_ERRORS,
-            CONNECT_FAILURES,
-        )
-    )
+    up, duration, q_duration, q_success, errors, failures = (m.family() for m in SELF_METRICS[1:])
     for r in results:
         up.add_metric([r.target.name], 1 if r.up else 0)
         duration.add_metric([r.target.name], r.duration)

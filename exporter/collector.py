@@ -21,6 +21,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from exporter import __version__
+from exporter.failures import REASONS
 from exporter.scrape import Scraper
 from exporter.target import TargetResult
 
@@ -101,7 +102,8 @@ UP = SelfMetric(
     "pg_up",
     "gauge",
     ("target",),
-    "1 if the target answered this scrape's queries, 0 if it could not be reached.",
+    "1 if the exporter reached the target in this scrape (a failing query alone does not "
+    "make it 0: see pg_connections_exporter_query_success).",
 )
 SCRAPE_DURATION = SelfMetric(
     f"{SELF}_scrape_duration_seconds", "gauge", ("target",), "Time this scrape spent on the target."
@@ -157,6 +159,8 @@ def self_families(scraper: Scraper, results: Sequence[TargetResult]) -> Iterator
     for t in scraper.targets:
         for (query, reason), n in sorted(t.counters.query_errors.items()):
             errors.add_metric([t.target.name, query, reason], n)
-        for reason, n in sorted(t.connection.connect_failures.items()):
-            failures.add_metric([t.target.name, reason], n)
+        # Every reason from 0, so that increase() sees the first failure.
+        counts = t.connection.connect_failures
+        for reason in REASONS:
+            failures.add_metric([t.target.name, reason], counts.get(reason, 0))
     yield from (build, up, duration, q_duration, q_success, errors, failures)

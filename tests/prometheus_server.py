@@ -1,0 +1,135 @@
+"""A real Prometheus server for end-to-end tests: own temp dir, free port, 1 s scrapes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from exporter.localpg import free_port
+from tests.helpers import http_get, wait_until
+
+
+class PrometheusServer:
+    """`prometheus` scraping `scrape_targets` (host:port) under job `job`, with optional rules.
+
+    Use as a context manager, or call start() and stop() (in a finally block).
+    """
+
+    def __init__(
+        self,
+        binary: str,
+        scrape_targets: list[str],
+        job: str = "pg-connections",
+        rules: dict[str, Any] | None = None,
+        interval: str = "1s",
+    ) -> None:
+        self.binary = binary
+        self.dir = Path(tempfile.mkdtemp(prefix="pgce-prometheus-"))
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        config: dict[str, Any] = {
+            "global": {"scrape_interval": interval, "evaluation_interval": interval},
+            "scrape_configs": [
+                {
+                    "job_name": job,
+                    "scrape_interval": interval,
+                    "scrape_timeout": interval,
+                    "static_configs": [{"targets": scrape_targets}],
+                }
+            ],
+        }
+        if rules is not None:
+            (self.dir / "rules.yml").write_text(yaml.safe_dump(rules))
+            config["rule_files"] = [str(self.dir / "rules.yml")]
+        (self.dir / "prometheus.yml").write_text(yaml.safe_dump(config))
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / "prometheus.log"
+
+    def __enter__(self) -> PrometheusServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self, timeout: float = 30.0) -> PrometheusServer:
+        self.port = free_port()
+        log = open(self.log_path, "wb")  # noqa: SIM115 - handed to the process
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                f"--config.file={self.dir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={self.dir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--storage.tsdb.retention.time=1h",
+                "--web.enable-lifecycle",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=self.dir,
+        )
+        log.close()
+
+        def ready() -> bool:
+            assert self.process is not None and self.process.poll() is None, (
+                f"prometheus exited:\n{self.log_tail()}"
+            )
+            return http_get(f"{self.url}/-/ready", timeout=2)[0] == 200
+
+        wait_until(ready, timeout, 0.1, "prometheus to be ready")
+        return self
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def api(self, path: str, **params: str) -> dict[str, Any]:
+        """GET /api/v1/<path>; the decoded body (status success or error)."""
+        url = f"{self.url}/api/v1/{path}?{urllib.parse.urlencode(params)}"
+        status, body, _ = http_get(url, timeout=30)
+        try:
+            return json.loads(body)
+        except json.JSONDecodeError as exc:
+            raise AssertionError(f"HTTP {status} from {url}: {body[:500]}") from exc
+
+    def query(self, expr: str, time: float | None = None) -> dict[str, Any]:
+        params = {"query": expr}
+        if time is not None:
+            params["time"] = f"{time:.3f}"
+        return self.api("query", **params)
+
+    def vector(self, expr: str) -> list[tuple[dict[str, str], float]]:
+        """An instant query's samples as (labels, value); fails unless status is success."""
+        answer = self.query(expr)
+        assert answer.get("status") == "success", f"{expr}: {answer}"
+        data = answer["data"]
+        if data["resultType"] == "scalar":
+            return [({}, float(data["result"][1]))]
+        return [(s["metric"], float(s["value"][1])) for s in data["result"]]
+
+    def stop(self) -> None:
+        try:
+            if self.process is not None and self.process.poll() is None:
+                self.process.terminate()
+                try:
+                    self.process.wait(15)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait(10)
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)

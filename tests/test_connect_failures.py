@@ -101,7 +101,8 @@ def test_full_server_refusal_reasons(exporter_for) -> None:
     [
         ("FATAL:  sorry, too many clients already", "too_many_clients"),
         (
-            "FATAL:  remaining connection slots are reserved for roles with the SUPERUSER attribute",
+            "FATAL:  remaining connection slots are reserved for roles with the SUPERUSER"
+            " attribute",
             "reserved_slots_only",
         ),
         ('FATAL:  too many connections for database "shop"', "database_limit"),

@@ -78,9 +78,7 @@ class Exporter:
                 state, detail = "up", f"server {version // 10000}.{version % 10000}"
             else:
                 state, detail = "down", last.error or ""
-            out.append(
-                {"name": t.target.name, "kind": t.target.kind, "state": state, "detail": detail}
-            )
+            out.append({"name": t.target.name, "state": state, "detail": detail})
         return out
 
 

@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 from exporter import __version__
 from exporter.failures import REASONS
 from exporter.scrape import Scraper
-from exporter.target import TargetResult
+from exporter.target import QUERY_ERROR_REASONS, TargetResult
 
 SELF = "pg_connections_exporter"
 
@@ -124,15 +124,13 @@ QUERY_ERRORS = SelfMetric(
     f"{SELF}_query_errors_total",
     "counter",
     ("target", "query", "reason"),
-    "Failed query runs, by reason (error, timeout, deadline, connection, invalid_result).",
+    f"Failed query runs, by reason ({', '.join(QUERY_ERROR_REASONS)}).",
 )
 CONNECT_FAILURES = SelfMetric(
     f"{SELF}_connect_failures_total",
     "counter",
     ("target", "reason"),
-    "Failed connection attempts by reason: too_many_clients, reserved_slots_only, "
-    "database_limit, role_limit, authentication, starting_up, shutting_down, timeout, "
-    "unreachable, other.",
+    f"Failed connection attempts, by reason ({', '.join(REASONS)}).",
 )
 SELF_METRICS = (
     BUILD_INFO,
@@ -147,20 +145,19 @@ SELF_METRICS = (
 
 def self_families(scraper: Scraper, results: Sequence[TargetResult]) -> Iterator[Metric]:
     """pg_up and the exporter's own health."""
-    build = BUILD_INFO.family()
-    build.add_metric([__version__, platform.python_version()], 1)
-    up, duration, q_duration, q_success, errors, failures = (m.family() for m in SELF_METRICS[1:])
+    family = {m.name: m.family() for m in SELF_METRICS}
+    family[BUILD_INFO.name].add_metric([__version__, platform.python_version()], 1)
     for r in results:
-        up.add_metric([r.target.name], 1 if r.up else 0)
-        duration.add_metric([r.target.name], r.duration)
+        family[UP.name].add_metric([r.target.name], 1 if r.up else 0)
+        family[SCRAPE_DURATION.name].add_metric([r.target.name], r.duration)
         for q in r.queries:
-            q_duration.add_metric([r.target.name, q.name], q.duration)
-            q_success.add_metric([r.target.name, q.name], 0 if q.error else 1)
+            family[QUERY_DURATION.name].add_metric([r.target.name, q.name], q.duration)
+            family[QUERY_SUCCESS.name].add_metric([r.target.name, q.name], 0 if q.error else 1)
     for t in scraper.targets:
-        for (query, reason), n in sorted(t.counters.query_errors.items()):
-            errors.add_metric([t.target.name, query, reason], n)
+        for (query, reason), n in sorted(t.query_errors.items()):
+            family[QUERY_ERRORS.name].add_metric([t.target.name, query, reason], n)
         # Every reason from 0, so that increase() sees the first failure.
         counts = t.connection.connect_failures
         for reason in REASONS:
-            failures.add_metric([t.target.name, reason], counts.get(reason, 0))
-    yield from (build, up, duration, q_duration, q_success, errors, failures)
+            family[CONNECT_FAILURES.name].add_metric([t.target.name, reason], counts.get(reason, 0))
+    yield from family.values()

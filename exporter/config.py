@@ -151,7 +151,6 @@ class QuerySpec(_Strict):
     name: str
     help: str = ""
     sql: str = Field(min_length=1)
-    target_kind: Literal["postgres", "pgbouncer"] = "postgres"
     min_version: ServerVersion | None = None
     max_version: ServerVersion | None = None
     timeout: Duration | None = None
@@ -190,13 +189,12 @@ class QuerySpec(_Strict):
 
 
 class TargetSpec(_Strict):
-    """A server (or PgBouncer admin console) to scrape."""
+    """A PostgreSQL server to scrape."""
 
     name: str = Field(min_length=1)
     dsn: str = Field(min_length=1)
     password_file: Path | None = None
     labels: dict[str, str] = {}
-    kind: Literal["postgres", "pgbouncer"] = "postgres"
     connect_timeout: Duration = 5.0
 
     @field_validator("labels")
@@ -251,7 +249,6 @@ class Target:
     name: str
     conninfo: str = field(repr=False)
     labels: Mapping[str, str]
-    kind: str
     connect_timeout: float
 
 
@@ -356,7 +353,7 @@ def _resolve_targets(spec: ConfigFile, source: str, problems: list[str]) -> list
                 )
                 continue
             conninfo = psycopg.conninfo.make_conninfo(conninfo, password=password)
-        targets.append(Target(t.name, conninfo, dict(t.labels), t.kind, t.connect_timeout))
+        targets.append(Target(t.name, conninfo, dict(t.labels), t.connect_timeout))
     return targets
 
 

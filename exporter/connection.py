@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -62,7 +63,10 @@ class TargetConnection:
         self.target = target
         self.statement_timeout = statement_timeout
         self.lock_timeout = lock_timeout
-        self._session_statement_timeout: dict[int, float] = {}
+        # The statement_timeout each live session has, so that it is only SET when it changes.
+        self._session_timeout: weakref.WeakKeyDictionary[psycopg.Connection[Any], str] = (
+            weakref.WeakKeyDictionary()
+        )
         self._lock = threading.Lock()
         self.last_failure: ConnectFailure | None = None
         self.connect_failures: Counter[str] = Counter()
@@ -72,8 +76,6 @@ class TargetConnection:
             "application_name": APPLICATION_NAME,
             "connect_timeout": max(1, round(target.connect_timeout)),
         }
-        if target.kind == "pgbouncer":
-            kwargs["cursor_factory"] = psycopg.ClientCursor
         self.pool = _RecordingPool(
             target.conninfo,
             kwargs=kwargs,
@@ -114,13 +116,13 @@ class TargetConnection:
         )
 
     def _configure(self, conn: psycopg.Connection[Any]) -> None:
-        if self.target.kind == "postgres":
-            conn.execute(
-                "SELECT set_config('statement_timeout', %s, false),"
-                " set_config('lock_timeout', %s, false)",
-                (_ms(self.statement_timeout), _ms(self.lock_timeout)),
-            )
-            self._session_statement_timeout[id(conn)] = self.statement_timeout
+        timeout = _ms(self.statement_timeout)
+        conn.execute(
+            "SELECT set_config('statement_timeout', %s, false),"
+            " set_config('lock_timeout', %s, false)",
+            (timeout, _ms(self.lock_timeout)),
+        )
+        self._session_timeout[conn] = timeout
         log.info(
             "connected to target",
             extra={"target": self.target.name, "server": describe_conninfo(self.target.conninfo)},
@@ -134,13 +136,11 @@ class TargetConnection:
 
     def set_statement_timeout(self, conn: psycopg.Connection[Any], seconds: float) -> None:
         """Give the next statement `seconds` to run; a round trip only when the value changes."""
-        if self.target.kind != "postgres":
+        timeout = _ms(seconds)
+        if self._session_timeout.get(conn) == timeout:
             return
-        seconds = max(seconds, 0.001)
-        if abs(self._session_statement_timeout.get(id(conn), -1.0) - seconds) < 0.0005:
-            return
-        conn.execute("SELECT set_config('statement_timeout', %s, false)", (_ms(seconds),))
-        self._session_statement_timeout[id(conn)] = seconds
+        conn.execute("SELECT set_config('statement_timeout', %s, false)", (timeout,))
+        self._session_timeout[conn] = timeout
 
 
 def _ms(seconds: float) -> str:

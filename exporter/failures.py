@@ -24,11 +24,6 @@ REASONS = (
     "other",
 )
 
-_BY_SQLSTATE = {
-    "53300": "too_many_clients",
-    "28P01": "authentication",
-    "28000": "authentication",
-}
 _BY_MESSAGE = (
     (re.compile(r"too many clients already"), "too_many_clients"),
     (re.compile(r"remaining connection slots are reserved"), "reserved_slots_only"),
@@ -67,17 +62,7 @@ def classify(exc: psycopg.Error) -> str:
     """One of REASONS for a failed connection attempt."""
     if isinstance(exc, psycopg.errors.ConnectionTimeout):
         return "timeout"
-    if exc.sqlstate in _BY_SQLSTATE:
-        specific = _from_message(str(exc))
-        return (
-            specific
-            if specific in ("reserved_slots_only", "database_limit", "role_limit")
-            else _BY_SQLSTATE[exc.sqlstate]
-        )
-    return _from_message(str(exc))
-
-
-def _from_message(message: str) -> str:
+    message = str(exc)
     for pattern, reason in _BY_MESSAGE:
         if pattern.search(message):
             return reason

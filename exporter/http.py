@@ -93,7 +93,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _landing(self) -> str:
         rows = "".join(
-            f"<tr><td>{html.escape(t['name'])}</td><td>{html.escape(t['kind'])}</td>"
+            f"<tr><td>{html.escape(t['name'])}</td>"
             f"<td>{html.escape(t['state'])}</td><td>{html.escape(t['detail'])}</td></tr>"
             for t in self.web.status()
         )
@@ -105,7 +105,7 @@ class _Handler(BaseHTTPRequestHandler):
             "<p>PostgreSQL connection saturation for Prometheus.</p>"
             f"<p><a href='{path}'>Metrics</a> &middot; <a href='/healthz'>Health</a></p>"
             "<h2>Targets</h2><table border='1' cellpadding='4'>"
-            "<tr><th>Target</th><th>Kind</th><th>State</th><th>Detail</th></tr>"
+            "<tr><th>Target</th><th>State</th><th>Detail</th></tr>"
             f"{rows}</table></body></html>"
         )
 

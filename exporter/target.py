@@ -1,6 +1,6 @@
 """Runs the configured queries against one target, within a deadline.
 
-Each query is gated by server version and target kind, bounded by its own statement timeout
+Each query is gated by server version, bounded by its own statement timeout
 (never beyond the scrape deadline), served from its cache while fresh, and fails alone: an
 error in one query is counted and the others still run.
 """
@@ -12,7 +12,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -25,6 +25,7 @@ from exporter.engine import MetricSamples, build_samples, missing_columns
 
 log = logging.getLogger(__name__)
 
+QUERY_ERROR_REASONS = ("error", "timeout", "deadline", "connection", "invalid_result")
 # Seconds kept back from the deadline so that the answer still reaches Prometheus in time.
 DEADLINE_MARGIN = 0.25
 
@@ -58,22 +59,19 @@ class _CacheEntry:
     outcome: QueryOutcome
 
 
-@dataclass
-class TargetCounters:
-    """Counters kept across scrapes, exported as *_total."""
-
-    query_errors: Counter[tuple[str, str]] = field(default_factory=Counter)
-
-
 class TargetScraper:
     """Owns a target's connection, query cache and error counters."""
 
     def __init__(self, target: Target, queries: Sequence[QuerySpec], settings: Settings) -> None:
         self.target = target
         self.settings = settings
-        self.queries = [q for q in queries if q.target_kind == target.kind]
+        self.queries = list(queries)
         self.connection = TargetConnection(target, settings.query_timeout, settings.lock_timeout)
-        self.counters = TargetCounters()
+        # (query, reason) -> failed runs; every pair starts at 0 so that increase() sees the
+        # first failure.
+        self.query_errors: Counter[tuple[str, str]] = Counter(
+            {(q.name, reason): 0 for q in self.queries for reason in QUERY_ERROR_REASONS}
+        )
         self.last_result: TargetResult | None = None
         self._cache: dict[str, _CacheEntry] = {}
         self._warned: set[str] = set()
@@ -101,9 +99,11 @@ class TargetScraper:
                 outcomes = tuple(self._run_all(conn, version, deadline))
                 up = not conn.broken and not conn.closed
         except PoolTimeout:
+            # The reason only: the server's full message names hosts and ports, and goes to
+            # the log instead (the landing page shows this).
             failure = self.connection.last_failure
-            reason = failure.message if failure else "no connection within the connect timeout"
-            return TargetResult(self.target, False, time.monotonic() - start, error=reason)
+            error = f"cannot connect: {failure.reason}" if failure else "cannot connect yet"
+            return TargetResult(self.target, False, time.monotonic() - start, error=error)
         return TargetResult(self.target, up, time.monotonic() - start, version, outcomes)
 
     def _run_all(
@@ -162,7 +162,8 @@ class TargetScraper:
         return QueryOutcome(query.name, duration, metrics)
 
     def _failed(self, query: QuerySpec, duration: float, reason: str, message: str) -> QueryOutcome:
-        self.counters.query_errors[(query.name, reason)] += 1
+        assert reason in QUERY_ERROR_REASONS, reason
+        self.query_errors[(query.name, reason)] += 1
         log.warning(
             "query failed",
             extra={

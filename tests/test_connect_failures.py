@@ -11,6 +11,7 @@ from exporter.failures import classify
 from exporter.localpg import LocalCluster, free_port
 from exporter.workload import SessionSpec, Workload
 from tests.conftest import VERSIONS, new_cluster, require
+from tests.helpers import http_get
 
 
 def test_down_at_start_then_recovers_by_itself(exporter_for) -> None:
@@ -32,12 +33,15 @@ def test_down_at_start_then_recovers_by_itself(exporter_for) -> None:
         assert s.value("pg_up", target="down") == 0
         s = running.scrape_until(
             lambda s: (
-                (s.get("pg_connections_exporter_connect_failures_total", reason="unreachable") or 0)
-                >= 1
+                s.value("pg_connections_exporter_connect_failures_total", reason="unreachable") >= 1
             ),
             what="an unreachable connect failure",
         )
         assert s.get("pg_connections_max") is None  # no stale or made-up numbers
+        # The landing page says why, without the host and port of the server's message.
+        page = http_get(f"{running.url}/")[1]
+        assert "cannot connect: unreachable" in page
+        assert str(cluster.port) not in page
         cluster.start()
         s = running.scrape_until(
             lambda s: s.value("pg_up", target="down") == 1,
@@ -67,26 +71,11 @@ def test_full_server_refusal_reasons(exporter_for) -> None:
                     ]
                 }
             )
+            failures = "pg_connections_exporter_connect_failures_total"
             s = running.scrape_until(
                 lambda s: (
-                    (
-                        s.get(
-                            "pg_connections_exporter_connect_failures_total",
-                            target="late",
-                            reason="reserved_slots_only",
-                        )
-                        or 0
-                    )
-                    >= 1
-                    and (
-                        s.get(
-                            "pg_connections_exporter_connect_failures_total",
-                            target="limited",
-                            reason="role_limit",
-                        )
-                        or 0
-                    )
-                    >= 1
+                    s.value(failures, target="late", reason="reserved_slots_only") >= 1
+                    and s.value(failures, target="limited", reason="role_limit") >= 1
                 ),
                 what="refusals counted by reason",
             )

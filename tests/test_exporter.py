@@ -113,6 +113,11 @@ def test_custom_query_and_a_broken_one(pg: LocalCluster, exporter_for) -> None:
         s.value("pg_connections_exporter_query_errors_total", query="custom_broken", reason="error")
         == 1
     )
+    # Every (query, reason) pair starts at 0, so that increase() sees a first failure.
+    assert (
+        s.value("pg_connections_exporter_query_errors_total", query="connections", reason="timeout")
+        == 0
+    )
     # The broken query hurts only itself.
     assert s.value("pg_connections_exporter_query_success", query="connections") == 1
     assert s.value("pg_connections_max", target="db", env="test") == 120

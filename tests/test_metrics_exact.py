@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -28,27 +29,24 @@ STATES = [
 ]
 
 
-_observers: dict[int, psycopg.Connection[Any]] = {}
-
-
-def observer(cluster: LocalCluster) -> psycopg.Connection[Any]:
-    """One long-lived superuser session per server that reads the truth.
+@pytest.fixture
+def observer(pg: LocalCluster) -> Iterator[psycopg.Connection[Any]]:
+    """One superuser session that reads the truth for the whole test.
 
     A session opened and closed for each reading would still be ending when the exporter
     scrapes; this one stays, and between readings it is idle, which is how the truth shows it.
     """
-    conn = _observers.get(cluster.port)
-    if conn is None or conn.closed:
-        conn = psycopg.connect(
-            cluster.dsn(application_name="truth-observer"), autocommit=True, row_factory=dict_row
-        )
-        _observers[cluster.port] = conn
-    return conn
+    conn = psycopg.connect(
+        pg.dsn(application_name="truth-observer"), autocommit=True, row_factory=dict_row
+    )
+    try:
+        yield conn
+    finally:
+        conn.close()
 
 
-def truth(cluster: LocalCluster) -> dict[str, Any]:
+def truth(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     """The numbers, from pg_stat_activity as the superuser; this reading session as idle."""
-    conn = observer(cluster)
     rows = conn.execute(
         "SELECT *, host(client_addr) AS addr,"
         " extract(epoch FROM now() - state_change)::float8 AS in_state,"
@@ -119,7 +117,7 @@ def open_mixed_workload(w: Workload) -> None:
 
 
 def test_every_metric_matches_pg_stat_activity(
-    workload_cluster: LocalCluster, exporter_for
+    workload_cluster: LocalCluster, observer: psycopg.Connection[Any], exporter_for
 ) -> None:
     pg = workload_cluster
     with Workload(pg.dsn()) as w:
@@ -127,10 +125,10 @@ def test_every_metric_matches_pg_stat_activity(
         running = exporter_for({"targets": [{"name": "t", "dsn": pg.dsn()}]})
         running.scrape()  # the exporter's own backend now exists
         wait_until(
-            lambda: by(truth(pg)["others"], "wait_event_type")[("Lock",)] == 1,
+            lambda: by(truth(observer)["others"], "wait_event_type")[("Lock",)] == 1,
             what="the lock waiter",
         )
-        t = truth(pg)
+        t = truth(observer)
         s = running.scrape()
         others = t["others"]
 
@@ -191,7 +189,9 @@ def test_every_metric_matches_pg_stat_activity(
         assert s.value("pg_connections_state_hidden") == 0
 
 
-def test_duration_histogram_buckets(pg: LocalCluster, exporter_for) -> None:
+def test_duration_histogram_buckets(
+    pg: LocalCluster, observer: psycopg.Connection[Any], exporter_for
+) -> None:
     config = {
         "targets": [{"name": "t", "dsn": pg.dsn()}],
         "collectors": {"params": {"connections": {"duration_buckets": [2, 3600]}}},
@@ -202,18 +202,18 @@ def test_duration_histogram_buckets(pg: LocalCluster, exporter_for) -> None:
         running = exporter_for(config)
 
         def old_enough() -> bool:
-            rows = truth(pg)["others"]
+            rows = truth(observer)["others"]
             return min(r["in_state"] for r in rows if r["application_name"] == "old") > 3
 
         wait_until(old_enough, 30, 0.2, "the old sessions to be idle for more than 3 s")
-        base = Counter(r["state"] for r in truth(pg)["others"] if r["in_state"] > 2)
+        base = Counter(r["state"] for r in truth(observer)["others"] if r["in_state"] > 2)
         w.open_many([SessionSpec("idle", application_name="new")] * 2)
         s = running.scrape()
         buckets = {
             (ls["state"], ls["le"]): v
             for ls, v in s.series("pg_connections_state_duration_seconds_bucket")
         }
-        total = Counter(r["state"] for r in truth(pg)["others"])
+        total = Counter(r["state"] for r in truth(observer)["others"])
         for state in STATES:
             assert buckets[(state, "+Inf")] == total.get(state, 0), state
             assert buckets[(state, "3600.0")] == total.get(state, 0), state
@@ -223,7 +223,10 @@ def test_duration_histogram_buckets(pg: LocalCluster, exporter_for) -> None:
 
 
 def test_role_without_pg_monitor_is_told_not_zeros(
-    pg: LocalCluster, exporter_for, caplog: pytest.LogCaptureFixture
+    pg: LocalCluster,
+    observer: psycopg.Connection[Any],
+    exporter_for,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     pg.execute(
         "DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'plain_monitor') THEN"
@@ -238,12 +241,12 @@ def test_role_without_pg_monitor_is_told_not_zeros(
         def agreed() -> tuple[Samples, int] | None:
             # Every other session belongs to another role; sessions of earlier tests may still
             # be ending, so compare until both sides agree.
-            hidden = len(truth(pg)["others"])
+            hidden = len(truth(observer)["others"])
             s = running.scrape()
             got = s.value("pg_connections_state_hidden")
             assert got == hidden, (
                 got,
-                [(r["usename"], r["application_name"]) for r in truth(pg)["others"]],
+                [(r["usename"], r["application_name"]) for r in truth(observer)["others"]],
             )
             return s, hidden
 

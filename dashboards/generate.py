@@ -784,12 +784,12 @@ def overview() -> dict:
     L.add(
         timeseries(
             "Refused logins and connect failures",
-            "The exporter's failed connection attempts per second by reason (too_many_clients "
-            "is the server refusing logins).",
+            "The exporter's failed connection attempts per second by reason, only those "
+            "happening (too_many_clients is the server refusing logins).",
             [
                 q(
                     f"max by (reason) (rate(pg_connections_exporter_connect_failures_total"
-                    f"{{{F}}}[$__rate_interval]))",
+                    f"{{{F}}}[$__rate_interval])) > 0",
                     "{{reason}}",
                 )
             ],
@@ -871,11 +871,12 @@ def overview() -> dict:
         timeseries(
             "Query errors",
             "Failed collector query runs per second by query and reason (error, timeout, "
-            "deadline, connection, invalid_result); their metrics are missing meanwhile.",
+            "deadline, connection, invalid_result), only those failing; their metrics are "
+            "missing meanwhile.",
             [
                 q(
                     f"max by (query, reason) (rate(pg_connections_exporter_query_errors_total"
-                    f"{{{F}}}[$__rate_interval]))",
+                    f"{{{F}}}[$__rate_interval])) > 0",
                     "{{query}} {{reason}}",
                 )
             ],

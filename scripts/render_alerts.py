@@ -253,18 +253,7 @@ def render_groups(t: Mapping[str, Any]) -> list[dict[str, Any]]:
             f"""
             (pg_connections_login_check_success{{{sel}}} == 0)
             or on(job, instance, target)
-            sum without () (
-                increase({failures}[{rwin}]) > 0
-              or
-                # A counter series born within the window, while Prometheus was already
-                # scraping this exporter: all of its value is new refusals (increase() cannot
-                # see a series' first sample).
-                (
-                    ({failures} > 0 unless {failures} offset {rwin})
-                  and on(job, instance)
-                    (up{{{sel}}} offset {rwin})
-                )
-            )
+            increase({failures}[{rwin}]) > 0
             """,
             "critical",
             "PostgreSQL is refusing new client connections.",
@@ -291,29 +280,21 @@ def render_groups(t: Mapping[str, Any]) -> list[dict[str, Any]]:
             {filling["horizon"]} (it is above {pct(filling["min_utilization"])} now).
             """,
         ),
-        alert(
-            "PostgresIdleInTransactionTooLong",
-            f"{iit_duration} > {iit_long['warning_seconds']}",
-            "warning",
-            "A PostgreSQL session has been idle in an open transaction for long.",
-            f"""
-            {where}: a session has been "{{{{ $labels.state }}}}" for
-            {{{{ $value | humanizeDuration }}}} (over {iit_long["warning_seconds"]}s): it holds
-            a connection slot, and locks and old snapshots that block other sessions and vacuum.
-            """,
-            iit_long["for"],
-        ),
-        alert(
-            "PostgresIdleInTransactionTooLong",
-            f"{iit_duration} > {iit_long['critical_seconds']}",
-            "critical",
-            "A PostgreSQL session has been idle in an open transaction for very long.",
-            f"""
-            {where}: a session has been "{{{{ $labels.state }}}}" for
-            {{{{ $value | humanizeDuration }}}} (over {iit_long["critical_seconds"]}s): it holds
-            a connection slot, and locks and old snapshots that block other sessions and vacuum.
-            """,
-            iit_long["for"],
+        *(
+            alert(
+                "PostgresIdleInTransactionTooLong",
+                f"{iit_duration} > {iit_long[f'{severity}_seconds']}",
+                severity,
+                f"A PostgreSQL session has been idle in an open transaction for {how_long}.",
+                f"""
+                {where}: a session has been "{{{{ $labels.state }}}}" for
+                {{{{ $value | humanizeDuration }}}} (over {iit_long[f"{severity}_seconds"]}s): it
+                holds a connection slot, and locks and old snapshots that block other sessions
+                and vacuum.
+                """,
+                iit_long["for"],
+            )
+            for severity, how_long in (("warning", "long"), ("critical", "very long"))
         ),
         alert(
             "PostgresIdleInTransactionHigh",

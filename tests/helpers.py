@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any, TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -21,6 +23,17 @@ from exporter.localpg import free_port
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
+
+
+def load_render_alerts() -> ModuleType:
+    """scripts/render_alerts.py as a module (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        "render_alerts", REPO / "scripts" / "render_alerts.py"
+    )
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def wait_until(

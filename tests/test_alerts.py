@@ -7,19 +7,17 @@ real Prometheus and Alertmanager is tests/test_alerts_e2e.py.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
 
 from tests.conftest import require_program
-from tests.helpers import REPO
+from tests.helpers import REPO, load_render_alerts
 
 ALERTS_DIR = REPO / "alerts"
 RULES = ALERTS_DIR / "pg-connections-exporter.rules.yml"
@@ -48,17 +46,6 @@ EXPECTED = {
 }
 
 
-def load_renderer() -> ModuleType:
-    """scripts/render_alerts.py as a module (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(
-        "render_alerts", REPO / "scripts" / "render_alerts.py"
-    )
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def rules() -> list[dict[str, Any]]:
     data = yaml.safe_load(RULES.read_text())
     return [rule for group in data["groups"] for rule in group["rules"]]
@@ -81,14 +68,14 @@ def test_generated_files_are_up_to_date() -> None:
     assert result.returncode == 0, (
         "run `python scripts/render_alerts.py`:\n" + result.stdout + result.stderr
     )
-    renderer = load_renderer()
+    renderer = load_render_alerts()
     for path, text in renderer.render_files(renderer.load_thresholds()).items():
         assert path.read_text() == text, path
 
 
 def test_thresholds_come_from_the_yaml() -> None:
     """Changing a value in thresholds.yaml changes the rules: nothing is hard-coded twice."""
-    renderer = load_renderer()
+    renderer = load_render_alerts()
     t = renderer.load_thresholds()
     t["alerts"]["PostgresConnectionsHigh"]["utilization"] = 0.75
     t["alerts"]["PostgresConnectionsHigh"]["for"] = "7m"

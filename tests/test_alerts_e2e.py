@@ -9,38 +9,25 @@ the resolved notification.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
-import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import psycopg
 import pytest
 import yaml
 
-from exporter.localpg import free_port
 from exporter.workload import SessionSpec, Workload
 from tests.conftest import new_cluster, require_program
-from tests.helpers import REPO, http_get, wait_until
+from tests.helpers import REPO, load_render_alerts, wait_until
+from tests.prometheus_server import AlertmanagerServer, PrometheusServer, ServerProcess
 
 ALERT = "PostgresConnectionsExhausted"
 TARGET = "e2e"
-
-
-def load_renderer() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "render_alerts", REPO / "scripts" / "render_alerts.py"
-    )
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @dataclass
@@ -97,48 +84,12 @@ def webhook_receiver() -> Iterator[Webhook]:
         thread.join(5)
 
 
-class Program:
-    """A server program as a plain subprocess on 127.0.0.1, its output in a log file."""
-
-    def __init__(self, name: str, argv: list[str], workdir: Path, port: int) -> None:
-        self.name = name
-        self.port = port
-        self.log_path = workdir / f"{name}.log"
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir
-            )
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        def ready() -> bool:
-            assert self.proc.poll() is None, f"{self.name} exited:\n{self.log()}"
-            return http_get(f"{self.url}/-/ready", timeout=2)[0] == 200
-
-        wait_until(ready, timeout, 0.1, f"{self.name} to be ready")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()  # SIGTERM to this pid only
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-
 def e2e_rules(path: Path) -> str:
     """The production rules, except for the alert under test, whose durations are shortened:
     in production it needs utilization >= 1 in every 1m window for 2m, which would make this
     test last minutes. Here: in every 5s window (5 scrapes at 1s) for 3s. Everything else
     (expression, labels, annotations) is what ships, rendered by the same generator."""
-    renderer = load_renderer()
+    renderer = load_render_alerts()
     thresholds = renderer.load_thresholds()
     thresholds["alerts"][ALERT].update({"window": "5s", "for": "3s"})
     groups = renderer.render_groups(thresholds)
@@ -146,7 +97,7 @@ def e2e_rules(path: Path) -> str:
     return thresholds["job"]
 
 
-def alertmanager_config(path: Path, hook: Webhook) -> None:
+def alertmanager_config(hook: Webhook) -> dict[str, Any]:
     """The example config with each receiver pointed at the test's webhook (path = receiver
     name) and the timings shortened to seconds; routes and inhibitions are the example's."""
     config = yaml.safe_load((REPO / "alerts" / "alertmanager.example.yml").read_text())
@@ -160,7 +111,7 @@ def alertmanager_config(path: Path, hook: Webhook) -> None:
     for child in route.get("routes", []):  # children inherit the root's timings
         for key in ("group_wait", "group_interval", "repeat_interval"):
             child.pop(key, None)
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return config
 
 
 def fill_with_ordinary_sessions(workload: Workload, limit: int = 30) -> str:
@@ -179,7 +130,7 @@ def test_exhausted_pages_and_resolves_through_alertmanager(tmp_path: Path, expor
     prometheus_bin = require_program("prometheus")
     alertmanager_bin = require_program("prometheus-alertmanager")
     cluster = new_cluster("18", max_connections=12)
-    programs: list[Program] = []
+    servers: list[ServerProcess] = []
     try:
         cluster.execute("CREATE ROLE app LOGIN")
         running = exporter_for({"targets": [{"name": TARGET, "dsn": cluster.dsn()}]})
@@ -187,71 +138,24 @@ def test_exhausted_pages_and_resolves_through_alertmanager(tmp_path: Path, expor
         exporter_address = f"127.0.0.1:{running.exporter.port}"
 
         with webhook_receiver() as hook:
-            am_dir = tmp_path / "alertmanager"
-            am_dir.mkdir()
-            alertmanager_config(am_dir / "alertmanager.yml", hook)
-            am_port = free_port()
-            am = Program(
-                "alertmanager",
-                [
-                    alertmanager_bin,
-                    f"--config.file={am_dir / 'alertmanager.yml'}",
-                    f"--storage.path={am_dir / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{am_port}",
-                    "--cluster.listen-address=",
-                ],
-                am_dir,
-                am_port,
+            am = AlertmanagerServer(alertmanager_bin, alertmanager_config(hook))
+            servers.append(am)
+            am.start()
+            job = e2e_rules(tmp_path / "rules.yml")
+            prom = PrometheusServer(
+                prometheus_bin,
+                [exporter_address],
+                job=job,
+                rule_files=[tmp_path / "rules.yml"],
+                alertmanager=f"127.0.0.1:{am.port}",
             )
-            programs.append(am)
-
-            prom_dir = tmp_path / "prometheus"
-            prom_dir.mkdir()
-            job = e2e_rules(prom_dir / "rules.yml")
-            (prom_dir / "prometheus.yml").write_text(
-                yaml.safe_dump(
-                    {
-                        "global": {
-                            "scrape_interval": "1s",
-                            "scrape_timeout": "1s",
-                            "evaluation_interval": "1s",
-                        },
-                        "rule_files": [str(prom_dir / "rules.yml")],
-                        "alerting": {
-                            "alertmanagers": [
-                                {"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}
-                            ]
-                        },
-                        "scrape_configs": [
-                            {"job_name": job, "static_configs": [{"targets": [exporter_address]}]}
-                        ],
-                    }
-                )
-            )
-            prom_port = free_port()
-            prom = Program(
-                "prometheus",
-                [
-                    prometheus_bin,
-                    f"--config.file={prom_dir / 'prometheus.yml'}",
-                    f"--storage.tsdb.path={prom_dir / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{prom_port}",
-                    "--rules.alert.resend-delay=1s",
-                ],
-                prom_dir,
-                prom_port,
-            )
-            programs.append(prom)
-            am.wait_ready()
-            prom.wait_ready()
+            servers.append(prom)
+            prom.start()
 
             def scraped_with_rules() -> bool:
-                _, body, _ = http_get(
-                    f"{prom.url}/api/v1/query?query=pg_connections_utilization_ratio", timeout=2
-                )
-                series = json.loads(body)["data"]["result"]
-                _, rules, _ = http_get(f"{prom.url}/api/v1/rules?type=alert", timeout=2)
-                return bool(series) and f'"name":"{ALERT}"' in rules
+                rules = prom.api("rules", type="alert")["data"]["groups"]
+                names = {r["name"] for g in rules for r in g["rules"]}
+                return bool(prom.vector("pg_connections_utilization_ratio")) and ALERT in names
 
             wait_until(scraped_with_rules, 30, 0.2, "Prometheus to scrape the exporter")
             assert hook.find("firing") is None
@@ -284,10 +188,10 @@ def test_exhausted_pages_and_resolves_through_alertmanager(tmp_path: Path, expor
             assert resolved["notification"]["status"] == "resolved"
             assert resolved["notification"]["receiver"] == "pager"
     except BaseException:
-        for program in programs:
-            print(f"--- {program.name} log ---\n{program.log()}")
+        for server in servers:
+            print(f"--- {server.name} log ---\n{server.log_tail(60)}")
         raise
     finally:
-        for program in programs:
-            program.stop()
+        for server in servers:
+            server.stop()
         cluster.stop()

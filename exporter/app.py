@@ -5,29 +5,48 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client.registry import CollectorRegistry
 
-from exporter.collector import ExporterCollector
-from exporter.config import Config
+from exporter.collector import ExporterCollector, ReloadStatus
+from exporter.config import Config, ConfigError
 from exporter.http import WebApp, make_server, serve_in_thread
 from exporter.scrape import Scraper
+from exporter.webconfig import WebConfig
 
 log = logging.getLogger(__name__)
 
 
 class Exporter:
-    """Owns everything one exporter process runs; `run()` serves until SIGTERM or SIGINT."""
+    """Owns everything one exporter process runs; `run()` serves until SIGTERM or SIGINT and
+    reloads its configuration on SIGHUP (or POST /-/reload) through `load_config`."""
 
     def __init__(
-        self, config: Config, listen_host: str, listen_port: int, telemetry_path: str = "/metrics"
+        self,
+        config: Config,
+        listen_host: str,
+        listen_port: int,
+        telemetry_path: str = "/metrics",
+        load_config: Callable[[], Config] | None = None,
+        web_config: WebConfig | None = None,
     ) -> None:
         self.config = config
         self.scraper = Scraper(config)
+        self._load_config = load_config
+        self._reload_lock = threading.Lock()
+        self._reload_status = ReloadStatus(True, time.time())
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(ExporterCollector(self.scraper))
-        self.web = WebApp(self.registry, telemetry_path, self.status)
+        self.registry.register(ExporterCollector(self.scraper, lambda: self._reload_status))
+        self.web = WebApp(
+            self.registry,
+            telemetry_path,
+            self.status,
+            self.reload if load_config else None,
+            web_config,
+        )
         self.server = make_server(self.web, listen_host, listen_port)
         self._stopped = threading.Event()
 
@@ -52,18 +71,53 @@ class Exporter:
         self.scraper.close()
         self._stopped.set()
 
+    def reload(self) -> list[str]:
+        """Load the configuration again and switch to it; a config with problems is refused
+        (problems logged and returned) and the running one stays."""
+        if self._load_config is None:
+            return ["nothing to reload: the exporter was not started from a configuration"]
+        with self._reload_lock:
+            try:
+                config = self._load_config()
+            except ConfigError as exc:
+                self._reload_status = ReloadStatus(False, self._reload_status.last_success_at)
+                log.error(
+                    "configuration refused, the previous one keeps running",
+                    extra={"problems": "; ".join(exc.problems)},
+                )
+                return exc.problems
+            self.scraper.reload(config)
+            self.config = config
+            self._reload_status = ReloadStatus(True, time.time())
+        log.info("configuration reloaded", extra={"targets": len(config.targets)})
+        return []
+
     def run(self) -> None:
-        """Serve until a signal asks to stop, then close every connection."""
+        """Serve until SIGTERM or SIGINT, reloading on SIGHUP, then close every connection."""
+        wake = threading.Event()
         stop = threading.Event()
+        hangup = threading.Event()
 
         def on_signal(signum: int, _frame: Any) -> None:
             log.info("stopping", extra={"signal": signal.Signals(signum).name})
             stop.set()
+            wake.set()
+
+        def on_hangup(_signum: int, _frame: Any) -> None:
+            hangup.set()
+            wake.set()
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGHUP, on_hangup)
         self.start()
-        stop.wait()
+        while not stop.is_set():
+            wake.wait()
+            wake.clear()
+            if hangup.is_set() and not stop.is_set():
+                # Reload here, outside the signal handler, which must not take locks.
+                hangup.clear()
+                self.reload()
         self.stop()
 
     def status(self) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from exporter import __version__
 from exporter.config import Config, ConfigError, load_config, single_target_config
 from exporter.logsetup import setup_logging
+from exporter.webconfig import WebConfig, load_web_config
 
 DEFAULT_PORT = 9832
 EXIT_CONFIG = 2
@@ -65,6 +66,12 @@ def add_web_flags(parser: argparse.ArgumentParser) -> None:
         help="path of the metrics endpoint (default /metrics)",
     )
     parser.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        metavar="PATH",
+        help="exporter-toolkit web config: TLS and basic auth for every HTTP path",
+    )
+    parser.add_argument(
         "--log.level", dest="log_level", default="info", choices=["debug", "info", "warn", "error"]
     )
     parser.add_argument(
@@ -104,6 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_demo(host, port, args.telemetry_path)
     try:
         config = resolve_config(args)
+        web_config = load_web_config(args.web_config_file) if args.web_config_file else None
     except ConfigError as exc:
         print(
             f"pg-connections-exporter: invalid configuration ({len(exc.problems)} problem(s)):",
@@ -116,12 +124,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"{config.source}: valid: {len(config.targets)} target(s), "
             f"{len(config.queries)} queries"
+            + (f"; {args.web_config_file}: valid" if web_config else "")
         )
         return 0
+    return serve(args, config, host, port, web_config)
+
+
+def serve(
+    args: argparse.Namespace, config: Config, host: str, port: int, web_config: WebConfig | None
+) -> int:
+    """Run the exporter until it is asked to stop; SIGHUP re-reads the same sources."""
     from exporter.app import Exporter
 
     try:
-        exporter = Exporter(config, host, port, args.telemetry_path)
+        exporter = Exporter(
+            config, host, port, args.telemetry_path, lambda: resolve_config(args), web_config
+        )
     except OSError as exc:
         print(
             f"pg-connections-exporter: cannot listen on {args.listen_address}: {exc.strerror}",

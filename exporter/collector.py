@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import platform
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from prometheus_client.core import (
@@ -33,11 +33,22 @@ scrape_timeout: contextvars.ContextVar[float | None] = contextvars.ContextVar(
 )
 
 
+@dataclass(frozen=True)
+class ReloadStatus:
+    """How the last configuration (re)load went, and when (Unix time) one last succeeded."""
+
+    success: bool
+    last_success_at: float
+
+
 class ExporterCollector(Collector):
     """Yields every target's metrics plus the exporter's own."""
 
-    def __init__(self, scraper: Scraper) -> None:
+    def __init__(
+        self, scraper: Scraper, reload_status: Callable[[], ReloadStatus] | None = None
+    ) -> None:
         self.scraper = scraper
+        self.reload_status = reload_status
 
     def collect(self) -> Iterator[Metric]:
         settings = self.scraper.config.settings
@@ -47,7 +58,8 @@ class ExporterCollector(Collector):
         )
         results = self.scraper.scrape(timeout)
         yield from target_families(results)
-        yield from self_families(self.scraper, results)
+        reload = self.reload_status() if self.reload_status else None
+        yield from self_families(self.scraper, results, reload)
 
 
 def target_families(results: Sequence[TargetResult]) -> Iterator[Metric]:
@@ -59,14 +71,16 @@ def target_families(results: Sequence[TargetResult]) -> Iterator[Metric]:
         for outcome in result.queries:
             for produced in outcome.metrics:
                 spec = produced.spec
-                family = families.get(spec.name)
-                if family is None:
-                    family = _new_family(spec.type, spec.name, spec.help, base_names + spec.labels)
-                    families[spec.name] = family
+                # Built per target, since targets may carry different constant labels, then
+                # merged into one family per metric name.
+                part = _new_family(spec.type, spec.name, spec.help, base_names + spec.labels)
                 for labels, value in produced.samples:
-                    family.add_metric([*base_values, *labels], value)
+                    part.add_metric([*base_values, *labels], value)
                 for h in produced.histograms:
-                    family.add_metric([*base_values, *h.labels], list(h.buckets), h.sum)
+                    part.add_metric([*base_values, *h.labels], list(h.buckets), h.sum)
+                family = families.setdefault(spec.name, part)
+                if family is not part:
+                    family.samples.extend(part.samples)
     yield from families.values()
 
 
@@ -132,6 +146,38 @@ CONNECT_FAILURES = SelfMetric(
     ("target", "reason"),
     f"Failed connection attempts, by reason ({', '.join(REASONS)}).",
 )
+LOGIN_SUCCESS = SelfMetric(
+    "pg_connections_login_check_success",
+    "gauge",
+    ("target",),
+    "1 if the last login check was let in, 0 if it was refused or failed (targets with "
+    "login_check only).",
+)
+LOGIN_DURATION = SelfMetric(
+    "pg_connections_login_check_duration_seconds",
+    "gauge",
+    ("target",),
+    "Time the last login check took to be let in or refused.",
+)
+LOGIN_FAILURES = SelfMetric(
+    "pg_connections_login_check_failures_total",
+    "counter",
+    ("target", "reason"),
+    f"Failed login checks, by reason ({', '.join(REASONS)}).",
+)
+RELOAD_SUCCESS = SelfMetric(
+    f"{SELF}_config_last_reload_successful",
+    "gauge",
+    (),
+    "1 if the last configuration load (start, SIGHUP or POST /-/reload) succeeded; "
+    "0 while a rejected config waits to be fixed (the previous one keeps running).",
+)
+RELOAD_TIME = SelfMetric(
+    f"{SELF}_config_last_reload_success_timestamp_seconds",
+    "gauge",
+    (),
+    "Unix time of the last successful configuration load.",
+)
 SELF_METRICS = (
     BUILD_INFO,
     UP,
@@ -140,11 +186,18 @@ SELF_METRICS = (
     QUERY_SUCCESS,
     QUERY_ERRORS,
     CONNECT_FAILURES,
+    LOGIN_SUCCESS,
+    LOGIN_DURATION,
+    LOGIN_FAILURES,
+    RELOAD_SUCCESS,
+    RELOAD_TIME,
 )
 
 
-def self_families(scraper: Scraper, results: Sequence[TargetResult]) -> Iterator[Metric]:
-    """pg_up and the exporter's own health."""
+def self_families(
+    scraper: Scraper, results: Sequence[TargetResult], reload: ReloadStatus | None = None
+) -> Iterator[Metric]:
+    """pg_up, the login checks and the exporter's own health."""
     family = {m.name: m.family() for m in SELF_METRICS}
     family[BUILD_INFO.name].add_metric([__version__, platform.python_version()], 1)
     for r in results:
@@ -153,6 +206,9 @@ def self_families(scraper: Scraper, results: Sequence[TargetResult]) -> Iterator
         for q in r.queries:
             family[QUERY_DURATION.name].add_metric([r.target.name, q.name], q.duration)
             family[QUERY_SUCCESS.name].add_metric([r.target.name, q.name], 0 if q.error else 1)
+        if r.login is not None:
+            family[LOGIN_SUCCESS.name].add_metric([r.target.name], 1 if r.login.success else 0)
+            family[LOGIN_DURATION.name].add_metric([r.target.name], r.login.duration)
     for t in scraper.targets:
         for (query, reason), n in sorted(t.query_errors.items()):
             family[QUERY_ERRORS.name].add_metric([t.target.name, query, reason], n)
@@ -160,4 +216,10 @@ def self_families(scraper: Scraper, results: Sequence[TargetResult]) -> Iterator
         counts = t.connection.connect_failures
         for reason in REASONS:
             family[CONNECT_FAILURES.name].add_metric([t.target.name, reason], counts.get(reason, 0))
+        if t.login_checker is not None:
+            for reason, n in t.login_checker.failures.items():
+                family[LOGIN_FAILURES.name].add_metric([t.target.name, reason], n)
+    if reload is not None:
+        family[RELOAD_SUCCESS.name].add_metric([], 1 if reload.success else 0)
+        family[RELOAD_TIME.name].add_metric([], reload.last_success_at)
     yield from family.values()

@@ -188,6 +188,38 @@ class QuerySpec(_Strict):
         return self
 
 
+def _validate_dsn(v: str) -> str:
+    try:
+        psycopg.conninfo.conninfo_to_dict(v)
+    except psycopg.ProgrammingError:
+        # The parser's message may quote the DSN, password included: say only what it is.
+        raise ValueError("not a valid libpq connection string or URI") from None
+    return v
+
+
+def _login_check_shorthand(value: Any) -> Any:
+    """`login_check: true` is `login_check: {}`; `false` is no check."""
+    if value is True:
+        return {}
+    if value is False:
+        return None
+    return value
+
+
+class LoginCheckSpec(_Strict):
+    """A fresh login, at most once per interval, to see what a new client sees."""
+
+    interval: Duration = 60.0
+    dsn: str | None = None
+    password_file: Path | None = None
+    timeout: Duration | None = None
+
+    @field_validator("dsn")
+    @classmethod
+    def _dsn(cls, v: str | None) -> str | None:
+        return None if v is None else _validate_dsn(v)
+
+
 class TargetSpec(_Strict):
     """A PostgreSQL server to scrape."""
 
@@ -196,6 +228,7 @@ class TargetSpec(_Strict):
     password_file: Path | None = None
     labels: dict[str, str] = {}
     connect_timeout: Duration = 5.0
+    login_check: Annotated[LoginCheckSpec | None, BeforeValidator(_login_check_shorthand)] = None
 
     @field_validator("labels")
     @classmethod
@@ -210,12 +243,7 @@ class TargetSpec(_Strict):
     @field_validator("dsn")
     @classmethod
     def _dsn(cls, v: str) -> str:
-        try:
-            psycopg.conninfo.conninfo_to_dict(v)
-        except psycopg.ProgrammingError:
-            # The parser's message may quote the DSN, password included: say only what it is.
-            raise ValueError("not a valid libpq connection string or URI") from None
-        return v
+        return _validate_dsn(v)
 
 
 class Settings(_Strict):
@@ -243,6 +271,15 @@ class ConfigFile(_Strict):
 
 
 @dataclass(frozen=True)
+class LoginCheck:
+    """A login check ready to run: its DSN with the password resolved."""
+
+    conninfo: str = field(repr=False)
+    interval: float
+    timeout: float
+
+
+@dataclass(frozen=True)
 class Target:
     """A target ready to connect: the DSN with its password resolved."""
 
@@ -250,6 +287,7 @@ class Target:
     conninfo: str = field(repr=False)
     labels: Mapping[str, str]
     connect_timeout: float
+    login_check: LoginCheck | None = None
 
 
 @dataclass(frozen=True)
@@ -343,18 +381,38 @@ def _resolve_targets(spec: ConfigFile, source: str, problems: list[str]) -> list
         if t.name in seen:
             problems.append(f"{where}.name: target name {t.name!r} is used twice")
         seen.add(t.name)
-        conninfo = t.dsn
-        if t.password_file is not None:
-            try:
-                password = t.password_file.read_text(encoding="utf-8").rstrip("\r\n")
-            except OSError as exc:
-                problems.append(
-                    f"{where}.password_file: cannot read {t.password_file}: {exc.strerror}"
-                )
+        conninfo = _with_password(t.dsn, t.password_file, f"{where}.password_file", problems)
+        if conninfo is None:
+            continue
+        login_check = None
+        if (check := t.login_check) is not None:
+            login_conninfo = _with_password(
+                check.dsn or conninfo,
+                check.password_file,
+                f"{where}.login_check.password_file",
+                problems,
+            )
+            if login_conninfo is None:
                 continue
-            conninfo = psycopg.conninfo.make_conninfo(conninfo, password=password)
-        targets.append(Target(t.name, conninfo, dict(t.labels), t.connect_timeout))
+            # One attempt at a time: a timeout longer than the interval only spaces them out.
+            timeout = check.timeout or t.connect_timeout
+            login_check = LoginCheck(login_conninfo, check.interval, timeout)
+        targets.append(Target(t.name, conninfo, dict(t.labels), t.connect_timeout, login_check))
     return targets
+
+
+def _with_password(
+    conninfo: str, password_file: Path | None, where: str, problems: list[str]
+) -> str | None:
+    """The DSN with the password read from `password_file`, or None (a problem) if unreadable."""
+    if password_file is None:
+        return conninfo
+    try:
+        password = password_file.read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        problems.append(f"{where}: cannot read {password_file}: {exc.strerror}")
+        return None
+    return psycopg.conninfo.make_conninfo(conninfo, password=password)
 
 
 def _select_queries(spec: ConfigFile, source: str, problems: list[str]) -> list[QuerySpec]:

@@ -56,7 +56,13 @@ def run_demo(host: str, port: int, telemetry_path: str) -> int:
             stop = threading.Event()
             churn = threading.Thread(target=_churn, args=(workload, stop), daemon=True)
             churn.start()
-            config = parse_config({"targets": [{"name": "demo", "dsn": cluster.dsn()}]}, "demo")
+            target = {
+                "name": "demo",
+                "dsn": cluster.dsn(),
+                # What a new storefront session would see, every 15 s.
+                "login_check": {"interval": "15s", "dsn": cluster.dsn(user="web", dbname="shop")},
+            }
+            config = parse_config({"targets": [target]}, "demo")
             exporter = Exporter(config, host, port, telemetry_path)
             shown = host or "localhost"
             log.info(

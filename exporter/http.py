@@ -1,14 +1,20 @@
-"""The HTTP side: /metrics (or the configured path), a landing page and /healthz.
+"""The HTTP side: /metrics (or the configured path), a landing page, /healthz, /-/reload.
 
 The scrape deadline comes from Prometheus's X-Prometheus-Scrape-Timeout-Seconds header when it
-sends one, so that the exporter answers before Prometheus gives up on it.
+sends one, so that the exporter answers before Prometheus gives up on it. With a web config,
+every path is behind TLS and basic auth alike.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import contextlib
 import gzip
 import html
 import logging
+import socket
+import ssl
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,34 +26,72 @@ from prometheus_client.registry import CollectorRegistry
 
 from exporter import __version__
 from exporter.collector import scrape_timeout
+from exporter.webconfig import WebConfig
 
 log = logging.getLogger(__name__)
 
 # Part of Prometheus's scrape timeout kept for encoding and the network.
 SCRAPE_TIMEOUT_MARGIN = 0.5
+# A client gets this long to finish a TLS handshake, in its own thread.
+HANDSHAKE_TIMEOUT = 10.0
+
+# Reloads the configuration; returns the problems that made it refuse one (empty: reloaded).
+Reload = Callable[[], list[str]]
 
 
 class WebApp:
-    """What the handler needs: the registry to expose and the state for the landing page."""
+    """What the handler needs: the registry, the landing page's state, reload, web config."""
 
     def __init__(
         self,
         registry: CollectorRegistry,
         telemetry_path: str,
         status: Callable[[], list[dict[str, Any]]],
+        reload: Reload | None = None,
+        web_config: WebConfig | None = None,
     ) -> None:
         self.registry = registry
         self.telemetry_path = telemetry_path
         self.status = status
+        self.reload = reload
+        self.web_config = web_config or WebConfig()
+
+
+class _TLSServer(ThreadingHTTPServer):
+    """Does each TLS handshake in the request's own thread, so a slow client holds only it."""
+
+    ssl_context: ssl.SSLContext
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        request.settimeout(HANDSHAKE_TIMEOUT)
+        try:
+            tls = self.ssl_context.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError) as exc:
+            log.debug("tls handshake failed", extra={"client": client_address[0], "error": exc})
+            return
+        try:
+            tls.settimeout(None)
+            super().finish_request(tls, client_address)
+        finally:
+            with contextlib.suppress(OSError):
+                tls.shutdown(socket.SHUT_RDWR)
+            tls.close()
 
 
 def make_server(app: WebApp, host: str, port: int) -> ThreadingHTTPServer:
-    """A threading HTTP server bound to host:port serving `app`."""
+    """A threading HTTP(S) server bound to host:port serving `app`."""
 
     class Handler(_Handler):
         web = app
 
-    server = ThreadingHTTPServer((host, port), Handler)
+    context = app.web_config.ssl_context
+    server_class = _TLSServer if context is not None else ThreadingHTTPServer
+    if ":" in host:
+        server_class = type("V6" + server_class.__name__, (server_class,), {})
+        server_class.address_family = socket.AF_INET6
+    server = server_class((host, port), Handler)
+    if context is not None:
+        server.ssl_context = context  # type: ignore[attr-defined]
     server.daemon_threads = True
     return server
 
@@ -64,6 +108,8 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:
+        if not self._authorized():
+            return
         path = urlsplit(self.path).path
         if path == self.web.telemetry_path:
             self._metrics()
@@ -71,8 +117,54 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, "text/html; charset=utf-8", self._landing().encode())
         elif path == "/healthz":
             self._send(200, "text/plain; charset=utf-8", b"ok\n")
+        elif path == "/-/reload":
+            self._send(405, "text/plain; charset=utf-8", b"use POST to reload\n", {"Allow": "POST"})
         else:
             self._send(404, "text/plain; charset=utf-8", b"not found\n")
+
+    def do_POST(self) -> None:
+        self._discard_body()
+        if not self._authorized():
+            return
+        if urlsplit(self.path).path != "/-/reload" or self.web.reload is None:
+            self._send(404, "text/plain; charset=utf-8", b"not found\n")
+            return
+        problems = self.web.reload()
+        if problems:
+            body = "configuration refused, the previous one keeps running:\n" + "".join(
+                f"  {p}\n" for p in problems
+            )
+            self._send(500, "text/plain; charset=utf-8", body.encode())
+        else:
+            self._send(200, "text/plain; charset=utf-8", b"configuration reloaded\n")
+
+    def _discard_body(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if 0 < length <= 1 << 20:
+            self.rfile.read(length)
+
+    def _authorized(self) -> bool:
+        """Basic auth, when the web config asks for it; a 401 has been sent when False."""
+        auth = self.web.web_config.auth
+        if auth is None:
+            return True
+        scheme, _, encoded = (self.headers.get("Authorization") or "").partition(" ")
+        if scheme.lower() == "basic":
+            try:
+                user, sep, password = (
+                    base64.b64decode(encoded, validate=True).decode().partition(":")
+                )
+            except (binascii.Error, UnicodeDecodeError):
+                sep = ""
+            if sep and auth.check(user, password):
+                return True
+        self._send(
+            401,
+            "text/plain; charset=utf-8",
+            b"unauthorized\n",
+            {"WWW-Authenticate": 'Basic realm="pg-connections-exporter"'},
+        )
+        return False
 
     def _metrics(self) -> None:
         timeout = _prometheus_timeout(self.headers.get("X-Prometheus-Scrape-Timeout-Seconds"))
@@ -115,7 +207,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(code)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
-        for name, value in (headers or {}).items():
+        for name, value in {**self.web.web_config.headers, **(headers or {})}.items():
             self.send_header(name, value)
         self.end_headers()
         if self.command != "HEAD":

@@ -114,13 +114,20 @@ class LocalCluster:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def _as_user(self) -> dict[str, Any]:
+        """subprocess arguments that run as the service user with its own groups only (with
+        `user=` alone the child would keep root's group and be refused by 0700 root dirs)."""
+        if not self.user:
+            return {}
+        return {"user": self.user, "group": pwd.getpwnam(self.user).pw_gid, "extra_groups": []}
+
     @property
     def log_path(self) -> Path:
         return self.dir / "server.log"
 
     def _run(self, *argv: str) -> None:
         result = subprocess.run(
-            argv, user=self.user, capture_output=True, text=True, check=False, cwd=self.dir
+            argv, **self._as_user(), capture_output=True, text=True, check=False, cwd=self.dir
         )
         if result.returncode:
             raise ClusterError(f"{argv[0]} failed: {result.stderr.strip()[-2000:]}")
@@ -174,7 +181,7 @@ class LocalCluster:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the server process
         self.process = subprocess.Popen(
             args,
-            user=self.user,
+            **self._as_user(),
             stdout=log,
             stderr=log,
             stdin=subprocess.DEVNULL,

@@ -18,14 +18,12 @@ from exporter.target import TargetResult, TargetScraper
 
 
 class Scraper:
-    """All targets of one configuration."""
+    """All targets of the current configuration."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.targets = [TargetScraper(t, config.queries, config.settings) for t in config.targets]
-        self._executor = ThreadPoolExecutor(
-            max_workers=max(1, len(self.targets)), thread_name_prefix="scrape"
-        )
+        self._executor = _executor(len(self.targets))
         self._inflight: dict[str, Future[TargetResult]] = {}
         self._lock = threading.Lock()
 
@@ -34,9 +32,34 @@ class Scraper:
             target.open()
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        for target in self.targets:
-            target.close()
+        with self._lock:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            for target in self.targets:
+                target.close()
+
+    def reload(self, config: Config) -> None:
+        """Switch to `config`. A target whose connection settings are unchanged keeps its
+        connection (and so its slot on a full server), its login check and its counters."""
+        with self._lock:
+            old = {t.target.name: t for t in self.targets}
+            targets = [
+                TargetScraper(t, config.queries, config.settings, old.get(t.name))
+                for t in config.targets
+            ]
+            old_executor = self._executor
+            self.config, self.targets = config, targets
+            self._executor = _executor(len(targets))
+            self._inflight = {}
+        for target in targets:
+            if target.connection is not getattr(old.get(target.target.name), "connection", None):
+                target.open()
+        # Runs in flight on the old scrapers finish by their deadline, then nothing uses them.
+        old_executor.shutdown(wait=False)
+        for name, scraper in old.items():
+            successor = next((t for t in targets if t.target.name == name), None)
+            threading.Thread(
+                target=scraper.close, args=(successor,), name=f"close-{name}", daemon=True
+            ).start()
 
     def scrape(self, timeout: float) -> list[TargetResult]:
         """One result per target, all within `timeout` seconds."""
@@ -58,3 +81,7 @@ class Scraper:
             return run.result(timeout=max(0.0, deadline - time.monotonic()))
         except FutureTimeout:
             return TargetResult(target.target, False, 0.0, error="scrape deadline exceeded")
+
+
+def _executor(targets: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=max(1, targets), thread_name_prefix="scrape")

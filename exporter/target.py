@@ -12,7 +12,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import psycopg
@@ -22,6 +22,7 @@ from psycopg_pool import PoolTimeout
 from exporter.config import QuerySpec, Settings, Target
 from exporter.connection import TargetConnection
 from exporter.engine import MetricSamples, build_samples, missing_columns
+from exporter.logincheck import LoginChecker, LoginResult
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class TargetResult:
     server_version: int | None = None
     queries: tuple[QueryOutcome, ...] = ()
     error: str | None = None
+    login: LoginResult | None = None
 
 
 @dataclass
@@ -60,34 +62,76 @@ class _CacheEntry:
 
 
 class TargetScraper:
-    """Owns a target's connection, query cache and error counters."""
+    """Owns a target's connection, login check, query cache and error counters."""
 
-    def __init__(self, target: Target, queries: Sequence[QuerySpec], settings: Settings) -> None:
+    def __init__(
+        self,
+        target: Target,
+        queries: Sequence[QuerySpec],
+        settings: Settings,
+        previous: TargetScraper | None = None,
+    ) -> None:
+        """`previous` is this target's scraper under the config being replaced: its connection
+        (the slot it holds), login check and counters are kept where the new config allows."""
         self.target = target
         self.settings = settings
         self.queries = list(queries)
-        self.connection = TargetConnection(target, settings.query_timeout, settings.lock_timeout)
+        if previous is not None and previous.connection_reusable(target, settings):
+            self.connection = previous.connection
+        else:
+            self.connection = TargetConnection(
+                target, settings.query_timeout, settings.lock_timeout
+            )
+        self.login_checker: LoginChecker | None = None
+        if previous is not None and previous.target.login_check == target.login_check:
+            self.login_checker = previous.login_checker
+        elif target.login_check is not None:
+            self.login_checker = LoginChecker(target.name, target.login_check)
         # (query, reason) -> failed runs; every pair starts at 0 so that increase() sees the
         # first failure.
         self.query_errors: Counter[tuple[str, str]] = Counter(
             {(q.name, reason): 0 for q in self.queries for reason in QUERY_ERROR_REASONS}
         )
-        self.last_result: TargetResult | None = None
+        if previous is not None:
+            for key in self.query_errors:
+                self.query_errors[key] = previous.query_errors.get(key, 0)
+        self.last_result: TargetResult | None = previous.last_result if previous else None
         self._cache: dict[str, _CacheEntry] = {}
         self._warned: set[str] = set()
         self._lock = threading.Lock()
 
+    def connection_reusable(self, target: Target, settings: Settings) -> bool:
+        """Whether `target` under `settings` would open the very same connection as this one."""
+        return (target.conninfo, target.connect_timeout) == (
+            self.target.conninfo,
+            self.target.connect_timeout,
+        ) and (settings.query_timeout, settings.lock_timeout) == (
+            self.settings.query_timeout,
+            self.settings.lock_timeout,
+        )
+
     def open(self) -> None:
         self.connection.open()
 
-    def close(self) -> None:
-        self.connection.close()
+    def close(self, keep: TargetScraper | None = None) -> None:
+        """Close what this scraper owns, except what `keep` (its successor) took over."""
+        if keep is None or keep.connection is not self.connection:
+            self.connection.close()
+        if self.login_checker is not None and (
+            keep is None or keep.login_checker is not self.login_checker
+        ):
+            self.login_checker.close()
 
     def scrape(self, deadline: float) -> TargetResult:
         """Run every due query; never runs past `deadline` (a time.monotonic() value)."""
         with self._lock:
             start = time.monotonic()
+            checker = self.login_checker
+            attempt = checker.start_if_due() if checker else None
             result = self._scrape(start, deadline)
+            if checker is not None:
+                login = checker.result(attempt, deadline - DEADLINE_MARGIN)
+                result = replace(result, login=login)
             self.last_result = result
             return result
 
@@ -143,7 +187,8 @@ class TargetScraper:
                 cur.execute(query.sql, query.params or None)  # type: ignore[arg-type]
                 rows = cur.fetchall() if cur.description else []
                 columns = [c.name for c in cur.description or ()]
-        except psycopg.errors.QueryCanceled as exc:
+        except (psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable) as exc:
+            # statement_timeout, or lock_timeout behind a lock held by someone else.
             return self._failed(query, time.monotonic() - start, "timeout", str(exc))
         except psycopg.Error as exc:
             reason = "connection" if conn.broken or conn.closed else "error"

@@ -110,7 +110,7 @@ def close_quietly(conn: psycopg.Connection[Any]) -> None:
     """Close a session whatever it is doing; a busy one is cancelled first."""
     try:
         if conn.pgconn.transaction_status == psycopg.pq.TransactionStatus.ACTIVE:
-            conn.pgconn.cancel_conn().cancel()
+            conn.cancel()
         conn.pgconn.finish()
     except Exception:
         pass

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from exporter.localpg import LocalCluster, debian_bindir, embedded_bindir
+from exporter.webconfig import WebConfig
 from tests.helpers import ExporterProcess, RunningExporter, start_exporter
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -58,8 +59,8 @@ def exporter_for() -> Iterator[object]:
     """Start in-process exporters from config dicts; all stop at the end of the test."""
     started: list[RunningExporter] = []
 
-    def start(config: dict) -> RunningExporter:
-        running = start_exporter(config)
+    def start(config: dict, web_config: WebConfig | None = None) -> RunningExporter:
+        running = start_exporter(config, web_config)
         started.append(running)
         return running
 

@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.app import Exporter
 from exporter.config import parse_config
 from exporter.localpg import free_port
+from exporter.webconfig import WebConfig
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
@@ -127,8 +128,8 @@ class RunningExporter:
         self.exporter.stop()
 
 
-def start_exporter(config: dict[str, Any]) -> RunningExporter:
-    exporter = Exporter(parse_config(config, "test config"), "127.0.0.1", 0)
+def start_exporter(config: dict[str, Any], web_config: WebConfig | None = None) -> RunningExporter:
+    exporter = Exporter(parse_config(config, "test config"), "127.0.0.1", 0, web_config=web_config)
     exporter.start()
     return RunningExporter(exporter)
 

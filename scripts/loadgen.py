@@ -7,14 +7,15 @@ to show. The compose stack runs it (service `loadgen`); it also runs by hand:
 Once, idempotently, it creates the roles and databases of `pg-connections-exporter demo`
 (giving the roles the DSN's password, so they can log in over TCP with password auth). Then it
 holds a steady set of sessions in every state and one waiting on a lock, opens and closes short
-sessions, and every --wave-every seconds fills the server to --wave-utilization of its slots for
---wave-length seconds: long enough, and PostgresConnectionsHigh fires. SIGTERM or Ctrl-C closes
-every session and exits 0.
+sessions, and in the last --wave-length seconds of every --wave-every seconds fills the server to
+--wave-utilization of its slots: long enough, and PostgresConnectionsHigh fires. SIGTERM or
+Ctrl-C closes every session and exits 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import random
@@ -113,7 +114,8 @@ class LoadGenerator:
             elapsed = (time.monotonic() - started) % self.args.wave_every
             try:
                 self.step_churn()
-                if elapsed < self.args.wave_length:
+                # Quiet first, then the wave at the end of each period.
+                if elapsed >= self.args.wave_every - self.args.wave_length:
                     self.fill_to(self.args.wave_utilization)
                 else:
                     self.drain_wave()
@@ -121,7 +123,8 @@ class LoadGenerator:
                 log.warning("loadgen step failed: %s", exc)
 
     def step_churn(self) -> None:
-        if len(self.churn) < 10 and self.rng.random() < 0.6:
+        # No new sessions during a wave: it holds the server where it is.
+        if not self.wave and len(self.churn) < 10 and self.rng.random() < 0.6:
             state = self.rng.choice(["idle", "idle", "active", "idle in transaction"])
             spec = SessionSpec(state, "web", "shop", "storefront")
             self.churn.append(self.workload.open(spec))
@@ -146,8 +149,26 @@ class LoadGenerator:
             self.close(self.wave.pop())
 
     def close(self, conn: psycopg.Connection[Any]) -> None:
+        self.terminate_busy([conn])
         self.workload.sessions.remove(conn)
         close_quietly(conn)
+
+    def terminate_busy(self, conns: list[psycopg.Connection[Any]]) -> None:
+        """End the server side of sessions still running a statement: closing the client alone
+        leaves a pg_sleep running on the server until it finishes."""
+        busy = [
+            conn.info.backend_pid
+            for conn in conns
+            if conn is not self.probe
+            and conn.pgconn.transaction_status == psycopg.pq.TransactionStatus.ACTIVE
+        ]
+        if busy and self.probe is not None:
+            self.probe.execute("SELECT pg_terminate_backend(p) FROM unnest(%s::int[]) p", [busy])
+
+    def stop(self) -> None:
+        with contextlib.suppress(psycopg.Error):
+            self.terminate_busy(self.workload.sessions)
+        self.workload.close()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -158,7 +179,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="a superuser DSN (default: $LOADGEN_DSN)",
     )
     parser.add_argument("--wave-every", type=float, default=1800.0, help="seconds (1800)")
-    parser.add_argument("--wave-length", type=float, default=900.0, help="seconds (900)")
+    parser.add_argument("--wave-length", type=float, default=1200.0, help="seconds (1200)")
     parser.add_argument("--wave-utilization", type=float, default=0.85, help="of the slots (0.85)")
     parser.add_argument("--tick", type=float, default=2.0, help="seconds between steps (2)")
     parser.add_argument(
@@ -185,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("running: %d sessions open", len(generator.workload.sessions))
         generator.run(stop)
     finally:
-        generator.workload.close()
+        generator.stop()
     log.info("stopped")
     return 0
 

@@ -745,7 +745,7 @@ def report(
     if targets is not None:
         lines += [
             "",
-            f"### One exporter, {targets.targets} targets (databases of one server with "
+            f"### One exporter, {targets.targets} targets (addresses of one server with "
             f"{targets.sessions} sessions)",
             "",
             *targets_table(targets),

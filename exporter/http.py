@@ -106,6 +106,9 @@ class _Handler(BaseHTTPRequestHandler):
     web: WebApp
     server_version = f"pg-connections-exporter/{__version__}"
     protocol_version = "HTTP/1.1"
+    # TCP_NODELAY: headers and body go out as two writes; with Nagle, the body waits for the
+    # client's delayed ACK of the headers, which added ~40 ms to every keep-alive scrape.
+    disable_nagle_algorithm = True
 
     def do_GET(self) -> None:
         if not self._authorized():

@@ -387,3 +387,17 @@ def test_provisioning_points_at_the_dashboards() -> None:
     assert str(path) in readme, "dashboards/README.md should show where to copy the JSON files"
     for name in load_dashboards():
         assert name in readme, f"dashboards/README.md does not mention {name}"
+
+
+def test_overview_picks_the_pgbouncers_in_front_with_their_own_variable() -> None:
+    overview = next(d for d in load_dashboards().values() if d["uid"] == OVERVIEW_UID)
+    variables = {v["name"]: v for v in overview["templating"]["list"]}
+    pgbouncer = variables["pgbouncer"]
+    assert pgbouncer["datasource"] == DS_REF and pgbouncer["multi"] and pgbouncer["includeAll"]
+    query = pgbouncer["query"]["query"]
+    assert re.fullmatch(
+        r'label_values\(pgbouncer_\w+\{job=~"\$job", instance=~"\$instance"\}, target\)', query
+    ), query
+    rows = [p["title"] for p in overview["panels"] if p["type"] == "row"]
+    # Right after the PostgreSQL saturation row: the same server seen from its pooler.
+    assert rows[1].startswith("PgBouncer"), rows

@@ -31,6 +31,8 @@ METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 QUERY_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 RESERVED_LABELS = frozenset({"target", "le", "query", "reason"})
+# What a target is: a PostgreSQL server, or the admin console of a PgBouncer in front of one.
+TargetKind = Literal["postgres", "pgbouncer"]
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _ENV_REF = re.compile(r"\$(\$|\{([A-Za-z_][A-Za-z0-9_]*)\})")
@@ -92,7 +94,11 @@ class MetricSpec(_Strict):
     type: Literal["gauge", "counter", "gauge_histogram"] = "gauge"
     help: str = Field(min_length=1)
     labels: list[str] = []
-    value: str
+    # A column, or columns renamed between server versions: the first the result has is used.
+    value: str | list[str] = Field(min_length=1)
+    scale: float = 1.0
+    add: dict[str, float] = {}
+    label_columns: dict[str, str] = {}
     aggregate: Literal["sum", "max"] = "sum"
     match: dict[str, str] = {}
     max_series: int | None = Field(default=None, ge=1)
@@ -122,8 +128,20 @@ class MetricSpec(_Strict):
             raise ValueError("labels are listed more than once")
         return v
 
+    @property
+    def value_columns(self) -> list[str]:
+        """The value column's names, in order of preference."""
+        return [self.value] if isinstance(self.value, str) else list(self.value)
+
+    def column(self, label: str) -> str:
+        """The result column a label takes its values from."""
+        return self.label_columns.get(label, label)
+
     @model_validator(mode="after")
     def _consistent(self) -> MetricSpec:
+        unknown = set(self.label_columns) - set(self.labels)
+        if unknown:
+            raise ValueError(f"label_columns {sorted(unknown)} are not among labels")
         if self.fold_labels is not None:
             unknown = set(self.fold_labels) - set(self.labels)
             if unknown:
@@ -151,6 +169,7 @@ class QuerySpec(_Strict):
     name: str
     help: str = ""
     sql: str = Field(min_length=1)
+    target_kind: TargetKind = "postgres"
     min_version: ServerVersion | None = None
     max_version: ServerVersion | None = None
     timeout: Duration | None = None
@@ -221,13 +240,14 @@ class LoginCheckSpec(_Strict):
 
 
 class TargetSpec(_Strict):
-    """A PostgreSQL server to scrape."""
+    """A PostgreSQL server, or a PgBouncer admin console, to scrape."""
 
     name: str = Field(min_length=1)
     dsn: str = Field(min_length=1)
     password_file: Path | None = None
     labels: dict[str, str] = {}
     connect_timeout: Duration = 5.0
+    kind: TargetKind = "postgres"
     login_check: Annotated[LoginCheckSpec | None, BeforeValidator(_login_check_shorthand)] = None
 
     @field_validator("labels")
@@ -287,6 +307,7 @@ class Target:
     conninfo: str = field(repr=False)
     labels: Mapping[str, str]
     connect_timeout: float
+    kind: TargetKind = "postgres"
     login_check: LoginCheck | None = None
 
 
@@ -397,7 +418,11 @@ def _resolve_targets(spec: ConfigFile, source: str, problems: list[str]) -> list
             # One attempt at a time: a timeout longer than the interval only spaces them out.
             timeout = check.timeout or t.connect_timeout
             login_check = LoginCheck(login_conninfo, check.interval, timeout)
-        targets.append(Target(t.name, conninfo, dict(t.labels), t.connect_timeout, login_check))
+        if t.kind == "pgbouncer":
+            conninfo = _pgbouncer_conninfo(conninfo, f"{where}.dsn", problems)
+        targets.append(
+            Target(t.name, conninfo, dict(t.labels), t.connect_timeout, t.kind, login_check)
+        )
     return targets
 
 
@@ -413,6 +438,19 @@ def _with_password(
         problems.append(f"{where}: cannot read {password_file}: {exc.strerror}")
         return None
     return psycopg.conninfo.make_conninfo(conninfo, password=password)
+
+
+def _pgbouncer_conninfo(conninfo: str, where: str, problems: list[str]) -> str:
+    """PgBouncer's statistics are in its admin console, the virtual database `pgbouncer`."""
+    dbname = psycopg.conninfo.conninfo_to_dict(conninfo).get("dbname")
+    if dbname is None:
+        return psycopg.conninfo.make_conninfo(conninfo, dbname="pgbouncer")
+    if dbname != "pgbouncer":
+        problems.append(
+            f"{where}: a pgbouncer target connects to the admin console: dbname must be "
+            f"pgbouncer, not {dbname!r}"
+        )
+    return conninfo
 
 
 def _select_queries(spec: ConfigFile, source: str, problems: list[str]) -> list[QuerySpec]:

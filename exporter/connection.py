@@ -3,11 +3,18 @@
 A psycopg-pool of exactly one connection: opened once, kept between scrapes (no recycling, so a
 slot once held is never given up while the server is full), checked before each use and
 re-opened in the background when lost, with at most one connect attempt in flight.
+
+A PgBouncer admin console speaks only the simple query protocol and has no statement_timeout:
+there the connection uses client-side parameter binding, and a query is bounded by a watchdog
+that shuts the socket down when time is up (a cancel request would not help: a stalled
+PgBouncer handles it on the same stalled event loop).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 import weakref
@@ -76,6 +83,8 @@ class TargetConnection:
             "application_name": APPLICATION_NAME,
             "connect_timeout": max(1, round(target.connect_timeout)),
         }
+        if target.kind == "pgbouncer":
+            kwargs["cursor_factory"] = psycopg.ClientCursor
         self.pool = _RecordingPool(
             target.conninfo,
             kwargs=kwargs,
@@ -83,7 +92,9 @@ class TargetConnection:
             max_size=1,
             open=False,
             configure=self._configure,
-            check=ConnectionPool.check_connection,
+            check=self._check_pgbouncer
+            if target.kind == "pgbouncer"
+            else ConnectionPool.check_connection,
             name=f"target-{target.name}",
             max_lifetime=_NEVER,
             max_idle=_NEVER,
@@ -116,13 +127,14 @@ class TargetConnection:
         )
 
     def _configure(self, conn: psycopg.Connection[Any]) -> None:
-        timeout = _ms(self.statement_timeout)
-        conn.execute(
-            "SELECT set_config('statement_timeout', %s, false),"
-            " set_config('lock_timeout', %s, false)",
-            (timeout, _ms(self.lock_timeout)),
-        )
-        self._session_timeout[conn] = timeout
+        if self.target.kind == "postgres":
+            timeout = _ms(self.statement_timeout)
+            conn.execute(
+                "SELECT set_config('statement_timeout', %s, false),"
+                " set_config('lock_timeout', %s, false)",
+                (timeout, _ms(self.lock_timeout)),
+            )
+            self._session_timeout[conn] = timeout
         log.info(
             "connected to target",
             extra={"target": self.target.name, "server": describe_conninfo(self.target.conninfo)},
@@ -137,10 +149,60 @@ class TargetConnection:
     def set_statement_timeout(self, conn: psycopg.Connection[Any], seconds: float) -> None:
         """Give the next statement `seconds` to run; a round trip only when the value changes."""
         timeout = _ms(seconds)
-        if self._session_timeout.get(conn) == timeout:
+        if self.target.kind != "postgres" or self._session_timeout.get(conn) == timeout:
             return
         conn.execute("SELECT set_config('statement_timeout', %s, false)", (timeout,))
         self._session_timeout[conn] = timeout
+
+    def _check_pgbouncer(self, conn: psycopg.Connection[Any]) -> None:
+        """The pool's liveness check, bounded: the admin console refuses the empty query of
+        psycopg-pool's own check."""
+        with self.watchdog(conn, self.statement_timeout):
+            conn.execute("SHOW VERSION")
+
+    @contextmanager
+    def watchdog(self, conn: psycopg.Connection[Any], seconds: float) -> Iterator[Watchdog]:
+        """Bound what runs inside to `seconds` on the client side: on expiry the socket is shut
+        down, the blocked read fails at once and the connection is closed (its protocol state
+        is unknown); the pool opens a new one in the background."""
+        dog = Watchdog(conn)
+        timer = threading.Timer(seconds, dog.expire)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield dog
+        finally:
+            timer.cancel()
+            if dog.finish():
+                conn.close()
+
+
+class Watchdog:
+    """Shuts a connection's socket down unless finished first; says whether it fired."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self._conn = conn
+        self._lock = threading.Lock()
+        self._finished = False
+        self.fired = False
+
+    def expire(self) -> None:
+        with self._lock:
+            if self._finished:
+                return
+            self.fired = True
+            try:
+                # A duplicate of the descriptor: shutting it down ends the socket for libpq too.
+                with socket.socket(fileno=os.dup(self._conn.fileno())) as sock:
+                    sock.shutdown(socket.SHUT_RDWR)
+            except (OSError, psycopg.Error):
+                pass  # already closed: the query ends anyway
+
+    def finish(self) -> bool:
+        """Stop the watchdog; True if it fired."""
+        with self._lock:
+            self._finished = True
+            return self.fired
 
 
 def _ms(seconds: float) -> str:

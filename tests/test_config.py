@@ -264,3 +264,62 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "nope.yaml: cannot read: No such file or directory" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_pgbouncer_target_connects_to_the_admin_console(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            """
+        targets:
+          - {name: db, dsn: "host=db1 user=monitor"}
+          - {name: pool, kind: pgbouncer, dsn: "host=db1 port=6432 user=monitor"}
+          - {name: pool2, kind: pgbouncer, dsn: "postgresql://monitor@db2:6432/pgbouncer"}
+    """,
+        )
+    )
+    kinds = {t.name: t.kind for t in config.targets}
+    assert kinds == {"db": "postgres", "pool": "pgbouncer", "pool2": "pgbouncer"}
+    assert "dbname=pgbouncer" in config.targets[1].conninfo
+    assert "dbname" not in config.targets[0].conninfo
+    by_kind = {q.target_kind for q in config.queries}
+    assert by_kind == {"postgres", "pgbouncer"}
+
+
+def test_pgbouncer_problems_name_file_and_key(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        targets:
+          - {name: a, kind: mysql, dsn: "host=x"}
+          - {name: b, kind: pgbouncer, dsn: "host=x dbname=app"}
+        queries:
+          - name: mine
+            target_kind: redis
+            sql: SHOW POOLS
+            metrics: [{name: my_m, help: h, value: cl_active}]
+          - name: mine2
+            target_kind: pgbouncer
+            sql: SHOW POOLS
+            metrics:
+              - {name: my_n, help: h, value: []}
+              - {name: my_o, help: h, value: x, labels: [db], label_columns: {user: name}}
+    """,
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    text = str(err.value)
+    assert f"{path}: targets[0].kind: Input should be 'postgres' or 'pgbouncer'" in text
+    assert f"{path}: queries[0].target_kind: Input should be 'postgres' or 'pgbouncer'" in text
+    assert f"{path}: queries[1].metrics[0].value:" in text
+    assert f"{path}: queries[1].metrics[1]: label_columns ['user'] are not among labels" in text
+    # The target problem is found once the file's shape is valid.
+    ok_shape = path.read_text().replace("kind: mysql", "kind: postgres")
+    ok_shape = ok_shape[: ok_shape.index("queries:")]
+    path.write_text(ok_shape)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == (
+        f"{path}: targets[1].dsn: a pgbouncer target connects to the admin console: dbname must "
+        "be pgbouncer, not 'app'"
+    )

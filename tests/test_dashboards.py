@@ -57,8 +57,26 @@ REQUIRED_METRICS = {
         "pg_connections_exporter_query_duration_seconds",
         "pg_connections_exporter_query_errors_total",
         "ALERTS",
+        # The PgBouncers in front (issue: PgBouncer pool saturation).
+        "pgbouncer_pool_client_waiting_connections",
+        "pgbouncer_pool_client_active_connections",
+        "pgbouncer_pool_max_wait_seconds",
+        "pgbouncer_pool_server_active_connections",
+        "pgbouncer_pool_server_idle_connections",
+        "pgbouncer_database_pool_size",
+        "pgbouncer_client_connections",
+        "pgbouncer_max_client_connections",
+        "pgbouncer_server_connections",
+        "pgbouncer_stats_queries_total",
+        "pgbouncer_stats_client_wait_seconds_total",
     },
-    FLEET_UID: {"pg_connections_utilization_ratio", "pg_up", "ALERTS"},
+    FLEET_UID: {
+        "pg_connections_utilization_ratio",
+        "pg_up",
+        "ALERTS",
+        "pgbouncer_pool_client_waiting_connections",
+        "pgbouncer_client_connections",
+    },
 }
 
 
@@ -246,8 +264,11 @@ def test_every_panel_has_title_description_unit_and_datasource() -> None:
 
 
 def test_every_query_filters_by_the_variables() -> None:
+    """PgBouncer metrics filter by the `pgbouncer` variable where a dashboard has one (the
+    PgBouncers in front of the one PostgreSQL target of the overview)."""
     problems = []
-    for name, _d, p in all_panels():
+    for name, d, p in all_panels():
+        has_pgbouncer_var = any(v["name"] == "pgbouncer" for v in d["templating"]["list"])
         for t in p["targets"]:
             at = where(name, p, t["refId"])
             selectors = parse_selectors(t["expr"])
@@ -255,6 +276,8 @@ def test_every_query_filters_by_the_variables() -> None:
                 problems.append(f"{at}: no metric in {t['expr']!r}")
             for s in selectors:
                 wanted = dict(VARIABLE_FILTERS)
+                if has_pgbouncer_var and s.metric.startswith("pgbouncer_"):
+                    wanted["target"] = "$pgbouncer"
                 if s.metric in NO_TARGET_LABEL:
                     del wanted["target"]
                 if s.metric in TARGET_ONLY:
@@ -364,3 +387,17 @@ def test_provisioning_points_at_the_dashboards() -> None:
     assert str(path) in readme, "dashboards/README.md should show where to copy the JSON files"
     for name in load_dashboards():
         assert name in readme, f"dashboards/README.md does not mention {name}"
+
+
+def test_overview_picks_the_pgbouncers_in_front_with_their_own_variable() -> None:
+    overview = next(d for d in load_dashboards().values() if d["uid"] == OVERVIEW_UID)
+    variables = {v["name"]: v for v in overview["templating"]["list"]}
+    pgbouncer = variables["pgbouncer"]
+    assert pgbouncer["datasource"] == DS_REF and pgbouncer["multi"] and pgbouncer["includeAll"]
+    query = pgbouncer["query"]["query"]
+    assert re.fullmatch(
+        r'label_values\(pgbouncer_\w+\{job=~"\$job", instance=~"\$instance"\}, target\)', query
+    ), query
+    rows = [p["title"] for p in overview["panels"] if p["type"] == "row"]
+    # Right after the PostgreSQL saturation row: the same server seen from its pooler.
+    assert rows[1].startswith("PgBouncer"), rows

@@ -1,8 +1,9 @@
 """Every dashboard panel's query against a real Prometheus scraping the exporter.
 
-PostgreSQL 18 (embedded) with a known workload, the exporter in-process, `prometheus` as a
-subprocess scraping it every second with a stand-in PostgresConnectionsHigh rule. Every query of
-every panel must parse; the panels the workload fills must show exactly the workload.
+PostgreSQL 18 (embedded) with a known workload, a PgBouncer in front of the quiet server with
+one pooled client, the exporter in-process, `prometheus` as a subprocess scraping it every second
+with a stand-in PostgresConnectionsHigh rule. Every query of every panel must parse; the panels
+the workload fills must show exactly the workload.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import psycopg
 import pytest
 
 from exporter.workload import SessionSpec, Workload
@@ -74,6 +76,7 @@ def fill(expr: str, target: str, instance: str, interval: str = "1s") -> str:
         "job": JOB,
         "instance": instance,  # dots match themselves too
         "target": target,
+        "pgbouncer": "bouncer",
         "__rate_interval": RATE_INTERVAL,
         "__interval": interval,
         "__range": "1m",
@@ -113,13 +116,18 @@ def approx(value: float) -> Any:
     return pytest.approx(value, rel=1e-9)
 
 
-def test_every_panel_against_prometheus(exporter_for) -> None:
+def test_every_panel_against_prometheus(exporter_for, pgbouncer_for) -> None:
     prometheus_bin = require_program("prometheus")
     busy = new_cluster("18", max_connections=30)
     quiet = None
     prometheus = None
+    pooled = None
     try:
         quiet = new_cluster("18", max_connections=40)
+        bouncer = pgbouncer_for(quiet)
+        # One client through PgBouncer: pool app/postgres with one idle server connection.
+        pooled = psycopg.connect(bouncer.dsn("postgres", "app"), autocommit=True)
+        pooled.execute("SELECT 1")
         busy.execute(
             "CREATE ROLE reporter LOGIN CONNECTION LIMIT 5",
             "CREATE DATABASE shop CONNECTION LIMIT 4",
@@ -130,6 +138,7 @@ def test_every_panel_against_prometheus(exporter_for) -> None:
                 "targets": [
                     {"name": "busy", "dsn": busy.dsn()},
                     {"name": "quiet", "dsn": quiet.dsn()},
+                    {"name": "bouncer", "kind": "pgbouncer", "dsn": bouncer.dsn()},
                 ],
                 "queries": [BROKEN_QUERY],
             }
@@ -141,6 +150,8 @@ def test_every_panel_against_prometheus(exporter_for) -> None:
     finally:
         if prometheus is not None:
             prometheus.stop()
+        if pooled is not None:
+            pooled.close()
         if quiet is not None:
             quiet.stop()
         busy.stop()
@@ -165,6 +176,8 @@ def run_checks(prom: PrometheusServer, workload: Workload, instance: str) -> Non
             'pg_connections{target="busy", state="active"}': BY_STATE["active"],
             'pg_connections_waiting{target="busy", wait_event_type="Lock"}': 1,
             'pg_connections_used{target="busy"}': USED,
+            'pg_connections_used{target="quiet"}': 2,  # the exporter and PgBouncer's server
+            'pgbouncer_pool_server_idle_connections{target="bouncer", database="app"}': 1,
             'count(ALERTS{alertstate="firing"})': 1,
             # Only the broken query of each of the two targets has failed.
             "count(pg_connections_exporter_query_errors_total > 0)": 2,
@@ -181,7 +194,7 @@ def run_checks(prom: PrometheusServer, workload: Workload, instance: str) -> Non
 
     results: dict[str, dict[tuple[str, str], list[tuple[dict[str, str], float]]]] = {}
     problems: list[str] = []
-    for uid, target in ((OVERVIEW_UID, "busy"), (FLEET_UID, "(busy|quiet)")):
+    for uid, target in ((OVERVIEW_UID, "busy"), (FLEET_UID, "(busy|quiet|bouncer)")):
         results[uid] = {}
         for (title, ref), expr in panel_queries(uid).items():
             query = fill(expr, target, instance)
@@ -202,6 +215,7 @@ def run_checks(prom: PrometheusServer, workload: Workload, instance: str) -> Non
     assert not problems, "\n".join(problems)
 
     check_overview(results[OVERVIEW_UID], elapsed)
+    check_overview_pgbouncer(results[OVERVIEW_UID])
     check_fleet(results[FLEET_UID], elapsed)
 
 
@@ -381,6 +395,50 @@ def check_overview(r: Result, elapsed: float) -> None:
     )
 
 
+def check_overview_pgbouncer(r: Result) -> None:
+    """The PgBouncer in front of quiet: one pooled client (idle, its server connection idle in
+    the pool) and the exporter on the admin console; nobody waits."""
+    uid = OVERVIEW_UID
+
+    def eq(title: str, ref: str, want: Any, *labels: str) -> None:
+        def check(samples: Any) -> None:
+            got = by(samples, *labels) if labels else [v for _m, v in samples]
+            assert got == want, f"got {got}, want {want}"
+
+        expect(r, uid, title, ref, check)
+
+    pools = {("app", "postgres"): 1, ("pgbouncer", "pgbouncer"): 1}
+    none_waiting = dict.fromkeys(pools, 0)
+    eq("Clients waiting in PgBouncer", "A", {"bouncer": 0}, "target")
+    eq("Longest client wait", "A", [0])
+    eq("Client connections of max_client_conn", "A", {"bouncer": approx(2 / 50)}, "target")
+    eq("Server connections: PgBouncer and PostgreSQL", "A", [1])
+    eq("Server connections: PgBouncer and PostgreSQL", "B", [USED])
+    eq("Pool clients: active and waiting", "A", pools, "database", "user")
+    eq("Pool clients: active and waiting", "B", none_waiting, "database", "user")
+    for ref, want in zip("ABCDEF", [0, 1, 0, 0, 0, 2], strict=True):
+        eq("Pool server connections by state", ref, [want])
+    eq("Pools now", "A", pools, "database", "user")
+    eq("Pools now", "B", none_waiting, "database", "user")
+    eq("Pools now", "C", none_waiting, "database", "user")
+    eq("Pools now", "D", none_waiting, "database", "user")
+    eq(
+        "Pools now",
+        "E",
+        {("app", "postgres"): 1, ("pgbouncer", "pgbouncer"): 0},
+        "database",
+        "user",
+    )
+    for ref in "ABC":
+        expect(
+            r,
+            uid,
+            "Pooled queries and client wait",
+            ref,
+            lambda s: set(by(s, "database")) == {"app", "pgbouncer"} or _fail(),
+        )
+
+
 def check_fleet(r: Result, elapsed: float) -> None:
     uid = FLEET_UID
 
@@ -391,19 +449,24 @@ def check_fleet(r: Result, elapsed: float) -> None:
 
         expect(r, uid, title, ref, check)
 
-    eq("Targets", "A", [2], None)
+    eq("Targets", "A", [3], None)
     eq("Targets above 80%", "A", [1], None)
     eq("Targets above 90%", "A", [0], None)
     eq("Targets down", "A", [0], None)
     table = "Targets by utilization"
-    eq(table, "A", {"busy": approx(UTILIZATION), "quiet": approx(1 / 37)})
-    eq(table, "B", {"busy": USED, "quiet": 1})
+    # quiet: the exporter's session and PgBouncer's server connection.
+    eq(table, "A", {"busy": approx(UTILIZATION), "quiet": approx(2 / 37)})
+    eq(table, "B", {"busy": USED, "quiet": 2})
     eq(table, "C", {"busy": 30, "quiet": 40})
-    eq(table, "D", {"busy": 27 - USED, "quiet": 36})
+    eq(table, "D", {"busy": 27 - USED, "quiet": 35})
     eq(table, "E", {"busy": 5, "quiet": 0})
     eq(table, "F", {"busy": 1, "quiet": 0})
-    eq(table, "G", {"busy": 1, "quiet": 1})
-    eq("Utilization, top 10 targets", "A", {"busy": approx(UTILIZATION), "quiet": approx(1 / 37)})
+    eq(table, "G", {"busy": 1, "quiet": 1, "bouncer": 1})
+    eq("Utilization, top 10 targets", "A", {"busy": approx(UTILIZATION), "quiet": approx(2 / 37)})
+    eq("PgBouncers", "A", {"bouncer": approx(2 / 50)})
+    eq("PgBouncers", "B", {"bouncer": 0})
+    eq("PgBouncers", "C", {"bouncer": 0})
+    eq("PgBouncers", "D", {"bouncer": 1})
     expect(
         r,
         uid,

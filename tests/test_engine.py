@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from exporter.config import QuerySpec
-from exporter.engine import OTHER, build_samples
+from exporter.engine import OTHER, build_samples, metric_missing_columns, missing_columns
 
 
 def query(**metric: object) -> QuerySpec:
@@ -87,3 +87,33 @@ def test_gauge_histogram_cumulates_buckets() -> None:
     assert hist.labels == ("idle",)
     assert hist.buckets == (("1.0", 2), ("10.0", 3), ("+Inf", 6))
     assert hist.sum == 96.0
+
+
+def test_value_alternatives_scale_add_and_label_columns() -> None:
+    """What PgBouncer's SHOW output needs: renamed columns, microseconds, a label from a
+    column named otherwise."""
+    renamed = query(labels=["database"], label_columns={"database": "name"}, value=["new", "old"])
+    assert samples(renamed, [{"name": "app", "old": 3}]) == {("app",): 3}
+    assert samples(renamed, [{"name": "app", "new": 4, "old": 3}]) == {("app",): 4}
+    waited = query(value="s", add={"us": 0.000001})
+    assert samples(waited, [{"s": 2, "us": 500000}]) == {(): 2.5}
+    assert samples(waited, [{"s": 2}]) == {(): 2}  # an older version without the column
+    assert samples(query(scale=0.001), [{"n": 1500}]) == {(): 1.5}
+
+
+def test_missing_columns_are_named_per_metric_and_skipped_metrics_left_out() -> None:
+    q = QuerySpec.model_validate(
+        {
+            "name": "q",
+            "sql": "SHOW POOLS",
+            "metrics": [
+                {"name": "a", "help": "h", "value": ["x", "y"], "add": {"z": 1}},
+                {"name": "b", "help": "h", "labels": ["l"], "value": "n"},
+            ],
+        }
+    )
+    assert [metric_missing_columns(m, ["y", "n"]) for m in q.metrics] == [[], ["l"]]
+    assert metric_missing_columns(q.metrics[0], ["n"]) == ["x or y"]
+    assert missing_columns(q, ["n"]) == ["l", "x or y"]
+    built = build_samples(q, [{"y": 1, "n": 2}], skip=frozenset({"b"}))
+    assert [(m.spec.name, m.samples) for m in built] == [("a", (((), 1.0),))]

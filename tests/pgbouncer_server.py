@@ -1,0 +1,149 @@
+"""A real PgBouncer in front of a throwaway PostgreSQL, for the tests.
+
+It runs in its own temporary directory on a free 127.0.0.1 port, as the cluster's service user
+when we are root (PgBouncer refuses to run as root), is waited for by polling its admin
+console with a deadline, and is stopped by its pid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import psycopg.conninfo
+
+from exporter.localpg import LocalCluster, free_port
+from tests.helpers import wait_until
+
+ADMIN_USER = "pgb_admin"
+STATS_USER = "pgb_monitor"
+
+
+class PgBouncer:
+    """PgBouncer with one database, `app`, pooling onto `cluster`'s postgres database."""
+
+    def __init__(self, binary: str, cluster: LocalCluster, **settings: Any) -> None:
+        self.binary = binary
+        self.cluster = cluster
+        self.settings = {
+            "pool_mode": "transaction",
+            "default_pool_size": 2,
+            "max_client_conn": 50,
+            **settings,
+        }
+        self.user = cluster.user
+        self.dir = Path(tempfile.mkdtemp(prefix="pgce-pgbouncer-"))
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        if self.user:
+            shutil.chown(self.dir, self.user)
+            self.dir.chmod(0o755)
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / "pgbouncer.log"
+
+    def dsn(self, user: str = STATS_USER, dbname: str = "pgbouncer", **params: Any) -> str:
+        return psycopg.conninfo.make_conninfo(
+            host="127.0.0.1", port=self.port, user=user, dbname=dbname, **params
+        )
+
+    def _write_config(self) -> Path:
+        users = self.dir / "userlist.txt"
+        users.write_text("".join(f'"{u}" ""\n' for u in ("postgres", ADMIN_USER, STATS_USER)))
+        settings = {
+            "listen_addr": "127.0.0.1",
+            "listen_port": self.port,
+            "unix_socket_dir": "",
+            "auth_type": "trust",
+            "auth_file": users,
+            "admin_users": ADMIN_USER,
+            "stats_users": STATS_USER,
+            "logfile": self.log_path,
+            "pidfile": self.dir / "pgbouncer.pid",
+            **self.settings,
+        }
+        ini = self.dir / "pgbouncer.ini"
+        ini.write_text(
+            "[databases]\n"
+            f"app = host={self.cluster.socket_dir} port={self.cluster.port} dbname=postgres"
+            " user=postgres\n\n[pgbouncer]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items())
+        )
+        for path in (users, ini):
+            if self.user:
+                shutil.chown(path, self.user)
+        return ini
+
+    def start(self, timeout: float = 20.0) -> PgBouncer:
+        self.port = free_port()
+        ini = self._write_config()
+        self.process = subprocess.Popen(
+            [self.binary, str(ini)],
+            user=self.user,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+            cwd=self.dir,
+            start_new_session=True,
+        )
+
+        def ready() -> bool:
+            assert self.process is not None and self.process.poll() is None, (
+                f"pgbouncer exited:\n{self.log_tail()}"
+            )
+            try:
+                with psycopg.connect(
+                    self.dsn(ADMIN_USER), autocommit=True, cursor_factory=psycopg.ClientCursor
+                ) as conn:
+                    conn.execute("SHOW VERSION")
+            except psycopg.OperationalError:
+                return False
+            return True
+
+        wait_until(ready, timeout, 0.05, "pgbouncer to accept connections")
+        return self
+
+    def admin(self, command: str) -> list[dict[str, Any]]:
+        """Rows of a SHOW command, read as the admin user: the truth to compare with."""
+        with psycopg.connect(
+            self.dsn(ADMIN_USER), autocommit=True, cursor_factory=psycopg.ClientCursor
+        ) as conn:
+            cur = conn.execute(command)
+            names = [c.name for c in cur.description or ()]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    def pause_process(self) -> None:
+        """SIGSTOP: PgBouncer stops answering, as when it hangs."""
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def resume_process(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGCONT)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self) -> None:
+        try:
+            if self.process is not None and self.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.process.pid, signal.SIGCONT)
+                    os.kill(self.process.pid, signal.SIGTERM)
+                try:
+                    self.process.wait(10)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait(10)
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import queue
+import select
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -94,30 +97,14 @@ class Exporter:
 
     def run(self) -> None:
         """Serve until SIGTERM or SIGINT, reloading on SIGHUP, then close every connection."""
-        wake = threading.Event()
-        stop = threading.Event()
-        hangup = threading.Event()
-
-        def on_signal(signum: int, _frame: Any) -> None:
-            log.info("stopping", extra={"signal": signal.Signals(signum).name})
-            stop.set()
-            wake.set()
-
-        def on_hangup(_signum: int, _frame: Any) -> None:
-            hangup.set()
-            wake.set()
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-        signal.signal(signal.SIGHUP, on_hangup)
+        signals = _SignalInbox((signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
         self.start()
-        while not stop.is_set():
-            wake.wait()
-            wake.clear()
-            if hangup.is_set() and not stop.is_set():
-                # Reload here, outside the signal handler, which must not take locks.
-                hangup.clear()
+        try:
+            while (signum := signals.next()) == signal.SIGHUP:
                 self.reload()
+        finally:
+            signals.close()
+        log.info("stopping", extra={"signal": signal.Signals(signum).name})
         self.stop()
 
     def status(self) -> list[dict[str, Any]]:
@@ -134,6 +121,41 @@ class Exporter:
                 state, detail = "down", last.error or ""
             out.append({"name": t.target.name, "state": state, "detail": detail})
         return out
+
+
+class _SignalInbox:
+    """Signals for the main thread to act on, outside the handler.
+
+    The handler only puts the signal on a SimpleQueue (reentrant, unlike an Event, which could
+    deadlock if the signal interrupts the main thread inside it). The kernel may deliver a
+    signal to any thread, and then a main thread blocked in a lock would not wake up to run the
+    Python handler: a wakeup fd, written by the C-level handler whichever thread it runs on,
+    wakes it instead.
+    """
+
+    def __init__(self, signums: tuple[signal.Signals, ...]) -> None:
+        self._queue: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_w.setblocking(False)
+        self._previous_fd = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        for signum in signums:
+            signal.signal(signum, lambda n, _frame: self._queue.put(n))
+
+    def next(self) -> int:
+        """Wait for the next signal."""
+        while True:
+            try:
+                return self._queue.get_nowait()
+            except queue.Empty:
+                # Wakes when a signal arrives (the Python handler then runs before the next
+                # get_nowait); the timeout only bounds a wakeup that raced the handler.
+                if select.select([self._wake_r], [], [], 1.0)[0]:
+                    self._wake_r.recv(4096)
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(self._previous_fd)
+        self._wake_r.close()
+        self._wake_w.close()
 
 
 def _address(addr: Any) -> str:

@@ -130,10 +130,11 @@ class TargetScraper:
         """Run every due query; never runs past `deadline` (a time.monotonic() value)."""
         with self._lock:
             start = time.monotonic()
-            checker = self.login_checker
-            attempt = checker.start_if_due() if checker else None
             result = self._scrape(start, deadline)
+            checker = self.login_checker
             if checker is not None:
+                # After the queries, so that the check's own backend is not counted by them.
+                attempt = checker.start_if_due()
                 login = checker.result(attempt, deadline - DEADLINE_MARGIN)
                 result = replace(result, login=login)
             self.last_result = result

@@ -43,6 +43,7 @@ _UNIT = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 
 ALERTS = (
     "PostgresConnectionsExporterDown",
     "PostgresDown",
+    "PostgresConnectionsExporterQueryFailing",
     "PostgresConnectionsHigh",
     "PostgresConnectionsCritical",
     "PostgresConnectionsExhausted",
@@ -207,6 +208,8 @@ def render_groups(t: Mapping[str, Any]) -> list[dict[str, Any]]:
     pgb_wait = a["PgBouncerClientsWaitingTooLong"]
     pgb_clients = a["PgBouncerClientConnectionsNearLimit"]
     pool = "pool {{ $labels.database }}/{{ $labels.user }}"
+    query_success = "pg_connections_exporter_query_success"
+    critical_queries = "|".join(a["PostgresConnectionsExporterQueryFailing"]["critical_queries"])
 
     alerts = [
         alert(
@@ -231,6 +234,35 @@ def render_groups(t: Mapping[str, Any]) -> list[dict[str, Any]]:
             the server. If its connect failures with reason "too_many_clients" or
             "reserved_slots_only" are rising, the server is full rather than down.
             """,
+        ),
+        *(
+            alert(
+                "PostgresConnectionsExporterQueryFailing",
+                f'{query_success}{{{sel}, query{op}"{critical_queries}"}} == 0',
+                severity,
+                summary,
+                f"""
+                {where}: query {{{{ $labels.query }}}} of the exporter fails
+                (pg_connections_exporter_query_success = {{{{ $value }}}}; see
+                pg_connections_exporter_query_errors_total by reason, and the exporter's log):
+                the metrics it produces are missing{consequence}.
+                """,
+            )
+            for severity, op, summary, consequence in (
+                (
+                    "critical",
+                    "=~",
+                    "pg-connections-exporter cannot read the connection slots: saturation "
+                    "alerts are blind.",
+                    ", so the connection saturation alerts cannot fire for this target",
+                ),
+                (
+                    "warning",
+                    "!~",
+                    "A query of pg-connections-exporter keeps failing.",
+                    "",
+                ),
+            )
         ),
         alert(
             "PostgresConnectionsHigh",

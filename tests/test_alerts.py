@@ -43,6 +43,7 @@ EXPECTED = {
     "PostgresLongRunningQueries": {"warning"},
     "PostgresConnectionsExporterDown": {"critical"},
     "PostgresDown": {"critical"},
+    "PostgresConnectionsExporterQueryFailing": {"critical", "warning"},
     "PgBouncerClientsWaitingTooLong": {"warning", "critical"},
     "PgBouncerClientConnectionsNearLimit": {"warning", "critical"},
     "PgBouncerPoolSaturated": {"warning"},

@@ -195,6 +195,7 @@ def render_groups(t: Mapping[str, Any]) -> list[dict[str, Any]]:
     reasons = "|".join(rejected["reasons"])
     rwin = duration(rejected["window"])
     failures = f'pg_connections_exporter_connect_failures_total{{{sel}, reason=~"{reasons}"}}'
+    login_failures = f'pg_connections_login_check_failures_total{{{sel}, reason=~"{reasons}"}}'
     filling = a["PostgresConnectionsFillingUp"]
     fwin, horizon = duration(filling["trend_window"]), seconds(filling["horizon"])
     iit_long = a["PostgresIdleInTransactionTooLong"]
@@ -299,7 +300,11 @@ def render_groups(t: Mapping[str, Any]) -> list[dict[str, Any]]:
         alert(
             "PostgresConnectionsRejected",
             f"""
-            (pg_connections_login_check_success{{{sel}}} == 0)
+            (
+                pg_connections_login_check_success{{{sel}}} == 0
+                and on(job, instance, target)
+                sum by (job, instance, target) (increase({login_failures}[{rwin}])) > 0
+            )
             or on(job, instance, target)
             increase({failures}[{rwin}]) > 0
             """,

@@ -3,6 +3,7 @@ depend on the machine); what it reports about connections held is."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -36,8 +37,8 @@ def test_quick_benchmark_reports_both_exporters_with_one_connection_per_target(
 ) -> None:
     require(debian_bindir(15) is not None, "PostgreSQL 15 server binaries")
     require(Path(PEER_BINARY).exists(), f"program {PEER_BINARY}")
-    scratch = Path(tempfile.gettempdir())
-    before = set(scratch.glob("pgce-bench-*"))
+    # Its own TMPDIR, so that other runs on the machine do not count.
+    scratch = Path(tempfile.mkdtemp(prefix="pgce-bench-test-"))
     report = tmp_path / "benchmarks.md"
     result = subprocess.run(
         [sys.executable, "benchmarks/scrape_cost.py", "--quick", "--write", str(report)],
@@ -45,6 +46,7 @@ def test_quick_benchmark_reports_both_exporters_with_one_connection_per_target(
         capture_output=True,
         text=True,
         timeout=240,
+        env={**os.environ, "TMPDIR": str(scratch)},
     )
     assert result.returncode == 0, result.stdout + result.stderr
     text = report.read_text()
@@ -63,5 +65,6 @@ def test_quick_benchmark_reports_both_exporters_with_one_connection_per_target(
     assert targets[(OURS, "3")][-1] == "3 / 3"
     assert set(targets) == {(OURS, "1"), (OURS, "3"), (PEER, "1"), (PEER, "3")}
 
-    # Its working directory (exporter logs and configs) is gone.
-    assert set(scratch.glob("pgce-bench-*")) <= before
+    # Its working directory (exporter logs and configs) and its cluster are gone.
+    assert list(scratch.iterdir()) == []
+    scratch.rmdir()

@@ -28,8 +28,6 @@ RATE_INTERVAL = "4s"  # Grafana: max($__interval + scrape interval, 4 * scrape i
 MAY_BE_EMPTY = {
     (OVERVIEW_UID, "Time to exhaustion"),  # only while utilization rises
     (OVERVIEW_UID, "Refused logins and connect failures"),  # only while logins fail
-    (OVERVIEW_UID, "Login check"),  # login_check_success: not yet
-    (OVERVIEW_UID, "Login check duration"),  # login_check_duration_seconds: not yet
 }
 # The stand-in for alerts/: same name and threshold as PostgresConnectionsHigh.
 RULES = {
@@ -136,7 +134,8 @@ def test_every_panel_against_prometheus(exporter_for, pgbouncer_for) -> None:
         running = exporter_for(
             {
                 "targets": [
-                    {"name": "busy", "dsn": busy.dsn()},
+                    # One login check, at the first scrape: the panels show its result.
+                    {"name": "busy", "dsn": busy.dsn(), "login_check": {"interval": "1h"}},
                     {"name": "quiet", "dsn": quiet.dsn()},
                     {"name": "bouncer", "kind": "pgbouncer", "dsn": bouncer.dsn()},
                 ],
@@ -258,6 +257,8 @@ def check_overview(r: Result, elapsed: float) -> None:
     eq("Connections by state, under the limits", "B", [30])
     eq("Connections by state, under the limits", "C", [27])
     eq("Utilization and 1h projection", "A", [approx(UTILIZATION)])
+    eq("Login check", "A", {"busy": 1}, "target")
+    between("Login check duration", "A", 0, 5)
     between("Firing alerts", "A", -1, elapsed)
     expect(
         r,

@@ -8,6 +8,7 @@ the held connection is never asked for twice.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -15,6 +16,8 @@ from concurrent.futures import TimeoutError as FutureTimeout
 
 from exporter.config import Config
 from exporter.target import TargetResult, TargetScraper
+
+log = logging.getLogger(__name__)
 
 
 class Scraper:
@@ -46,20 +49,31 @@ class Scraper:
                 TargetScraper(t, config.queries, config.settings, old.get(t.name))
                 for t in config.targets
             ]
-            old_executor = self._executor
+            old_executor, old_runs = self._executor, self._inflight
             self.config, self.targets = config, targets
             self._executor = _executor(len(targets))
             self._inflight = {}
         for target in targets:
             if target.connection is not getattr(old.get(target.target.name), "connection", None):
                 target.open()
-        # Runs in flight on the old scrapers finish by their deadline, then nothing uses them.
         old_executor.shutdown(wait=False)
+        successors = {t.target.name: t for t in targets}
         for name, scraper in old.items():
-            successor = next((t for t in targets if t.target.name == name), None)
-            threading.Thread(
-                target=scraper.close, args=(successor,), name=f"close-{name}", daemon=True
-            ).start()
+            # An old scraper is closed only once its run in flight (if any) has ended: a
+            # scrape waiting for that run must get its answer, not a closed pool.
+            def close(_run: object = None, scraper: TargetScraper = scraper) -> None:
+                threading.Thread(
+                    target=scraper.close,
+                    args=(successors.get(scraper.target.name),),
+                    name=f"close-{scraper.target.name}",
+                    daemon=True,
+                ).start()
+
+            run = old_runs.get(name)
+            if run is not None:
+                run.add_done_callback(close)  # runs at once if already done
+            else:
+                close()
 
     def scrape(self, timeout: float) -> list[TargetResult]:
         """One result per target, all within `timeout` seconds."""
@@ -81,6 +95,10 @@ class Scraper:
             return run.result(timeout=max(0.0, deadline - time.monotonic()))
         except FutureTimeout:
             return TargetResult(target.target, False, 0.0, error="scrape deadline exceeded")
+        except Exception:
+            # A bug must cost this target's metrics, never the whole scrape.
+            log.exception("scrape of target failed", extra={"target": target.target.name})
+            return TargetResult(target.target, False, 0.0, error="internal error (see the log)")
 
 
 def _executor(targets: int) -> ThreadPoolExecutor:

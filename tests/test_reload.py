@@ -4,6 +4,7 @@ bad config while the old one keeps running."""
 from __future__ import annotations
 
 import signal
+import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -112,3 +113,47 @@ def test_sighup_and_post_reload(cluster: LocalCluster, exporter_process, tmp_pat
     # The dropped target's connection is closed; the kept one is still the same.
     wait_until(lambda: set(_backends(cluster)) == set(held), what="b's connection to close")
     assert proc.stop() == 0
+
+
+def test_reload_while_a_scrape_waits_on_a_replaced_connection(
+    cluster: LocalCluster, exporter_for
+) -> None:
+    """Found by the soak: closing a replaced target's pool under a waiting scrape made the whole
+    scrape fail. The old pool now closes when its run has ended."""
+    from exporter.config import parse_config
+    from exporter.localpg import free_port
+
+    def config(connect_timeout: float) -> dict:
+        return {
+            "targets": [
+                {"name": "a", "dsn": cluster.dsn()},
+                {
+                    "name": "down",
+                    "dsn": f"host=127.0.0.1 port={free_port()} user=x dbname=x",
+                    "connect_timeout": connect_timeout,
+                },
+            ]
+        }
+
+    running = exporter_for(config(2))
+    results: list[Samples | BaseException] = []
+
+    def scrape() -> None:
+        try:
+            results.append(running.scrape())
+        except BaseException as exc:
+            results.append(exc)
+
+    waiting = threading.Thread(target=scrape)
+    waiting.start()  # waits up to 2 s for "down"
+    wait_until(
+        lambda: running.exporter.scraper._inflight.get("down") is not None,
+        what="the scrape to be waiting on the down target",
+    )
+    running.exporter.scraper.reload(parse_config(config(1), "reloaded"))
+    waiting.join(30)
+    assert len(results) == 1 and isinstance(results[0], Samples), results
+    assert results[0].value("pg_up", target="a") == 1
+    assert results[0].value("pg_up", target="down") == 0
+    after = running.scrape()
+    assert after.value("pg_up", target="a") == 1 and after.value("pg_up", target="down") == 0

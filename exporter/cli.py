@@ -109,17 +109,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         from exporter.demo import run_demo
 
         return run_demo(host, port, args.telemetry_path)
+    problems: list[str] = []
+    config: Config | None = None
+    web_config: WebConfig | None = None
     try:
         config = resolve_config(args)
+    except ConfigError as exc:
+        problems += exc.problems
+    try:
         web_config = load_web_config(args.web_config_file) if args.web_config_file else None
     except ConfigError as exc:
+        problems += exc.problems
+    if problems:
         print(
-            f"pg-connections-exporter: invalid configuration ({len(exc.problems)} problem(s)):",
+            f"pg-connections-exporter: invalid configuration ({len(problems)} problem(s)):",
             file=sys.stderr,
         )
-        for problem in exc.problems:
+        for problem in problems:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_CONFIG
+    assert config is not None
     if args.check_config:
         print(
             f"{config.source}: valid: {len(config.targets)} target(s), "

@@ -142,9 +142,16 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, "text/plain; charset=utf-8", b"configuration reloaded\n")
 
     def _discard_body(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        if 0 < length <= 1 << 20:
+        """Read and drop a request body (none is expected); a large or unreadable one ends the
+        connection after the answer instead."""
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if 0 < length <= 1 << 16:
             self.rfile.read(length)
+        elif length != 0:
+            self.close_connection = True
 
     def _authorized(self) -> bool:
         """Basic auth, when the web config asks for it; a 401 has been sent when False."""

@@ -169,8 +169,12 @@ def test_bad_web_config_names_every_problem(tmp_path: Path, capsys) -> None:
         f"{path}: tls_server_config.cert_file: cannot load /nonexistent/server.crt"
     )
     # The command line: exit 2, the file and key named, no traceback, no password echoed.
-    assert main(["--dsn", "host=/tmp", "--web.config.file", str(path), "--check-config"]) == 2
+    # Problems of both files at once.
+    bad = tmp_path / "config.yml"
+    bad.write_text("targets: []\n")
+    assert main(["--config.file", str(bad), "--web.config.file", str(path), "--check-config"]) == 2
     err_text = capsys.readouterr().err
+    assert f"{bad}: targets: List should have at least 1 item" in err_text
     assert f"{path}: basic_auth_users.prometheus: not a bcrypt hash" in err_text
     assert "plaintext-password" not in err_text
     assert "Traceback" not in err_text

@@ -22,7 +22,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import PoolTimeout
 
 from exporter.config import QuerySpec, Settings, Target
-from exporter.connection import TargetConnection, Watchdog
+from exporter.connection import ScrapeTransaction, TargetConnection, Watchdog
 from exporter.engine import MetricSamples, build_samples, metric_missing_columns, missing_columns
 from exporter.logincheck import LoginChecker, LoginResult
 
@@ -158,6 +158,7 @@ class TargetScraper:
         self, conn: psycopg.Connection[Any], version: int, deadline: float
     ) -> list[QueryOutcome]:
         outcomes = []
+        tx = self.connection.transaction(conn) if self.target.kind == "postgres" else None
         for query in self.queries:
             if query.min_version and version < query.min_version:
                 continue
@@ -171,14 +172,22 @@ class TargetScraper:
             if conn.broken or conn.closed:
                 outcomes.append(self._failed(query, 0.0, "connection", "connection lost"))
                 continue
-            outcome = self._run(conn, query, deadline)
+            outcome = self._run(conn, query, deadline, tx)
+            if tx is not None:
+                tx.after_query()
             if outcome.error is None and query.cache:
                 self._cache[query.name] = _CacheEntry(now + query.cache, outcome)
             outcomes.append(outcome)
+        if tx is not None:
+            tx.finish()
         return outcomes
 
     def _run(
-        self, conn: psycopg.Connection[Any], query: QuerySpec, deadline: float
+        self,
+        conn: psycopg.Connection[Any],
+        query: QuerySpec,
+        deadline: float,
+        tx: ScrapeTransaction | None = None,
     ) -> QueryOutcome:
         start = time.monotonic()
         remaining = deadline - DEADLINE_MARGIN - start
@@ -193,6 +202,8 @@ class TargetScraper:
         )
         try:
             with bound as dog:
+                if tx is not None:
+                    tx.begin()
                 self.connection.set_statement_timeout(conn, timeout)
                 with conn.cursor(row_factory=dict_row) as cur:
                     cur.execute(query.sql, query.params or None)  # type: ignore[arg-type]

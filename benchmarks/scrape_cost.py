@@ -518,13 +518,14 @@ def run_size(
         )
         if args.profile and n == max(args.sizes):
             profile(ours, ours_http, args)
+        if args.baseline:
+            results[BASE].peak_rss = peak_rss_mb(base.pid)
+            base.stop()  # it connects with the same application_name
         admin = cluster.dsn()
         results[OURS].held = held_sessions(ours.port, admin, OURS_APP, args.concurrent_scrapes)
         results[PEER].held = held_sessions(peer.port, admin, PEER_APP, args.concurrent_scrapes)
         results[OURS].peak_rss = peak_rss_mb(ours.pid)
         results[PEER].peak_rss = peak_rss_mb(peer.pid)
-        if args.baseline:
-            results[BASE].peak_rss = peak_rss_mb(base.pid)
     return SizeResult(n, results)
 
 

@@ -518,10 +518,13 @@ def run_size(
         )
         if args.profile and n == max(args.sizes):
             profile(ours, ours_http, args)
-        if args.baseline:
-            results[BASE].peak_rss = peak_rss_mb(base.pid)
-            base.stop()  # it connects with the same application_name
         admin = cluster.dsn()
+        if args.baseline:
+            # The same concurrent load for its peak RSS; its session count would include ours
+            # (same application_name), so it is not reported.
+            held_sessions(base.port, admin, OURS_APP, args.concurrent_scrapes)
+            results[BASE].peak_rss = peak_rss_mb(base.pid)
+            base.stop()
         results[OURS].held = held_sessions(ours.port, admin, OURS_APP, args.concurrent_scrapes)
         results[PEER].held = held_sessions(peer.port, admin, PEER_APP, args.concurrent_scrapes)
         results[OURS].peak_rss = peak_rss_mb(ours.pid)
@@ -550,10 +553,20 @@ def run_targets(
             for i, host in enumerate(hosts)
         ]
         config.write_text(yaml.safe_dump({"targets": targets}))
-        series = {OURS: Series(), PEER: Series()}
+        names = (OURS, BASE, PEER) if args.baseline else (OURS, PEER)
+        series = {name: Series() for name in names}
         with contextlib.ExitStack() as stack:
             ours = start_ours(workdir, config=config)
             stack.callback(ours.stop)
+            contenders: dict[str, tuple[Callable[[], None], int | None]] = {}
+            if args.baseline:
+                base = start_ours(workdir, config=config, script=args.baseline)
+                stack.callback(base.stop)
+                base_http = Scraper(base.port)
+                stack.callback(base_http.close)
+                for _ in range(args.warmup):
+                    scrape_once(base_http, series[BASE], record=False)
+                contenders[BASE] = (partial(scrape_once, base_http, series[BASE]), base.pid)
             peer_dsns = [_peer_dsn(cluster, host) for host in hosts]
             peer = start_peer(workdir, peer_dsns, *PEER_MULTI_TARGET_FLAGS)
             stack.callback(peer.stop)
@@ -566,6 +579,7 @@ def run_targets(
             interleaved(
                 {
                     OURS: (partial(scrape_once, ours_http, series[OURS]), ours.pid),
+                    **contenders,
                     PEER: (partial(scrape_once, peer_http, series[PEER]), peer.pid),
                 },
                 args.target_scrapes,
@@ -575,12 +589,16 @@ def run_targets(
                 set(workload.pids),
             )
             admin = cluster.dsn()
+            if args.baseline:
+                held_sessions(base.port, admin, OURS_APP, 2)  # load for the peak RSS, as above
+                series[BASE].peak_rss = peak_rss_mb(base.pid)
+                base.stop()
             series[OURS].held = held_sessions(ours.port, admin, OURS_APP, 2)
             series[PEER].held = held_sessions(peer.port, admin, PEER_APP, 2)
             series[OURS].peak_rss = peak_rss_mb(ours.pid)
             series[PEER].peak_rss = peak_rss_mb(peer.pid)
-        out[(OURS, count)] = series[OURS]
-        out[(PEER, count)] = series[PEER]
+        for name, s in series.items():
+            out[(name, count)] = s
     return TargetsResult(args.targets, workload.opened + 1, out)
 
 
@@ -721,7 +739,7 @@ def targets_table(result: TargetsResult) -> list[str]:
         "RSS per extra target MiB | server sessions (peak / distinct) |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for name in (OURS, PEER):
+    for name in [n for n in (OURS, BASE, PEER) if (n, 1) in result.series]:
         one = result.series[(name, 1)]
         for count in (1, result.targets):
             s = result.series[(name, count)]

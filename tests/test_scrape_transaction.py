@@ -10,6 +10,7 @@ import psycopg
 
 from exporter.localpg import LocalCluster
 from exporter.workload import SessionSpec, Workload
+from tests.helpers import Samples, wait_until
 
 
 def test_used_equals_the_breakdown_while_sessions_come_and_go(
@@ -110,3 +111,44 @@ def test_a_failed_query_is_rolled_back_alone_and_the_timeout_bookkeeping_follows
             ("pg-connections-exporter",),
         ).fetchone()
     assert row is not None and row[0] == "idle"
+
+
+def test_slots_and_limits_are_the_same_with_or_without_the_connections_query(
+    pg: LocalCluster, exporter_for
+) -> None:
+    """connection_slots and connection_limits read what connections left in the transaction,
+    or the backends themselves when connections did not run: both ways count alike."""
+    pg.execute(
+        "DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'limited_role') THEN"
+        " CREATE ROLE limited_role LOGIN CONNECTION LIMIT 50; END IF; END$$"
+    )
+    both = exporter_for({"targets": [{"name": "db", "dsn": pg.dsn()}]})
+    alone = exporter_for(
+        {
+            "targets": [{"name": "db", "dsn": pg.dsn()}],
+            "collectors": {"disable": ["connections"]},
+        }
+    )
+    names = (
+        "pg_connections_by_backend_type",
+        "pg_connections_used",
+        "pg_role_connection_limit_used",
+    )
+
+    def counts(s: Samples) -> dict:
+        return {n: sorted((tuple(sorted(k.items())), v) for k, v in s.series(n)) for n in names}
+
+    with Workload(pg.dsn()) as w:
+        w.open_many([SessionSpec("idle", user="limited_role")] * 3)
+
+        def agreed() -> tuple[dict, dict] | None:
+            # Both exporters hold a session: each sees the other's, and its own.
+            a, b = counts(both.scrape()), counts(alone.scrape())
+            return (a, b) if a == b else None
+
+        a, _ = wait_until(agreed, what="both ways to count alike")
+    assert a["pg_role_connection_limit_used"] == [
+        ((("rolname", "limited_role"), ("target", "db")), 3.0)
+    ]
+    assert both.scrape().get("pg_connections", state="idle") is not None
+    assert alone.scrape().get("pg_connections", state="idle") is None

@@ -147,8 +147,8 @@ def test_slots_and_limits_are_the_same_with_or_without_the_connections_query(
             return (a, b) if a == b else None
 
         a, _ = wait_until(agreed, what="both ways to count alike")
-    assert a["pg_role_connection_limit_used"] == [
-        ((("rolname", "limited_role"), ("target", "db")), 3.0)
-    ]
+    # Other tests may have left roles with limits in the shared server: this one is known.
+    limited = (("rolname", "limited_role"), ("target", "db"))
+    assert dict(a["pg_role_connection_limit_used"])[limited] == 3
     assert both.scrape().get("pg_connections", state="idle") is not None
     assert alone.scrape().get("pg_connections", state="idle") is None

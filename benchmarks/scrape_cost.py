@@ -60,6 +60,7 @@ PEER_BINARY = "/usr/bin/prometheus-postgres-exporter"
 OURS = "pg-connections-exporter"
 PEER = "postgres_exporter"
 RAW = "raw query"
+BASE = "pg-connections-exporter (baseline)"  # --baseline: another build, for before/after
 OURS_APP = "pg-connections-exporter"  # the application_name the exporter sets itself
 PEER_APP = "postgres_exporter"  # set through the peer's DSN
 MONITOR_ROLE = "bench_monitor"
@@ -267,15 +268,18 @@ class Process:
                 self.proc.wait(10)
 
 
-def ours_argv(dsn: str | None, config: Path | None) -> list[str]:
-    script = Path(sys.executable).with_name("pg-connections-exporter")
+def ours_argv(dsn: str | None, config: Path | None, script: Path | None = None) -> list[str]:
+    script = script or Path(sys.executable).with_name("pg-connections-exporter")
     argv = [str(script)] if script.exists() else [sys.executable, "-m", "exporter"]
     argv += ["--config.file", str(config)] if config else ["--dsn", str(dsn)]
     return [*argv, "--web.listen-address", "127.0.0.1:{port}", "--log.level", "warn"]
 
 
-def start_ours(workdir: Path, dsn: str | None = None, config: Path | None = None) -> Process:
-    return Process(OURS, ours_argv(dsn, config), {}, "/healthz", workdir)
+def start_ours(
+    workdir: Path, dsn: str | None = None, config: Path | None = None, script: Path | None = None
+) -> Process:
+    name = BASE if script else OURS
+    return Process(name, ours_argv(dsn, config, script), {}, "/healthz", workdir)
 
 
 def start_peer(workdir: Path, dsns: Sequence[str], *flags: str) -> Process:
@@ -466,7 +470,8 @@ def run_size(
     workload.grow_to(n)
     monitor = cluster.dsn(user=MONITOR_ROLE, host="127.0.0.1")
     peer_dsn = _peer_dsn(cluster)
-    results = {name: Series() for name in (RAW, OURS, PEER)}
+    names = (RAW, OURS, BASE, PEER) if args.baseline else (RAW, OURS, PEER)
+    results = {name: Series() for name in names}
     postmaster = _postmaster(cluster)
     with contextlib.ExitStack() as stack:
         ours = start_ours(workdir, dsn=monitor)
@@ -479,6 +484,15 @@ def run_size(
         stack.callback(ours_http.close)
         stack.callback(peer_http.close)
         skip = set(workload.pids)
+        contenders: dict[str, tuple[Callable[[], None], int | None]] = {}
+        if args.baseline:
+            base = start_ours(workdir, dsn=monitor, script=args.baseline)
+            stack.callback(base.stop)
+            base_http = Scraper(base.port)
+            stack.callback(base_http.close)
+            for _ in range(args.warmup):
+                scrape_once(base_http, results[BASE], record=False)
+            contenders[BASE] = (partial(scrape_once, base_http, results[BASE]), base.pid)
 
         def run_raw() -> None:
             elapsed, rows = raw.get()
@@ -493,6 +507,7 @@ def run_size(
             {
                 RAW: (run_raw, None),
                 OURS: (lambda: scrape_once(ours_http, results[OURS]), ours.pid),
+                **contenders,
                 PEER: (lambda: scrape_once(peer_http, results[PEER]), peer.pid),
             },
             args.scrapes,
@@ -504,6 +519,12 @@ def run_size(
         if args.profile and n == max(args.sizes):
             profile(ours, ours_http, args)
         admin = cluster.dsn()
+        if args.baseline:
+            # The same concurrent load for its peak RSS; its session count would include ours
+            # (same application_name), so it is not reported.
+            held_sessions(base.port, admin, OURS_APP, args.concurrent_scrapes)
+            results[BASE].peak_rss = peak_rss_mb(base.pid)
+            base.stop()
         results[OURS].held = held_sessions(ours.port, admin, OURS_APP, args.concurrent_scrapes)
         results[PEER].held = held_sessions(peer.port, admin, PEER_APP, args.concurrent_scrapes)
         results[OURS].peak_rss = peak_rss_mb(ours.pid)
@@ -532,10 +553,20 @@ def run_targets(
             for i, host in enumerate(hosts)
         ]
         config.write_text(yaml.safe_dump({"targets": targets}))
-        series = {OURS: Series(), PEER: Series()}
+        names = (OURS, BASE, PEER) if args.baseline else (OURS, PEER)
+        series = {name: Series() for name in names}
         with contextlib.ExitStack() as stack:
             ours = start_ours(workdir, config=config)
             stack.callback(ours.stop)
+            contenders: dict[str, tuple[Callable[[], None], int | None]] = {}
+            if args.baseline:
+                base = start_ours(workdir, config=config, script=args.baseline)
+                stack.callback(base.stop)
+                base_http = Scraper(base.port)
+                stack.callback(base_http.close)
+                for _ in range(args.warmup):
+                    scrape_once(base_http, series[BASE], record=False)
+                contenders[BASE] = (partial(scrape_once, base_http, series[BASE]), base.pid)
             peer_dsns = [_peer_dsn(cluster, host) for host in hosts]
             peer = start_peer(workdir, peer_dsns, *PEER_MULTI_TARGET_FLAGS)
             stack.callback(peer.stop)
@@ -548,6 +579,7 @@ def run_targets(
             interleaved(
                 {
                     OURS: (partial(scrape_once, ours_http, series[OURS]), ours.pid),
+                    **contenders,
                     PEER: (partial(scrape_once, peer_http, series[PEER]), peer.pid),
                 },
                 args.target_scrapes,
@@ -557,12 +589,16 @@ def run_targets(
                 set(workload.pids),
             )
             admin = cluster.dsn()
+            if args.baseline:
+                held_sessions(base.port, admin, OURS_APP, 2)  # load for the peak RSS, as above
+                series[BASE].peak_rss = peak_rss_mb(base.pid)
+                base.stop()
             series[OURS].held = held_sessions(ours.port, admin, OURS_APP, 2)
             series[PEER].held = held_sessions(peer.port, admin, PEER_APP, 2)
             series[OURS].peak_rss = peak_rss_mb(ours.pid)
             series[PEER].peak_rss = peak_rss_mb(peer.pid)
-        out[(OURS, count)] = series[OURS]
-        out[(PEER, count)] = series[PEER]
+        for name, s in series.items():
+            out[(name, count)] = s
     return TargetsResult(args.targets, workload.opened + 1, out)
 
 
@@ -662,12 +698,12 @@ def size_table(results: Sequence[SizeResult]) -> list[str]:
         "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
-        raw, ours, peer = r.series[RAW], r.series[OURS], r.series[PEER]
+        raw, peer = r.series[RAW], r.series[PEER]
         lines.append(
             f"| {r.n} | {RAW} ({raw.rows} rows) | {raw.median_ms():.2f} | {raw.p99_ms():.2f} | "
             f"1 | | | {raw.server_cpu_ms():.2f} | | | |"
         )
-        for name, s in ((OURS, ours), (PEER, peer)):
+        for name, s in [(n, r.series[n]) for n in (OURS, BASE) if n in r.series] + [(PEER, peer)]:
             held = f"{s.held[0]} / {s.held[1]}" if s.held else ""
             lines.append(
                 f"| {r.n} | {name} | {s.median_ms():.2f} | {s.p99_ms():.2f} | "
@@ -685,7 +721,7 @@ def growth_lines(results: Sequence[SizeResult]) -> list[str]:
     first, last = results[0], results[-1]
     factor = last.n / first.n
     out = [f"From N = {first.n} to N = {last.n} ({factor:g}x the sessions), the median grew:"]
-    for name in (RAW, OURS, PEER):
+    for name in [n for n in (RAW, OURS, BASE, PEER) if n in first.series]:
         a, b = first.series[name].median_ms(), last.series[name].median_ms()
         extra = ""
         if name != RAW:
@@ -703,7 +739,7 @@ def targets_table(result: TargetsResult) -> list[str]:
         "RSS per extra target MiB | server sessions (peak / distinct) |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for name in (OURS, PEER):
+    for name in [n for n in (OURS, BASE, PEER) if (n, 1) in result.series]:
         one = result.series[(name, 1)]
         for count in (1, result.targets):
             s = result.series[(name, count)]
@@ -783,6 +819,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--write", type=Path, help="put the tables into this Markdown file")
     parser.add_argument("--profile", type=Path, help="py-spy raw profile of the exporter at max N")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a check that it works")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another build's pg-connections-exporter script, measured in the same rounds",
+    )
     args = parser.parse_args(argv)
     args.argv = list(argv)
     if args.quick:

@@ -12,6 +12,7 @@ PgBouncer handles it on the same stalled event loop).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool
 
 from exporter.config import Target
@@ -154,6 +156,17 @@ class TargetConnection:
         conn.execute("SELECT set_config('statement_timeout', %s, false)", (timeout,))
         self._session_timeout[conn] = timeout
 
+    def transaction(self, conn: psycopg.Connection[Any]) -> ScrapeTransaction:
+        """A read-only transaction for one scrape's queries, begun by the first of them."""
+        return ScrapeTransaction(self, conn)
+
+    def _reverted(self, conn: psycopg.Connection[Any], timeout: str | None) -> None:
+        """A rollback put the session's statement_timeout back to `timeout`."""
+        if timeout is None:
+            self._session_timeout.pop(conn, None)
+        else:
+            self._session_timeout[conn] = timeout
+
     def _check_pgbouncer(self, conn: psycopg.Connection[Any]) -> None:
         """The pool's liveness check, bounded: the admin console refuses the empty query of
         psycopg-pool's own check."""
@@ -175,6 +188,52 @@ class TargetConnection:
             timer.cancel()
             if dog.finish():
                 conn.close()
+
+
+class ScrapeTransaction:
+    """The queries of one scrape in one read-only transaction, so that they share one snapshot.
+
+    PostgreSQL keeps the backend status it read for the rest of the transaction: every
+    pg_stat_activity read after the first is cheaper, and all of them see the same backends.
+    A failed query aborts the transaction: it is rolled back and the next query begins a fresh
+    one, so a query still fails alone. A rollback also undoes a statement_timeout SET inside it,
+    which the connection's bookkeeping is told.
+    """
+
+    def __init__(self, owner: TargetConnection, conn: psycopg.Connection[Any]) -> None:
+        self._owner = owner
+        self._conn = conn
+        self._open = False
+        self._timeout_at_begin: str | None = None
+
+    def begin(self) -> None:
+        """Begin, unless already in one (the connection is autocommit between scrapes)."""
+        if self._open:
+            return
+        self._timeout_at_begin = self._owner._session_timeout.get(self._conn)
+        self._conn.execute("BEGIN READ ONLY")
+        self._open = True
+
+    def after_query(self) -> None:
+        """Roll back if the last query aborted the transaction."""
+        if self._open and self._conn.info.transaction_status == TransactionStatus.INERROR:
+            self._end("ROLLBACK")
+
+    def finish(self) -> None:
+        """Commit (nothing was written: this only ends the transaction)."""
+        if self._open:
+            failed = self._conn.info.transaction_status == TransactionStatus.INERROR
+            self._end("ROLLBACK" if failed else "COMMIT")
+
+    def _end(self, command: str) -> None:
+        self._open = False
+        if command == "ROLLBACK":
+            self._owner._reverted(self._conn, self._timeout_at_begin)
+        if self._conn.broken or self._conn.closed:
+            return
+        # On failure the connection is gone: the pool checks it before its next use.
+        with contextlib.suppress(psycopg.Error):
+            self._conn.execute(command)
 
 
 class Watchdog:

@@ -21,11 +21,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
-from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
 from exporter import __version__
 from exporter.collector import scrape_timeout
+from exporter.exposition import choose_encoder
 from exporter.webconfig import WebConfig
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,9 @@ class _Handler(BaseHTTPRequestHandler):
     # TCP_NODELAY: headers and body go out as two writes; with Nagle, the body waits for the
     # client's delayed ACK of the headers, which added ~40 ms to every keep-alive scrape.
     disable_nagle_algorithm = True
+    # Buffered: the headers and a gzipped body leave in one write (handle_one_request flushes
+    # after each request), one system call and one packet instead of two.
+    wbufsize = 1 << 14
 
     def do_GET(self) -> None:
         if not self._authorized():

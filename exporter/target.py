@@ -2,8 +2,10 @@
 
 Each query is gated by target kind and server version, bounded by its own timeout (never beyond
 the scrape deadline), served from its cache while fresh, and fails alone: an error in one query
-is counted and the others still run. PgBouncer's SHOW output gains and loses columns between
-versions, so there a metric whose columns are missing is left out rather than failing its query.
+is counted and the others still run. On PostgreSQL a scrape's queries share one read-only
+transaction (one snapshot of the backends; see connection.ScrapeTransaction). PgBouncer's SHOW
+output gains and loses columns between versions, so there a metric whose columns are missing is
+left out rather than failing its query.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import PoolTimeout
 
 from exporter.config import QuerySpec, Settings, Target
-from exporter.connection import TargetConnection, Watchdog
+from exporter.connection import ScrapeTransaction, TargetConnection, Watchdog
 from exporter.engine import MetricSamples, build_samples, metric_missing_columns, missing_columns
 from exporter.logincheck import LoginChecker, LoginResult
 
@@ -159,27 +161,40 @@ class TargetScraper:
         self, conn: psycopg.Connection[Any], version: int, deadline: float
     ) -> list[QueryOutcome]:
         outcomes = []
-        for query in self.queries:
-            if query.min_version and version < query.min_version:
-                continue
-            if query.max_version and version > query.max_version:
-                continue
-            entry = self._cache.get(query.name)
-            now = time.monotonic()
-            if entry is not None and entry.expires > now:
-                outcomes.append(QueryOutcome(query.name, 0.0, entry.outcome.metrics, cached=True))
-                continue
-            if conn.broken or conn.closed:
-                outcomes.append(self._failed(query, 0.0, "connection", "connection lost"))
-                continue
-            outcome = self._run(conn, query, deadline)
-            if outcome.error is None and query.cache:
-                self._cache[query.name] = _CacheEntry(now + query.cache, outcome)
-            outcomes.append(outcome)
+        tx = self.connection.transaction(conn) if self.target.kind == "postgres" else None
+        # Ended whatever happens: the connection goes back to the pool outside a transaction.
+        try:
+            for query in self.queries:
+                if query.min_version and version < query.min_version:
+                    continue
+                if query.max_version and version > query.max_version:
+                    continue
+                entry = self._cache.get(query.name)
+                now = time.monotonic()
+                if entry is not None and entry.expires > now:
+                    metrics = entry.outcome.metrics
+                    outcomes.append(QueryOutcome(query.name, 0.0, metrics, cached=True))
+                    continue
+                if conn.broken or conn.closed:
+                    outcomes.append(self._failed(query, 0.0, "connection", "connection lost"))
+                    continue
+                outcome = self._run(conn, query, deadline, tx)
+                if tx is not None:
+                    tx.after_query()
+                if outcome.error is None and query.cache:
+                    self._cache[query.name] = _CacheEntry(now + query.cache, outcome)
+                outcomes.append(outcome)
+        finally:
+            if tx is not None:
+                tx.finish()
         return outcomes
 
     def _run(
-        self, conn: psycopg.Connection[Any], query: QuerySpec, deadline: float
+        self,
+        conn: psycopg.Connection[Any],
+        query: QuerySpec,
+        deadline: float,
+        tx: ScrapeTransaction | None = None,
     ) -> QueryOutcome:
         start = time.monotonic()
         remaining = deadline - DEADLINE_MARGIN - start
@@ -194,6 +209,8 @@ class TargetScraper:
         )
         try:
             with bound as dog:
+                if tx is not None:
+                    tx.begin()
                 self.connection.set_statement_timeout(conn, timeout)
                 with conn.cursor(row_factory=dict_row) as cur:
                     cur.execute(query.sql, query.params or None)  # type: ignore[arg-type]

@@ -28,6 +28,39 @@ def test_match_selects_rows_and_nulls_are_skipped() -> None:
     assert samples(query(match={"k": "x"}), rows) == {(): 1}
 
 
+def test_metrics_of_one_query_each_get_their_own_match() -> None:
+    """Several metrics, matches on one column, on two, on a value as text, and none."""
+    rows = [
+        {"kind": "a", "sub": "1", "n": 1},
+        {"kind": "a", "sub": "2", "n": 2},
+        {"kind": "b", "sub": "1", "n": 4},
+        {"kind": None, "sub": "1", "n": 8},
+        {"kind": 5, "sub": "1", "n": 16},
+    ]
+    matches = [
+        {"kind": "a"},
+        {"sub": "1", "kind": "a"},
+        {"kind": "b"},
+        {},
+        {"kind": ""},
+        {"kind": "5"},
+        {"kind": "c"},
+        {"sub": "1"},
+    ]
+    q = QuerySpec.model_validate(
+        {
+            "name": "q",
+            "sql": "SELECT 1",
+            "metrics": [
+                {"name": f"m{i}", "help": "h", "value": "n", "match": m}
+                for i, m in enumerate(matches)
+            ],
+        }
+    )
+    got = [dict(m.samples).get((), 0) for m in build_samples(q, rows)]
+    assert got == [3, 1, 4, 31, 8, 16, 0, 29]
+
+
 def test_max_series_keeps_the_largest_and_folds_the_rest_per_remaining_label() -> None:
     rows = [
         {"db": "big", "state": "idle", "n": 10},

@@ -288,7 +288,8 @@ def test_locks_on_a_catalog_or_a_table_do_not_stall_the_scrape(
         assert s.value("pg_connections_used", target="pg") >= 2
         w.close()
 
-        # pg_authid, which pg_stat_activity joins: the built-ins wait on it, within the deadline.
+        # pg_authid, which names the roles: the built-ins that need names wait on it, within
+        # the deadline; the slot counts read the backends without it and are still reported.
         w.hold_lock("pg_catalog.pg_authid")
         start = time.monotonic()
         s = running.scrape(header)
@@ -296,6 +297,9 @@ def test_locks_on_a_catalog_or_a_table_do_not_stall_the_scrape(
         assert s.value("pg_up", target="pg") == 1
         assert s.value("pg_connections_exporter_query_success", query="connections") == 0
         assert s.value(errors, query="connections", reason="timeout") == 1
+        assert s.value("pg_connections_exporter_query_success", query="connection_slots") == 1
+        assert s.value("pg_connections_used", target="pg") >= 2
+        assert s.get("pg_connections_utilization_ratio", target="pg") is not None
         assert s.value("shop_one", target="pg") == 1
         assert s.value("shop_orders", target="pg") == 0
     # Released: everything is back in the next scrape.

@@ -1,0 +1,120 @@
+"""exporter.exposition renders exactly the bytes prometheus_client's encoders render."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import exposition as library
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeHistogramMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    StateSetMetricFamily,
+    SummaryMetricFamily,
+    UnknownMetricFamily,
+)
+from prometheus_client.samples import Exemplar
+
+from exporter import exposition
+from exporter.localpg import LocalCluster
+from exporter.workload import SessionSpec, Workload
+
+ACCEPT = [
+    None,
+    "",
+    # Prometheus 2.x
+    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
+    "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+    # Prometheus 3.x
+    "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,"
+    "application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=1.0.0;"
+    "escaping=allow-utf-8;q=0.3,text/plain;version=0.0.4;q=0.2,*/*;q=0.1",
+    "application/openmetrics-text",
+    "application/openmetrics-text;version=1.0.0;escaping=dots",
+    "application/openmetrics-text;version=1.0.0;escaping=values",
+    "text/plain;version=0.0.4",
+    "text/plain;version=1.0.0;escaping=underscores",
+    "text/plain;version=1.0.0;escaping=allow-utf-8",
+    "text/plain;version=1.0.0;escaping=dots",
+]
+
+
+def _same_as_library(metrics: list, accept: str | None) -> bytes:
+    expected_encoder, expected_type = library.choose_encoder(accept or "")
+    encoder, content_type = exposition.choose_encoder(accept)
+    assert content_type == expected_type
+    expected = expected_encoder(exposition._Collected(metrics))
+    assert encoder(exposition._Collected(metrics)) == expected
+    return expected
+
+
+def _fast_path(metrics: list, accept: str | None) -> bytes:
+    """The output of the fast path itself, never the fallback."""
+    encoder, _ = exposition.choose_encoder(accept)
+    escaping = encoder.keywords["escaping"]
+    if encoder.func is exposition._openmetrics:
+        return exposition._render_openmetrics(metrics, escaping)
+    return exposition._render_text(metrics, escaping)
+
+
+@pytest.mark.parametrize("accept", ACCEPT)
+def test_a_real_scrape_renders_as_the_library_renders_it(
+    pg: LocalCluster, exporter_for, accept: str | None
+) -> None:
+    running = exporter_for(
+        {"targets": [{"name": "db", "dsn": pg.dsn(), "labels": {"env": 'a "b" \\c'}}]}
+    )
+    apps = ['quoted "app"', "back\\slash", "plain", "ünïcode"]
+    with Workload(pg.dsn()) as w:
+        w.open_many([SessionSpec("idle", application_name=a) for a in apps])
+        metrics = list(running.exporter.registry.collect())
+    expected = _same_as_library(metrics, accept)
+    assert _fast_path(metrics, accept) == expected
+    assert expected.count(b"\n") > 100
+    assert b"back\\\\slash" in expected and b'quoted \\"app\\"' in expected
+
+
+def _families() -> list:
+    gauge = GaugeMetricFamily("g", 'Help with \\ and\nnewline and "quotes".', labels=["a", "b"])
+    gauge.add_metric(["x\ny", 'q"\\'], 1.5, timestamp=12.5)
+    gauge.add_metric(["ü", ""], float("nan"))
+    gauge.add_metric(["inf", "-inf"], float("-inf"))
+    counter = CounterMetricFamily("c", "Counter.", labels=["l"], created=100.0)
+    counter.add_metric(["v"], 3, created=1.25)
+    colon = GaugeMetricFamily("with:colon", "Colon.", value=1e-9)
+    hist = HistogramMetricFamily("h", "Histogram.", labels=["l"])
+    hist.add_metric(["v"], [("0.5", 1), ("+Inf", 4)], 10.0)
+    ghist = GaugeHistogramMetricFamily("gh", "Gauge histogram.", labels=["l"])
+    ghist.add_metric(["v"], [("1.0", 2), ("+Inf", 3)], 7.0)
+    summary = SummaryMetricFamily("s", "Summary.", count_value=4, sum_value=2.0)
+    info = InfoMetricFamily("i", "Info.", value={"version": "1.0"})
+    stateset = StateSetMetricFamily("st", "State set.", value={"on": True, "off": False})
+    unit = GaugeMetricFamily("u_seconds", "With unit.", value=2, unit="seconds")
+    empty = GaugeMetricFamily("empty", "No samples.", labels=["l"])
+    unknown = UnknownMetricFamily("un", "Untyped.", value=3)
+    return [gauge, counter, colon, hist, ghist, summary, info, stateset, unit, empty, unknown]
+
+
+@pytest.mark.parametrize("accept", ACCEPT)
+def test_every_kind_of_family_renders_as_the_library_renders_it(accept: str | None) -> None:
+    metrics = _families()
+    expected = _same_as_library(metrics, accept)
+    assert _fast_path(metrics, accept) == expected
+
+
+@pytest.mark.parametrize("accept", ACCEPT)
+def test_what_the_fast_path_leaves_out_goes_to_the_library(accept: str | None) -> None:
+    with_exemplar = CounterMetricFamily("ex", "Exemplar.", labels=["l"])
+    with_exemplar.add_metric(["v"], 1, exemplar=Exemplar({"trace_id": "abc"}, 0.5))
+    utf8_name = GaugeMetricFamily("name.with.dots", "UTF-8 name.", value=1)
+    bad = GaugeMetricFamily("bad", "Value is not a number.", labels=["l"])
+    metrics = [*_families(), with_exemplar, utf8_name]
+    _same_as_library(metrics, accept)
+    bad.add_metric(["v"], "not a number")  # type: ignore[arg-type]
+    expected_encoder, _ = library.choose_encoder(accept or "")
+    encoder, _ = exposition.choose_encoder(accept)
+    with pytest.raises(Exception) as expected_error:
+        expected_encoder(exposition._Collected([bad]))
+    with pytest.raises(type(expected_error.value)):
+        encoder(exposition._Collected([bad]))

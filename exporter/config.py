@@ -83,11 +83,11 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 ServerVersion = Annotated[int, BeforeValidator(parse_server_version)]
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class MetricSpec(_Strict):
+class MetricSpec(StrictModel):
     """One metric family made from the result set of a query."""
 
     name: str
@@ -163,7 +163,7 @@ class MetricSpec(_Strict):
         return self
 
 
-class QuerySpec(_Strict):
+class QuerySpec(StrictModel):
     """One SQL statement, run once per scrape (or per cache lifetime), feeding its metrics."""
 
     name: str
@@ -225,7 +225,7 @@ def _login_check_shorthand(value: Any) -> Any:
     return value
 
 
-class LoginCheckSpec(_Strict):
+class LoginCheckSpec(StrictModel):
     """A fresh login, at most once per interval, to see what a new client sees."""
 
     interval: Duration = 60.0
@@ -239,7 +239,7 @@ class LoginCheckSpec(_Strict):
         return None if v is None else _validate_dsn(v)
 
 
-class TargetSpec(_Strict):
+class TargetSpec(StrictModel):
     """A PostgreSQL server, or a PgBouncer admin console, to scrape."""
 
     name: str = Field(min_length=1)
@@ -266,7 +266,7 @@ class TargetSpec(_Strict):
         return _validate_dsn(v)
 
 
-class Settings(_Strict):
+class Settings(StrictModel):
     """Defaults that apply to every target and query."""
 
     scrape_timeout: Duration = 10.0
@@ -274,14 +274,14 @@ class Settings(_Strict):
     lock_timeout: Duration = 1.0
 
 
-class CollectorSettings(_Strict):
+class CollectorSettings(StrictModel):
     """Which built-in queries run, and their parameters."""
 
     disable: list[str] = []
     params: dict[str, dict[str, Any]] = {}
 
 
-class ConfigFile(_Strict):
+class ConfigFile(StrictModel):
     """The top level of a configuration file."""
 
     targets: list[TargetSpec] = Field(min_length=1)
@@ -353,7 +353,7 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return out or "(top level)"
 
 
-def _validation_problems(err: ValidationError, source: str, prefix: str = "") -> list[str]:
+def validation_problems(err: ValidationError, source: str, prefix: str = "") -> list[str]:
     problems = []
     for e in err.errors(include_url=False, include_input=False):
         loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
@@ -365,7 +365,7 @@ def _validation_problems(err: ValidationError, source: str, prefix: str = "") ->
     return problems
 
 
-def _read_yaml(text: str, source: str) -> Any:
+def read_yaml(text: str, source: str) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -383,12 +383,12 @@ def builtin_queries() -> list[QuerySpec]:
         if not entry.name.endswith(".yaml"):
             continue
         source = f"built-in {entry.name}"
-        data = _read_yaml(entry.read_text(encoding="utf-8"), source)
+        data = read_yaml(entry.read_text(encoding="utf-8"), source)
         for i, raw in enumerate((data or {}).get("queries", [])):
             try:
                 queries.append(QuerySpec.model_validate(raw))
             except ValidationError as err:
-                problems += _validation_problems(err, source, f"queries[{i}]")
+                problems += validation_problems(err, source, f"queries[{i}]")
     if problems:
         raise ConfigError(problems)
     return queries
@@ -478,7 +478,7 @@ def _select_queries(spec: ConfigFile, source: str, problems: list[str]) -> list[
                     {**query.model_dump(), "params": {**query.params, **overrides}}
                 )
             except ValidationError as err:
-                problems += _validation_problems(err, source, f"collectors.params.{name}")
+                problems += validation_problems(err, source, f"collectors.params.{name}")
         selected.append(query)
     for name in spec.collectors.params:
         if name not in builtins:
@@ -524,7 +524,7 @@ def parse_config(data: Any, source: str) -> Config:
     try:
         spec = ConfigFile.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(problems + _validation_problems(err, source)) from None
+        raise ConfigError(problems + validation_problems(err, source)) from None
     targets = _resolve_targets(spec, source, problems)
     queries = _select_queries(spec, source, problems)
     if problems:
@@ -539,7 +539,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{source}: cannot read: {exc.strerror}"]) from None
-    return parse_config(_read_yaml(text, source), source)
+    return parse_config(read_yaml(text, source), source)
 
 
 def single_target_config(dsn: str, source: str) -> Config:

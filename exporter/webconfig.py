@@ -18,7 +18,7 @@ from typing import Literal
 import bcrypt
 from pydantic import Field, ValidationError, model_validator
 
-from exporter.config import ConfigError, _read_yaml, _Strict, _validation_problems
+from exporter.config import ConfigError, StrictModel, read_yaml, validation_problems
 
 _TLS_VERSIONS = {
     "TLS10": ssl.TLSVersion.TLSv1,
@@ -34,7 +34,7 @@ _CLIENT_AUTH = {
 TLSVersion = Literal["TLS10", "TLS11", "TLS12", "TLS13"]
 
 
-class TLSServerConfig(_Strict):
+class TLSServerConfig(StrictModel):
     cert_file: Path
     key_file: Path
     client_auth_type: Literal[
@@ -53,12 +53,12 @@ class TLSServerConfig(_Strict):
         return self
 
 
-class HTTPServerConfig(_Strict):
+class HTTPServerConfig(StrictModel):
     headers: dict[str, str] = {}
     http2: bool = True  # accepted for compatibility; this server speaks HTTP/1.1 only
 
 
-class WebConfigFile(_Strict):
+class WebConfigFile(StrictModel):
     tls_server_config: TLSServerConfig | None = None
     http_server_config: HTTPServerConfig = HTTPServerConfig()
     basic_auth_users: dict[str, str] = Field(default_factory=dict)
@@ -113,13 +113,13 @@ def load_web_config(path: str) -> WebConfig:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{source}: cannot read: {exc.strerror}"]) from None
-    data = _read_yaml(text, source) or {}
+    data = read_yaml(text, source) or {}
     if not isinstance(data, dict):
         raise ConfigError([f"{source}: (top level): expected a mapping"])
     try:
         spec = WebConfigFile.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_validation_problems(err, source)) from None
+        raise ConfigError(validation_problems(err, source)) from None
     problems: list[str] = []
     users: dict[str, bytes] = {}
     for user, hashed in spec.basic_auth_users.items():

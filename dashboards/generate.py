@@ -1005,14 +1005,20 @@ def overview() -> dict:
     L.add(
         timeseries(
             "Refused logins and connect failures",
-            "The exporter's failed connection attempts per second by reason, only those "
-            "happening (too_many_clients is the server refusing logins).",
+            "Failed connection attempts per second by reason, only those happening: the "
+            "exporter's own connection, and its login check where configured "
+            "(too_many_clients is the server refusing logins).",
             [
                 q(
                     f"max by (reason) (rate(pg_connections_exporter_connect_failures_total"
                     f"{{{F}}}[$__rate_interval])) > 0",
-                    "{{reason}}",
-                )
+                    "exporter: {{reason}}",
+                ),
+                q(
+                    f"max by (reason) (rate(pg_connections_login_check_failures_total"
+                    f"{{{F}}}[$__rate_interval])) > 0",
+                    "login check: {{reason}}",
+                ),
             ],
             "cps",
         ),

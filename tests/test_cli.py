@@ -8,11 +8,16 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
+
+import pytest
 
 from exporter import __version__
 from exporter.localpg import LocalCluster
 from tests.conftest import require
 from tests.helpers import REPO, wait_until
+from tests.test_exporter import exporter_backends
 
 
 def _clusters(tmp: str) -> set[str]:
@@ -62,8 +67,15 @@ def test_single_target_from_data_source_name(pg: LocalCluster, exporter_process)
     s = proc.scrape()
     assert s.value("pg_up", target="default") == 1
     assert s.value("pg_connections_max", target="default") == 120
+    wait_until(lambda: exporter_backends(pg) == 1, 5, what="one exporter backend")
+    # SIGTERM: stops serving, closes its connection, exits 0 within a few seconds.
+    start = time.monotonic()
     assert proc.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - start < 5
+    wait_until(lambda: exporter_backends(pg) == 0, 5, what="the exporter's backend to go")
     assert "Traceback" not in proc.output()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"{proc.url}/healthz", timeout=2)
 
 
 def test_no_target_is_a_clear_error() -> None:

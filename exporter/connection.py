@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import socket
 import threading
 import time
@@ -106,9 +107,7 @@ class TargetConnection:
             max_size=1,
             open=False,
             configure=self._configure,
-            check=self._check_pgbouncer
-            if target.kind == "pgbouncer"
-            else ConnectionPool.check_connection,
+            check=self._check_pgbouncer if target.kind == "pgbouncer" else _check_postgres,
             name=f"target-{target.name}",
             max_lifetime=_NEVER,
             max_idle=_NEVER,
@@ -297,6 +296,20 @@ class Watchdog:
         with self._lock:
             self._finished = True
             return self.fired
+
+
+def _check_postgres(conn: psycopg.Connection[Any]) -> None:
+    """The pool's liveness check, without a round trip while nothing has arrived: a server
+    that ended the session (restart, pg_terminate_backend, idle_session_timeout) sends its
+    goodbye and closes the socket, which makes it readable; an idle session's socket has
+    nothing to read. Anything readable goes to psycopg-pool's own check, whose empty query
+    reads it and fails on a closed session (the pool then opens a new one)."""
+    if conn.closed or conn.broken:
+        raise psycopg.OperationalError("the connection is closed")
+    poller = select.poll()  # not select(): a descriptor may be above FD_SETSIZE
+    poller.register(conn.fileno(), select.POLLIN)
+    if poller.poll(0):
+        ConnectionPool.check_connection(conn)
 
 
 def _ms(seconds: float) -> str:

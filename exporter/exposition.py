@@ -73,13 +73,25 @@ def _legacy_metric_name(name: str) -> bool:
 
 def _escape_value(value: str) -> str:
     """A label value (always UTF-8), or an OpenMetrics HELP text."""
+    if "\\" not in value and "\n" not in value and '"' not in value:
+        return value  # nearly always: three membership tests are cheaper than three copies
     return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
+# (label name, escaping) -> escaped name: a dict lookup is cheaper than lru_cache's call.
+_label_names: dict[tuple[str, str], str] = {}
+
+
 def _labels(labels: dict[str, str], escaping: str) -> str:
-    return ",".join(
-        [f'{_label_name(k, escaping)}="{_escape_value(v)}"' for k, v in sorted(labels.items())]
-    )
+    parts = []
+    for k, v in sorted(labels.items()):
+        name = _label_names.get((k, escaping))
+        if name is None:
+            if len(_label_names) >= 8192:
+                _label_names.clear()
+            name = _label_names[(k, escaping)] = _label_name(k, escaping)
+        parts.append(f'{name}="{_escape_value(v)}"')
+    return ",".join(parts)
 
 
 def _openmetrics(registry: Collector, escaping: str, library: Encoder) -> bytes:

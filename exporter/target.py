@@ -213,13 +213,23 @@ class TargetScraper:
                     tx.begin()
                 self.connection.set_statement_timeout(conn, timeout)
                 with conn.cursor(row_factory=dict_row) as cur:
-                    cur.execute(query.sql, query.params or None)  # type: ignore[arg-type]
+                    cur.execute(
+                        query.sql,  # type: ignore[arg-type]
+                        query.params or None,
+                        prepare=self.connection.prepared(conn, query.sql),
+                    )
                     rows = cur.fetchall() if cur.description else []
                     columns = [c.name for c in cur.description or ()]
         except (psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable) as exc:
             # statement_timeout, or lock_timeout behind a lock held by someone else.
             return self._failed(query, time.monotonic() - start, "timeout", str(exc))
         except psycopg.Error as exc:
+            if self.connection.stop_preparing(conn, exc):
+                # The server lacked our prepared statement: once more, unprepared, in a new
+                # transaction (this one is aborted).
+                if tx is not None:
+                    tx.after_query()
+                return self._run(conn, query, deadline, tx)
             if dog is not None and dog.fired:
                 reason, message = "timeout", f"no answer within {timeout:.3g}s"
             else:

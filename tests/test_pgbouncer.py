@@ -220,3 +220,22 @@ def test_the_watchdog_ends_a_query_pgbouncer_does_not_answer(pg: LocalCluster, p
     finally:
         bouncer.resume_process()
         conn.close()
+
+
+def test_a_postgres_target_behind_pgbouncer_that_drops_prepared_statements(
+    pg: LocalCluster, pgbouncer_for, exporter_for
+) -> None:
+    """The scrape queries run prepared; a PgBouncer that resets the server connection after
+    every transaction (as a pool handing it to another client would) loses them: the query
+    that finds its statement gone runs again unprepared, and no scrape fails."""
+    bouncer = pgbouncer_for(pg, server_reset_query="DISCARD ALL", server_reset_query_always=1)
+    running = exporter_for({"targets": [{"name": "db", "dsn": bouncer.dsn("postgres", "app")}]})
+    queries = {q.name for q in builtin_queries() if q.target_kind == "postgres"}
+    running.scrape_until(lambda s: s.get("pg_up", target="db") == 1, what="the target up")
+    for _ in range(4):
+        s = running.scrape()
+        success = s.by("pg_connections_exporter_query_success", "query", target="db")
+        assert success == dict.fromkeys(queries, 1.0)
+    errors = s.series("pg_connections_exporter_query_errors_total", target="db")
+    assert errors and {v for _, v in errors} == {0.0}
+    assert s.value("pg_connections_used", target="db") >= 1

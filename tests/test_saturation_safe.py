@@ -238,6 +238,30 @@ def test_kill_restart_and_stop_without_restarting_the_exporter(exporter_for) -> 
         cluster.stop()
 
 
+def test_a_session_ended_between_scrapes_is_replaced_before_the_next_one(exporter_for) -> None:
+    """The liveness check sees a session the server ended while idle (terminated, restart,
+    idle_session_timeout) and the pool opens a new one: the next scrape is whole, not failed."""
+    cluster = new_cluster("18", max_connections=20)
+    try:
+        running = exporter_for({"targets": [{"name": "pg", "dsn": cluster.dsn(host="127.0.0.1")}]})
+        running.scrape_until(lambda s: s.get("pg_up", target="pg") == 1, what="the target up")
+        (old,) = _exporter_backend_pids(cluster)
+        cluster.execute(f"SELECT pg_terminate_backend({old})")
+        wait_until(lambda: old not in _exporter_backend_pids(cluster), what="the session ended")
+        for _ in range(3):
+            s = running.scrape()
+            assert s.value("pg_up", target="pg") == 1
+            success = s.by("pg_connections_exporter_query_success", "query", target="pg")
+            assert success and set(success.values()) == {1.0}, success
+            assert s.value("pg_connections_used", target="pg") == 1
+        errors = s.series("pg_connections_exporter_query_errors_total", target="pg")
+        assert {v for _, v in errors} == {0.0}
+        (new,) = _exporter_backend_pids(cluster)
+        assert new != old
+    finally:
+        cluster.stop()
+
+
 @pytest.fixture
 def locked_cluster():
     cluster = new_cluster("18", max_connections=30)

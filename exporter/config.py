@@ -249,6 +249,7 @@ class TargetSpec(StrictModel):
     connect_timeout: Duration = 5.0
     kind: TargetKind = "postgres"
     login_check: Annotated[LoginCheckSpec | None, BeforeValidator(_login_check_shorthand)] = None
+    prepared_statements: bool = True
 
     @field_validator("labels")
     @classmethod
@@ -309,6 +310,7 @@ class Target:
     connect_timeout: float
     kind: TargetKind = "postgres"
     login_check: LoginCheck | None = None
+    prepared_statements: bool = True
 
 
 @dataclass(frozen=True)
@@ -421,7 +423,15 @@ def _resolve_targets(spec: ConfigFile, source: str, problems: list[str]) -> list
         if t.kind == "pgbouncer":
             conninfo = _pgbouncer_conninfo(conninfo, f"{where}.dsn", problems)
         targets.append(
-            Target(t.name, conninfo, dict(t.labels), t.connect_timeout, t.kind, login_check)
+            Target(
+                t.name,
+                conninfo,
+                dict(t.labels),
+                t.connect_timeout,
+                t.kind,
+                login_check,
+                t.prepared_statements,
+            )
         )
     return targets
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+import psycopg.conninfo
 from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool
 
@@ -47,6 +48,14 @@ _PREPARED_STATEMENT_ERRORS = (
     psycopg.errors.InvalidSqlStatementName,
     psycopg.errors.DuplicatePreparedStatement,
 )
+
+_TCP_LIVENESS = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 15000,  # ms: unacknowledged data for this long ends the connection
+}
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +106,14 @@ class TargetConnection:
             "prepare_threshold": None if target.kind == "pgbouncer" else _NEVER_BY_COUNT,
             "application_name": APPLICATION_NAME,
             "connect_timeout": max(1, round(target.connect_timeout)),
+            # A server that vanishes without a word (a network cut, a frozen host) would leave
+            # the held connection blocked in a read until the kernel gives up (minutes): TCP
+            # keepalives and a user timeout bound that. A DSN's own values win.
+            **{
+                key: value
+                for key, value in _TCP_LIVENESS.items()
+                if key not in psycopg.conninfo.conninfo_to_dict(target.conninfo)
+            },
         }
         if target.kind == "pgbouncer":
             kwargs["cursor_factory"] = psycopg.ClientCursor
@@ -173,6 +190,7 @@ class TargetConnection:
         Only on PostgreSQL, for a single statement (the extended protocol refuses several)."""
         return (
             self.target.kind == "postgres"
+            and self.target.prepared_statements
             and conn not in self._unprepared
             and ";" not in sql.strip().rstrip(";")
         )

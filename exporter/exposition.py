@@ -20,7 +20,25 @@ from prometheus_client.openmetrics import exposition as om
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
-from prometheus_client.validation import _is_valid_legacy_metric_name
+
+try:
+    # Internals of the prometheus_client versions this reproduces (0.2x with escaping schemes):
+    # with another version, the library's own encoder is used as it is.
+    from prometheus_client.validation import _is_valid_legacy_metric_name
+
+    _REPRODUCIBLE = all(
+        hasattr(om, name)
+        for name in (
+            "UNDERSCORES",
+            "ALLOWUTF8",
+            "escape_metric_name",
+            "escape_label_name",
+            "_escape",
+            "_is_legacy_labelname_rune",
+        )
+    )
+except ImportError:  # pragma: no cover - depends on the installed prometheus_client
+    _REPRODUCIBLE = False
 
 Encoder = Callable[[Collector], bytes]
 
@@ -41,6 +59,8 @@ class _Collected(Collector):
 def choose_encoder(accept: str | None) -> tuple[Encoder, str]:
     """As prometheus_client's choose_encoder: the same content type, a faster encoder."""
     encoder, content_type = exposition.choose_encoder(accept or "")
+    if not _REPRODUCIBLE:
+        return encoder, content_type
     func = encoder.func if isinstance(encoder, functools.partial) else encoder
     keywords = encoder.keywords if isinstance(encoder, functools.partial) else {}
     escaping = keywords.get("escaping", om.UNDERSCORES)

@@ -118,3 +118,12 @@ def test_what_the_fast_path_leaves_out_goes_to_the_library(accept: str | None) -
         expected_encoder(exposition._Collected([bad]))
     with pytest.raises(type(expected_error.value)):
         encoder(exposition._Collected([bad]))
+
+
+def test_the_installed_prometheus_client_is_one_this_reproduces() -> None:
+    """Otherwise every test above compares the library with itself."""
+    from exporter import exposition as ours
+
+    assert ours._REPRODUCIBLE
+    encoder, _ = ours.choose_encoder("application/openmetrics-text; version=1.0.0")
+    assert getattr(encoder, "func", None) is ours._openmetrics

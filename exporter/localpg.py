@@ -24,6 +24,8 @@ from typing import Any
 import psycopg
 import psycopg.conninfo
 
+from exporter.processes import log_tail
+
 DEBIAN_BINDIR = "/usr/lib/postgresql/{major}/bin"
 _SERVICE_USERS = ("postgres", "embedded_postgres")
 
@@ -203,10 +205,7 @@ class LocalCluster:
         return False
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return log_tail(self.log_path, lines)
 
     def dsn(
         self,

@@ -15,7 +15,6 @@ Ctrl-C closes every session and exits 0.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import random
@@ -149,25 +148,11 @@ class LoadGenerator:
             self.close(self.wave.pop())
 
     def close(self, conn: psycopg.Connection[Any]) -> None:
-        self.terminate_busy([conn])
+        # close_quietly cancels a statement still running, so no pg_sleep outlives its client.
         self.workload.sessions.remove(conn)
         close_quietly(conn)
 
-    def terminate_busy(self, conns: list[psycopg.Connection[Any]]) -> None:
-        """End the server side of sessions still running a statement: closing the client alone
-        leaves a pg_sleep running on the server until it finishes."""
-        busy = [
-            conn.info.backend_pid
-            for conn in conns
-            if conn is not self.probe
-            and conn.pgconn.transaction_status == psycopg.pq.TransactionStatus.ACTIVE
-        ]
-        if busy and self.probe is not None:
-            self.probe.execute("SELECT pg_terminate_backend(p) FROM unnest(%s::int[]) p", [busy])
-
     def stop(self) -> None:
-        with contextlib.suppress(psycopg.Error):
-            self.terminate_busy(self.workload.sessions)
         self.workload.close()
 
 

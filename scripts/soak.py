@@ -64,6 +64,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from exporter.localpg import LocalCluster, debian_bindir, embedded_bindir, free_port  # noqa: E402
+from exporter.processes import log_tail, proc_status, sigterm_as_interrupt  # noqa: E402
 from exporter.workload import SessionSpec, Workload, close_quietly  # noqa: E402
 
 HELD_APP = "pg-connections-exporter"
@@ -86,19 +87,6 @@ MAX_CHURN = 30
 
 
 # --- measurements ---------------------------------------------------------------------------
-
-
-def proc_status(pid: int) -> dict[str, float]:
-    """VmRSS and VmHWM in MiB, thread count and open descriptors of a process."""
-    out: dict[str, float] = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            out[key] = int(value.split()[0]) / 1024
-        elif key == "Threads":
-            out["threads"] = int(value)
-    out["fds"] = len(os.listdir(f"/proc/{pid}/fd"))
-    return out
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -326,8 +314,7 @@ class ExporterProcess:
     def log_tail(self, lines: int = 30) -> str:
         with contextlib.suppress(OSError):
             self._log.flush()
-        text = self.log_path.read_text(errors="replace").splitlines()
-        return "\n".join(text[-lines:])
+        return log_tail(self.log_path, lines)
 
     def stop(self) -> dict[str, Any]:
         """SIGTERM, as a service manager would; if it has not exited after 15 s, SIGABRT makes
@@ -915,18 +902,6 @@ def pick_bindir(version: str | None) -> tuple[str, Path]:
         f"no PostgreSQL {version or '18 or 15'} binaries: pip install -e '.[test]' (18) or "
         "scripts/install-system-deps.sh (15)"
     )
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    def handler(_signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.app import Exporter
 from exporter.config import parse_config
 from exporter.localpg import free_port
+from exporter.processes import stop_process
 from exporter.webconfig import WebConfig
 
 T = TypeVar("T")
@@ -178,12 +179,6 @@ class ExporterProcess:
         return self.log_path.read_text(errors="replace")
 
     def stop(self, sig: int = 15, timeout: float = 15.0) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        code = stop_process(self.proc, sig, timeout)
         self.log.close()
-        return self.proc.returncode
+        return code

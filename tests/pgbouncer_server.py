@@ -20,6 +20,7 @@ import psycopg
 import psycopg.conninfo
 
 from exporter.localpg import LocalCluster, free_port
+from exporter.processes import log_tail, stop_process
 from tests.helpers import wait_until
 
 ADMIN_USER = "pgb_admin"
@@ -129,21 +130,13 @@ class PgBouncer:
         os.kill(self.process.pid, signal.SIGCONT)
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return log_tail(self.log_path, lines)
 
     def stop(self) -> None:
         try:
-            if self.process is not None and self.process.poll() is None:
+            if self.process is not None:
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.process.pid, signal.SIGCONT)
-                    os.kill(self.process.pid, signal.SIGTERM)
-                try:
-                    self.process.wait(10)
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait(10)
+                    os.kill(self.process.pid, signal.SIGCONT)  # a paused one cannot exit
+                stop_process(self.process, timeout=10)
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)

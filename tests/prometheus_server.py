@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from exporter.localpg import free_port
+from exporter.processes import log_tail, stop_process
 from tests.helpers import http_get, wait_until
 
 
@@ -70,20 +71,12 @@ class ServerProcess:
         return self
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return log_tail(self.log_path, lines)
 
     def stop(self) -> None:
         try:
-            if self.process is not None and self.process.poll() is None:
-                self.process.terminate()
-                try:
-                    self.process.wait(15)
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait(10)
+            if self.process is not None:
+                stop_process(self.process)
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
 

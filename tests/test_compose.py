@@ -191,28 +191,24 @@ def test_exporter_config_as_mounted_passes_check_config(tmp_path: Path) -> None:
     root = materialize("exporter", tmp_path)
     config = root / flag("exporter", "config.file").lstrip("/")
     env = {"PATH": "/usr/bin:/bin", **SERVICES["exporter"]["environment"]}
-    result = subprocess.run(
-        [sys.executable, "-m", "exporter", f"--config.file={config}", "--check-config"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+
+    def check_config() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "exporter", f"--config.file={config}", "--check-config"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    result = check_config()
     assert result.returncode == 0, result.stderr
     assert "valid: 1 target(s)" in result.stdout
     # Without the password variable the same file is refused, naming it.
     env.pop("PGCE_PASSWORD")
-    result = subprocess.run(
-        [sys.executable, "-m", "exporter", f"--config.file={config}", "--check-config"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = check_config()
     assert result.returncode == 2 and "PGCE_PASSWORD" in result.stderr, result.stderr
 
 

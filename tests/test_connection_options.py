@@ -1,35 +1,57 @@
-"""Per-target connection options: prepared statements can be switched off, TCP liveness is on."""
+"""Per-target connection options, checked on the real session: prepared statements can be
+switched off, and TCP liveness (keepalives, user timeout) is on unless the DSN says otherwise."""
 
 from __future__ import annotations
 
+import socket
+import time
+
 from exporter.config import parse_config
-from exporter.connection import TargetConnection
 from exporter.localpg import LocalCluster
+from exporter.target import TargetScraper
 
-BUILTIN_SQL = "SELECT 1 AS one"
+TCP_USER_TIMEOUT = getattr(socket, "TCP_USER_TIMEOUT", 18)
 
 
-def _connection(dsn: str, **target: object) -> TargetConnection:
+def _scraper(dsn: str, **target: object) -> TargetScraper:
     config = parse_config({"targets": [{"name": "t", "dsn": dsn, **target}]}, "test")
-    return TargetConnection(config.targets[0], 5.0, 1.0)
+    scraper = TargetScraper(config.targets[0], config.queries, config.settings)
+    scraper.open()
+    return scraper
 
 
 def test_prepared_statements_can_be_switched_off(pg: LocalCluster) -> None:
     for enabled in (True, False):
-        tc = _connection(pg.dsn(), prepared_statements=enabled)
-        tc.open()
+        scraper = _scraper(pg.dsn(), prepared_statements=enabled)
         try:
-            with tc.connection(timeout=10) as conn:
-                assert tc.prepared(conn, BUILTIN_SQL) is enabled
-                # Several statements never run prepared (the extended protocol refuses them).
-                assert tc.prepared(conn, "SELECT 1; SELECT 2") is False
+            result = scraper.scrape(time.monotonic() + 10)
+            assert result.up and all(q.error is None for q in result.queries)
+            with scraper.connection.connection(timeout=10) as conn:
+                row = conn.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()
+            assert row is not None
+            assert (row[0] > 0) is enabled, (enabled, row[0])
         finally:
-            tc.close()
+            scraper.close()
 
 
-def test_tcp_liveness_defaults_unless_the_dsn_sets_them() -> None:
-    kwargs = _connection("host=127.0.0.1 dbname=x").pool.kwargs
-    assert kwargs["keepalives"] == 1 and kwargs["tcp_user_timeout"] == 15000
-    own = _connection("host=127.0.0.1 dbname=x tcp_user_timeout=3000").pool.kwargs
-    assert "tcp_user_timeout" not in own  # the DSN's value is the one libpq uses
-    assert own["keepalives_idle"] == 10
+def _socket_options(pg: LocalCluster, dsn: str) -> tuple[int, int]:
+    scraper = _scraper(dsn)
+    try:
+        assert scraper.scrape(time.monotonic() + 10).up
+        with scraper.connection.connection(timeout=10) as conn:
+            sock = socket.socket(fileno=conn.fileno())
+            try:
+                return (
+                    sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                    sock.getsockopt(socket.IPPROTO_TCP, TCP_USER_TIMEOUT),
+                )
+            finally:
+                sock.detach()  # the descriptor stays libpq's
+    finally:
+        scraper.close()
+
+
+def test_tcp_liveness_on_the_held_connection_unless_the_dsn_sets_it(pg: LocalCluster) -> None:
+    assert _socket_options(pg, pg.dsn(host="127.0.0.1")) == (1, 15000)
+    own = pg.dsn(host="127.0.0.1", tcp_user_timeout=3000)
+    assert _socket_options(pg, own) == (1, 3000)

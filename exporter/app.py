@@ -51,7 +51,6 @@ class Exporter:
             web_config,
         )
         self.server = make_server(self.web, listen_host, listen_port)
-        self._stopped = threading.Event()
 
     @property
     def port(self) -> int:
@@ -72,7 +71,6 @@ class Exporter:
         self.server.shutdown()
         self.server.server_close()
         self.scraper.close()
-        self._stopped.set()
 
     def reload(self) -> list[str]:
         """Load the configuration again and switch to it; a config with problems is refused

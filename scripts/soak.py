@@ -58,7 +58,6 @@ from typing import Any
 
 import psycopg
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -66,6 +65,7 @@ sys.path.insert(0, str(REPO))
 from exporter.localpg import LocalCluster, debian_bindir, embedded_bindir, free_port  # noqa: E402
 from exporter.processes import log_tail, proc_status, sigterm_as_interrupt  # noqa: E402
 from exporter.workload import SessionSpec, Workload, close_quietly  # noqa: E402
+from tests.helpers import Samples  # noqa: E402
 
 HELD_APP = "pg-connections-exporter"
 LOGIN_APP = "pg-connections-exporter-login-check"
@@ -106,20 +106,9 @@ def latency_summary(values: Sequence[float]) -> dict[str, float]:
     }
 
 
-def metric_values(text: str, name: str) -> list[tuple[dict[str, str], float]]:
-    return [
-        (dict(s.labels), s.value)
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == name
-    ]
-
-
 def metric_value(text: str, name: str, **labels: str) -> float | None:
-    for have, value in metric_values(text, name):
-        if all(have.get(k) == v for k, v in labels.items()):
-            return value
-    return None
+    """The first sample of `name` with these labels in an exposition, or None."""
+    return Samples(text).get(name, **labels)
 
 
 # --- the processes --------------------------------------------------------------------------

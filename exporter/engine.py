@@ -9,7 +9,6 @@ histogram buckets.
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -67,13 +66,58 @@ def build_samples(
     for metric in query.metrics:
         if metric.name in skip:
             continue
-        selected = select(metric.match)
+        plan = _plan(metric)
+        selected = select(plan.match)
         if metric.type == "gauge_histogram":
             bounds = [float(b) for b in query.params[metric.buckets_param or ""]]
-            out.append(MetricSamples(metric, histograms=_histograms(metric, selected, bounds)))
+            out.append(MetricSamples(metric, histograms=_histograms(plan, selected, bounds)))
         else:
-            out.append(MetricSamples(metric, samples=_samples(metric, selected)))
+            out.append(MetricSamples(metric, samples=_samples(plan, selected)))
     return out
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a metric spec asks of each row, worked out once per spec instead of per row: this
+    runs for every row of every scrape."""
+
+    spec: MetricSpec
+    match: tuple[tuple[str, str], ...]
+    label_columns: tuple[str, ...]
+    value_columns: tuple[str, ...]
+    scale: float
+    add: tuple[tuple[str, float], ...]
+    summed: bool
+    # zero_fill: where the filled labels sit in a key, and every combination of their values.
+    fill_positions: tuple[int, ...]
+    fill_combos: tuple[tuple[str, ...], ...]
+
+
+# id(spec) -> (spec, plan); the spec is kept so that its id is not reused while cached.
+_plans: dict[int, tuple[MetricSpec, _Plan]] = {}
+
+
+def _plan(metric: MetricSpec) -> _Plan:
+    cached = _plans.get(id(metric))
+    if cached is not None and cached[0] is metric:
+        return cached[1]
+    plan = _Plan(
+        spec=metric,
+        match=tuple(sorted(metric.match.items())),
+        label_columns=tuple(metric.column(label) for label in metric.labels),
+        value_columns=tuple(metric.value_columns),
+        scale=metric.scale,
+        add=tuple(metric.add.items()),
+        summed=metric.aggregate == "sum",
+        fill_positions=tuple(metric.labels.index(label) for label in metric.zero_fill),
+        fill_combos=(
+            tuple(itertools.product(*metric.zero_fill.values())) if metric.zero_fill else ()
+        ),
+    )
+    if len(_plans) >= 4096:  # specs change only on reload: old ones are dropped now and then
+        _plans.clear()
+    _plans[id(metric)] = (metric, plan)
+    return plan
 
 
 class _Selector:
@@ -83,16 +127,16 @@ class _Selector:
 
     def __init__(self, rows: Sequence[Row]) -> None:
         self._rows = rows
-        self._selected: dict[tuple[tuple[str, str], ...], list[Row]] = {}
+        self._selected: dict[tuple[tuple[str, str], ...], Sequence[Row]] = {}
         self._buckets: dict[str, dict[str, list[Row]]] = {}
 
-    def __call__(self, match: Mapping[str, str]) -> list[Row]:
-        key = tuple(sorted(match.items()))
+    def __call__(self, key: tuple[tuple[str, str], ...]) -> Sequence[Row]:
+        """`key`: the match's (column, value) pairs, sorted."""
         selected = self._selected.get(key)
         if selected is not None:
             return selected
         if not key:
-            selected = list(self._rows)
+            selected = self._rows
         else:
             column, want = key[0]
             buckets = self._buckets.get(column)
@@ -101,14 +145,16 @@ class _Selector:
                 for row in self._rows:
                     buckets.setdefault(_text(row.get(column)), []).append(row)
                 self._buckets[column] = buckets
-            rest = dict(key[1:])
-            selected = [r for r in buckets.get(want, ()) if _matches(r, rest)]
+            rest = key[1:]
+            selected = buckets.get(want, [])
+            if rest:
+                selected = [r for r in selected if _matches(r, rest)]
         self._selected[key] = selected
         return selected
 
 
-def _matches(row: Row, match: Mapping[str, str]) -> bool:
-    return all(_text(row.get(col)) == want for col, want in match.items())
+def _matches(row: Row, match: Sequence[tuple[str, str]]) -> bool:
+    return all(_text(row.get(col)) == want for col, want in match)
 
 
 def _text(value: Any) -> str:
@@ -116,50 +162,65 @@ def _text(value: Any) -> str:
 
 
 def _number(value: Any) -> float | None:
+    """A float, or None for NULL and NaN (float() takes bools, ints and Decimals alike)."""
     if value is None:
         return None
-    if isinstance(value, bool):
-        return float(value)
     number = float(value)
-    return None if math.isnan(number) else number
+    return None if number != number else number
 
 
-def _value(row: Row, metric: MetricSpec) -> float | None:
+def _value(row: Row, plan: _Plan) -> float | None:
     """The first value column the row has, times `scale`, plus the `add` columns it has."""
-    column = next(c for c in metric.value_columns if c in row)
-    value = _number(row[column])
+    for column in plan.value_columns:
+        if column in row:
+            value = _number(row[column])
+            break
+    else:
+        raise KeyError(plan.value_columns[0])
     if value is None:
         return None
-    value *= metric.scale
-    for extra, factor in metric.add.items():
+    value *= plan.scale
+    for extra, factor in plan.add:
         number = _number(row.get(extra))
         if number is not None:
             value += number * factor
     return value
 
 
-def _combine(aggregate: str, a: float, b: float) -> float:
-    return a + b if aggregate == "sum" else max(a, b)
+def _key(row: Row, columns: tuple[str, ...]) -> LabelValues:
+    return tuple(["" if (v := row[c]) is None else str(v) for c in columns])
 
 
-def _samples(metric: MetricSpec, rows: Sequence[Row]) -> tuple[tuple[LabelValues, float], ...]:
+def _samples(plan: _Plan, rows: Sequence[Row]) -> tuple[tuple[LabelValues, float], ...]:
     series: dict[LabelValues, float] = {}
+    summed, columns = plan.summed, plan.label_columns
     for row in rows:
-        value = _value(row, metric)
+        value = _value(row, plan)
         if value is None:
             continue
-        key = tuple(_text(row[metric.column(label)]) for label in metric.labels)
-        series[key] = _combine(metric.aggregate, series[key], value) if key in series else value
+        key = _key(row, columns)
+        old = series.get(key)
+        if old is None:
+            series[key] = value
+        else:
+            series[key] = old + value if summed else max(old, value)
+    metric = plan.spec
     if metric.max_series is not None:
         series = fold_series(series, metric)
-    if metric.zero_fill:
-        series = _zero_fill(series, metric)
+    if plan.fill_combos:
+        series = _zero_fill(series, plan)
     return tuple(sorted(series.items()))
+
+
+def _combine(aggregate: str, a: float, b: float) -> float:
+    return a + b if aggregate == "sum" else max(a, b)
 
 
 def fold_series(series: dict[LabelValues, float], metric: MetricSpec) -> dict[LabelValues, float]:
     """Keep the `max_series` largest groups of the fold labels; combine the rest into `other`."""
     assert metric.max_series is not None
+    if len(series) <= metric.max_series:
+        return series  # no more groups than series
     fold = metric.fold_labels if metric.fold_labels is not None else metric.labels
     positions = [metric.labels.index(label) for label in fold]
     totals: dict[LabelValues, float] = {}
@@ -178,16 +239,19 @@ def fold_series(series: dict[LabelValues, float], metric: MetricSpec) -> dict[La
     return folded
 
 
-def _zero_fill(series: dict[LabelValues, float], metric: MetricSpec) -> dict[LabelValues, float]:
-    fill_positions = [metric.labels.index(label) for label in metric.zero_fill]
-    rest_positions = [i for i in range(len(metric.labels)) if i not in fill_positions]
-    rests = {tuple(key[p] for p in rest_positions) for key in series}
-    if not rest_positions:
-        rests = {()}
+def _zero_fill(series: dict[LabelValues, float], plan: _Plan) -> dict[LabelValues, float]:
+    fill_positions = plan.fill_positions
+    width = len(plan.label_columns)
     filled = dict(series)
+    if fill_positions == tuple(range(width)):  # every label filled: the combinations are keys
+        for combo in plan.fill_combos:
+            filled.setdefault(combo, 0.0)
+        return filled
+    rest_positions = [i for i in range(width) if i not in fill_positions]
+    rests = {tuple(key[p] for p in rest_positions) for key in series}
     for rest in rests:
-        for combo in itertools.product(*metric.zero_fill.values()):
-            key: list[str] = [""] * len(metric.labels)
+        for combo in plan.fill_combos:
+            key: list[str] = [""] * width
             for p, v in zip(rest_positions, rest, strict=True):
                 key[p] = v
             for p, v in zip(fill_positions, combo, strict=True):
@@ -197,28 +261,29 @@ def _zero_fill(series: dict[LabelValues, float], metric: MetricSpec) -> dict[Lab
 
 
 def _histograms(
-    metric: MetricSpec, rows: Sequence[Row], bounds: Sequence[float]
+    plan: _Plan, rows: Sequence[Row], bounds: Sequence[float]
 ) -> tuple[HistogramSample, ...]:
+    metric = plan.spec
     assert metric.bucket_column is not None
     counts: dict[LabelValues, list[float]] = {}
     sums: dict[LabelValues, float] = {}
     for row in rows:
-        value = _value(row, metric)
+        value = _value(row, plan)
         index = row[metric.bucket_column]
         if value is None or index is None:
             continue
-        key = tuple(_text(row[metric.column(label)]) for label in metric.labels)
+        key = _key(row, plan.label_columns)
         per_bucket = counts.setdefault(key, [0.0] * (len(bounds) + 1))
         per_bucket[min(max(int(index), 0), len(bounds))] += value
         if metric.sum_column:
             sums[key] = sums.get(key, 0.0) + (_number(row[metric.sum_column]) or 0.0)
-    if metric.zero_fill:
-        for key in _zero_fill(dict.fromkeys(counts, 0.0), metric):
+    if plan.fill_combos:
+        for key in _zero_fill(dict.fromkeys(counts, 0.0), plan):
             counts.setdefault(key, [0.0] * (len(bounds) + 1))
     out = []
+    les = [floatToGoString(b) for b in bounds] + ["+Inf"]
     for key in sorted(counts):
         cumulative = list(itertools.accumulate(counts[key]))
-        les = [floatToGoString(b) for b in bounds] + ["+Inf"]
         out.append(
             HistogramSample(key, tuple(zip(les, cumulative, strict=True)), sums.get(key, 0.0))
         )

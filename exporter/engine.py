@@ -248,7 +248,7 @@ def _zero_fill(series: dict[LabelValues, float], plan: _Plan) -> dict[LabelValue
             filled.setdefault(combo, 0.0)
         return filled
     rest_positions = [i for i in range(width) if i not in fill_positions]
-    rests = {tuple(key[p] for p in rest_positions) for key in series}
+    rests = {tuple(key[p] for p in rest_positions) for key in series} if rest_positions else {()}
     for rest in rests:
         for combo in plan.fill_combos:
             key: list[str] = [""] * width

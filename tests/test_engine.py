@@ -89,6 +89,10 @@ def test_zero_fill_adds_missing_values_for_each_other_label_set() -> None:
         ("idle",): 0,
         ("active",): 0,
     }
+    # Every label filled, listed in another order than the labels: keys in label order.
+    both = query(labels=["db", "state"], zero_fill={"state": ["idle"], "db": ["a", "b"]})
+    assert samples(both, []) == {("a", "idle"): 0, ("b", "idle"): 0}
+    assert samples(both, rows) == {("a", "idle"): 4, ("b", "idle"): 0}
 
 
 def test_gauge_histogram_cumulates_buckets() -> None:

@@ -114,6 +114,38 @@ def _labels(labels: dict[str, str], escaping: str) -> str:
     return ",".join(parts)
 
 
+# (sample name, escaping, label items) -> the line up to the value, per format: the same series
+# come back scrape after scrape, so each is rendered once (cleared when it grows past the bound).
+_om_prefixes: dict[tuple[str, str, tuple[tuple[str, str], ...]], str] = {}
+_text_prefixes: dict[tuple[str, str, tuple[tuple[str, str], ...]], str] = {}
+_PREFIXES_KEPT = 16384
+
+
+def _prefix(
+    cache: dict[tuple[str, str, tuple[tuple[str, str], ...]], str],
+    escape_name: Callable[[str, str], str],
+    s: Sample,
+    escaping: str,
+) -> str:
+    key = (s.name, escaping, tuple(s.labels.items()))
+    prefix = cache.get(key)
+    if prefix is None:
+        labels = "{" + _labels(s.labels, escaping) + "}" if s.labels else ""
+        if len(cache) >= _PREFIXES_KEPT:
+            cache.clear()
+        prefix = cache[key] = f"{escape_name(s.name, escaping)}{labels} "
+    return prefix
+
+
+def _go_float(value: Any) -> str:
+    """floatToGoString, without its four comparisons for the usual finite value."""
+    d = float(value)
+    s = repr(d)
+    if s[-1] in "nf" or (d > 0 and s.find(".") > 6):  # inf, nan; Go's exponent form
+        return floatToGoString(d)
+    return s
+
+
 def _openmetrics(registry: Collector, escaping: str, library: Encoder) -> bytes:
     metrics = list(registry.collect())
     try:
@@ -139,10 +171,10 @@ def _render_openmetrics(metrics: Iterable[Any], escaping: str) -> bytes:
         for s in metric.samples:
             if s.exemplar or s.native_histogram or (utf8 and not _legacy_metric_name(s.name)):
                 raise _Unsupported
-            labels = "{" + _labels(s.labels, escaping) + "}" if s.labels else ""
-            value = floatToGoString(s.value) if s.value is not None else ""
+            prefix = _prefix(_om_prefixes, _om_sample_name, s, escaping)
+            value = _go_float(s.value) if s.value is not None else ""
             timestamp = f" {s.timestamp}" if s.timestamp is not None else ""
-            out.append(f"{_om_sample_name(s.name, escaping)}{labels} {value}{timestamp}\n")
+            out.append(f"{prefix}{value}{timestamp}\n")
     out.append("# EOF\n")
     return "".join(out).encode("utf-8")
 
@@ -158,9 +190,9 @@ def _text(registry: Collector, escaping: str, library: Encoder) -> bytes:
 def _text_line(s: Sample, escaping: str) -> str:
     if escaping == om.ALLOWUTF8 and not _legacy_metric_name(s.name):
         raise _Unsupported
-    labels = "{" + _labels(s.labels, escaping) + "}" if s.labels else ""
     timestamp = f" {int(float(s.timestamp) * 1000):d}" if s.timestamp is not None else ""
-    return f"{_metric_name(s.name, escaping)}{labels} {floatToGoString(s.value)}{timestamp}\n"
+    prefix = _prefix(_text_prefixes, _metric_name, s, escaping)
+    return f"{prefix}{_go_float(s.value)}{timestamp}\n"
 
 
 def _render_text(metrics: Iterable[Any], escaping: str) -> bytes:

@@ -120,6 +120,28 @@ def test_what_the_fast_path_leaves_out_goes_to_the_library(accept: str | None) -
         encoder(exposition._Collected([bad]))
 
 
+VALUES = [
+    0, 1, -1, True, 0.0, -0.0, 0.5, 14.0, 15.692056999999998, 999999.0, 1e6, 1234567.0,
+    -1234567.0, 123456.789, 1e15, 1e16, 1e22, -1e22, 1e-5, 5e-324, 1.7976931348623157e308,
+    float("inf"), float("-inf"), float("nan"), 2**53 + 1,
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("accept", ACCEPT)
+def test_values_and_repeated_series_render_as_the_library_renders_them(
+    accept: str | None,
+) -> None:
+    """Every value formatting branch; each series rendered twice (the second time from the
+    line-prefix cache), then again with other values."""
+    for values in (VALUES, VALUES, list(reversed(VALUES))):
+        family = GaugeMetricFamily("v", "Values.", labels=["i", "q"])
+        for i, value in enumerate(values):
+            family.add_metric([str(i), 'a"b\\c'], value)
+        plain = GaugeMetricFamily("w", "No labels.", value=values[7])
+        metrics = [family, plain]
+        assert _fast_path(metrics, accept) == _same_as_library(metrics, accept)
+
+
 def test_the_installed_prometheus_client_is_one_this_reproduces() -> None:
     """Otherwise every test above compares the library with itself."""
     from exporter import exposition as ours

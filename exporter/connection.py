@@ -13,6 +13,7 @@ PgBouncer handles it on the same stalled event loop).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import select
@@ -192,7 +193,7 @@ class TargetConnection:
             self.target.kind == "postgres"
             and self.target.prepared_statements
             and conn not in self._unprepared
-            and ";" not in sql.strip().rstrip(";")
+            and _single_statement(sql)
         )
 
     def stop_preparing(self, conn: psycopg.Connection[Any], exc: psycopg.Error) -> bool:
@@ -207,6 +208,15 @@ class TargetConnection:
             extra={"target": self.target.name, "error": " ".join(str(exc).split())},
         )
         return True
+
+    @staticmethod
+    def stale_plan(exc: psycopg.Error) -> bool:
+        """Whether `exc` says a prepared statement's result columns changed (a table it reads
+        gained or lost columns). Rolling back makes psycopg drop its prepared statements, so
+        the statement runs again re-prepared."""
+        return isinstance(exc, psycopg.errors.FeatureNotSupported) and (
+            "cached plan must not change result type" in str(exc)
+        )
 
     def transaction(self, conn: psycopg.Connection[Any]) -> ScrapeTransaction:
         """A read-only transaction for one scrape's queries, begun by the first of them."""
@@ -328,6 +338,11 @@ def _check_postgres(conn: psycopg.Connection[Any]) -> None:
     poller.register(conn.fileno(), select.POLLIN)
     if poller.poll(0):
         ConnectionPool.check_connection(conn)
+
+
+@functools.lru_cache(maxsize=1024)
+def _single_statement(sql: str) -> bool:
+    return ";" not in sql.strip().rstrip(";")
 
 
 def _ms(seconds: float) -> str:

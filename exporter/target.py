@@ -103,6 +103,8 @@ class TargetScraper:
         self._cache: dict[str, _CacheEntry] = {}
         self._warned: set[str] = set()
         self._missing_logged: set[str] = set()
+        # query -> the result columns last found to hold everything its metrics need
+        self._complete_columns: dict[str, tuple[str, ...]] = {}
         self._lock = threading.Lock()
 
     def connection_reusable(self, target: Target, settings: Settings) -> bool:
@@ -195,6 +197,7 @@ class TargetScraper:
         query: QuerySpec,
         deadline: float,
         tx: ScrapeTransaction | None = None,
+        retry: bool = True,
     ) -> QueryOutcome:
         start = time.monotonic()
         remaining = deadline - DEADLINE_MARGIN - start
@@ -219,17 +222,19 @@ class TargetScraper:
                         prepare=self.connection.prepared(conn, query.sql),
                     )
                     rows = cur.fetchall() if cur.description else []
-                    columns = [c.name for c in cur.description or ()]
+                    columns = tuple(c.name for c in cur.description or ())
         except (psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable) as exc:
             # statement_timeout, or lock_timeout behind a lock held by someone else.
             return self._failed(query, time.monotonic() - start, "timeout", str(exc))
         except psycopg.Error as exc:
-            if self.connection.stop_preparing(conn, exc):
-                # The server lacked our prepared statement: once more, unprepared, in a new
-                # transaction (this one is aborted).
-                if tx is not None:
-                    tx.after_query()
-                return self._run(conn, query, deadline, tx)
+            if tx is not None and (
+                self.connection.stop_preparing(conn, exc)
+                or (retry and self.connection.stale_plan(exc))
+            ):
+                # The server lacked our prepared statement, or its plan went stale: once more
+                # (unprepared, or prepared anew) in a new transaction, this one being aborted.
+                tx.after_query()
+                return self._run(conn, query, deadline, tx, retry=False)
             if dog is not None and dog.fired:
                 reason, message = "timeout", f"no answer within {timeout:.3g}s"
             else:
@@ -240,7 +245,7 @@ class TargetScraper:
         skip: frozenset[str] = frozenset()
         if self.target.kind == "pgbouncer":
             skip = self._unavailable(query, columns)
-        else:
+        elif self._complete_columns.get(query.name) != columns:
             missing = missing_columns(query, columns)
             if missing:
                 return self._failed(
@@ -249,6 +254,7 @@ class TargetScraper:
                     "invalid_result",
                     f"result has no column(s) {', '.join(missing)}",
                 )
+            self._complete_columns[query.name] = columns  # checked once per result shape
         try:
             metrics = tuple(build_samples(query, rows, skip))
         except (TypeError, ValueError) as exc:
@@ -256,7 +262,7 @@ class TargetScraper:
         self._warn_once(metrics)
         return QueryOutcome(query.name, duration, metrics)
 
-    def _unavailable(self, query: QuerySpec, columns: list[str]) -> frozenset[str]:
+    def _unavailable(self, query: QuerySpec, columns: Sequence[str]) -> frozenset[str]:
         """Metrics of `query` this PgBouncer version has no columns for (logged once)."""
         missing = {m.name: metric_missing_columns(m, columns) for m in query.metrics}
         missing = {name: cols for name, cols in missing.items() if cols}

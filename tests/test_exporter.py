@@ -7,7 +7,7 @@ import psycopg
 from exporter.connection import APPLICATION_NAME
 from exporter.localpg import LocalCluster
 from exporter.workload import SessionSpec, Workload
-from tests.helpers import http_get
+from tests.helpers import Samples, http_get
 
 
 def exporter_backends(cluster: LocalCluster) -> int:
@@ -95,6 +95,63 @@ def test_custom_query_and_a_broken_one(pg: LocalCluster, exporter_for) -> None:
         )
         == 2
     )
+
+
+def test_result_lacking_a_metric_column_fails_that_query_each_time(
+    pg: LocalCluster, exporter_for
+) -> None:
+    """A custom query whose result lacks the value column is invalid_result, scrape after
+    scrape; once the column appears it succeeds (in that very scrape, although the table's
+    change made its prepared plan stale), and when it goes again it fails again."""
+    table = "result_shape_test"
+    with psycopg.connect(pg.dsn(), autocommit=True) as admin:
+        admin.execute(f"DROP TABLE IF EXISTS {table}")
+        admin.execute(f"CREATE TABLE {table} (k text)")
+        admin.execute(f"INSERT INTO {table} VALUES ('x')")
+        try:
+            running = exporter_for(
+                {
+                    "targets": [{"name": "db", "dsn": pg.dsn()}],
+                    "queries": [
+                        {
+                            "name": "custom_shape",
+                            "sql": f"SELECT * FROM {table}",
+                            "metrics": [
+                                {
+                                    "name": "custom_shape_v",
+                                    "help": "v",
+                                    "labels": ["k"],
+                                    "value": "v",
+                                }
+                            ],
+                        }
+                    ],
+                }
+            )
+
+            def invalid(s: Samples) -> float:
+                return s.value(
+                    "pg_connections_exporter_query_errors_total",
+                    query="custom_shape",
+                    reason="invalid_result",
+                )
+
+            first, second = running.scrape(), running.scrape()
+            assert (invalid(first), invalid(second)) == (1, 2)
+            assert second.value("pg_connections_exporter_query_success", query="custom_shape") == 0
+            assert second.value("pg_connections_exporter_query_success", query="connections") == 1
+            admin.execute(f"ALTER TABLE {table} ADD COLUMN v int DEFAULT 7")
+            # The prepared statement's plan is stale now: the query is prepared anew at once.
+            ok = running.scrape()
+            assert ok.by("custom_shape_v", "k") == {"x": 7}
+            assert invalid(ok) == 2
+            assert ok.value("pg_connections_exporter_query_success", query="custom_shape") == 1
+            admin.execute(f"ALTER TABLE {table} DROP COLUMN v")
+            gone = running.scrape()
+            assert gone.get("custom_shape_v", k="x") is None
+            assert invalid(gone) == 3
+        finally:
+            admin.execute(f"DROP TABLE IF EXISTS {table}")
 
 
 def test_landing_page_and_health(pg: LocalCluster, exporter_for) -> None:

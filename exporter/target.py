@@ -221,8 +221,9 @@ class TargetScraper:
                         query.params or None,
                         prepare=self.connection.prepared(conn, query.sql),
                     )
-                    rows = cur.fetchall() if cur.description else []
-                    columns = tuple(c.name for c in cur.description or ())
+                    description = cur.description  # built anew on each access
+                    rows = cur.fetchall() if description else []
+                    columns = tuple(c.name for c in description or ())
         except (psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable) as exc:
             # statement_timeout, or lock_timeout behind a lock held by someone else.
             return self._failed(query, time.monotonic() - start, "timeout", str(exc))

@@ -115,10 +115,10 @@ def _labels(labels: dict[str, str], escaping: str) -> str:
 
 
 # (sample name, escaping, label items) -> the line up to the value, per format: the same series
-# come back scrape after scrape, so each is rendered once (cleared when it grows past the bound).
+# come back scrape after scrape, so each is rendered once (half the encoding's CPU). ~0.5 KB a
+# series; emptied when it holds twice as many as a render writes lines (series gone since).
 _om_prefixes: dict[tuple[str, str, tuple[tuple[str, str], ...]], str] = {}
 _text_prefixes: dict[tuple[str, str, tuple[tuple[str, str], ...]], str] = {}
-_PREFIXES_KEPT = 16384
 
 
 def _prefix(
@@ -131,10 +131,17 @@ def _prefix(
     prefix = cache.get(key)
     if prefix is None:
         labels = "{" + _labels(s.labels, escaping) + "}" if s.labels else ""
-        if len(cache) >= _PREFIXES_KEPT:
-            cache.clear()
         prefix = cache[key] = f"{escape_name(s.name, escaping)}{labels} "
     return prefix
+
+
+def _forget_gone_series(
+    cache: dict[tuple[str, str, tuple[tuple[str, str], ...]], str], lines: int
+) -> None:
+    """Bound the cache by what is rendered now, never below it (which would render every
+    series anew on every scrape)."""
+    if len(cache) > 2 * lines + 1024:
+        cache.clear()
 
 
 def _go_float(value: Any) -> str:
@@ -176,6 +183,7 @@ def _render_openmetrics(metrics: Iterable[Any], escaping: str) -> bytes:
             timestamp = f" {s.timestamp}" if s.timestamp is not None else ""
             out.append(f"{prefix}{value}{timestamp}\n")
     out.append("# EOF\n")
+    _forget_gone_series(_om_prefixes, len(out))
     return "".join(out).encode("utf-8")
 
 
@@ -226,4 +234,5 @@ def _render_text(metrics: Iterable[Any], escaping: str) -> bytes:
             name = _metric_name(metric.name + suffix, escaping)
             out.append(f"# HELP {name} {doc}\n# TYPE {name} gauge\n")
             out.extend(lines)
+    _forget_gone_series(_text_prefixes, len(out))
     return "".join(out).encode("utf-8")

@@ -142,6 +142,28 @@ def test_values_and_repeated_series_render_as_the_library_renders_them(
         assert _fast_path(metrics, accept) == _same_as_library(metrics, accept)
 
 
+def test_line_prefix_cache_keeps_the_series_of_a_render_and_drops_gone_ones() -> None:
+    """Many series are all kept between renders (bounding below them would render each anew
+    every time); once they are gone the cache shrinks to what is rendered."""
+
+    def family(n: int, tag: str) -> list:
+        gauge = GaugeMetricFamily("g", "Many.", labels=["i", "tag"])
+        for i in range(n):
+            gauge.add_metric([str(i), tag], i)
+        return [gauge]
+
+    accept = "application/openmetrics-text; version=1.0.0"
+    exposition._om_prefixes.clear()
+    many = family(20_000, "many")
+    assert _fast_path(many, accept) == _same_as_library(many, accept)
+    assert len(exposition._om_prefixes) == 20_000
+    _fast_path(many, accept)
+    assert len(exposition._om_prefixes) == 20_000  # still all there after another render
+    few = family(10, "few")
+    assert _fast_path(few, accept) == _same_as_library(few, accept)
+    assert len(exposition._om_prefixes) <= 10
+
+
 def test_the_installed_prometheus_client_is_one_this_reproduces() -> None:
     """Otherwise every test above compares the library with itself."""
     from exporter import exposition as ours

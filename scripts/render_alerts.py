@@ -48,6 +48,7 @@ ALERTS = (
     "PostgresConnectionsCritical",
     "PostgresConnectionsExhausted",
     "PostgresConnectionsRejected",
+    "PostgresConnectionsLoginCheckFailing",
     "PostgresConnectionsFillingUp",
     "PostgresIdleInTransactionTooLong",
     "PostgresIdleInTransactionHigh",
@@ -316,6 +317,25 @@ def render_groups(t: Mapping[str, Any]) -> list[dict[str, Any]]:
             exporter failed with reason {{{{ $labels.reason }}}} in the last {rwin}.{{{{ else
             }}}}the exporter's login check fails (pg_connections_login_check_success =
             {{{{ $value }}}}).{{{{ end }}}}
+            """,
+        ),
+        alert(
+            "PostgresConnectionsLoginCheckFailing",
+            f"""
+            pg_connections_login_check_success{{{sel}}} == 0
+            and on(job, instance, target)
+            pg_up{{{sel}}} == 1
+            unless on(job, instance, target)
+            sum by (job, instance, target) (increase({login_failures}[{rwin}])) > 0
+            """,
+            "warning",
+            "The exporter's login check fails, and not because the server is full.",
+            f"""
+            {where}: the login check fails (pg_connections_login_check_success =
+            {{{{ $value }}}}) while the held connection works, and for no refusal in the last
+            {rwin}: its role, password, database or pg_hba.conf entry is likely wrong (see
+            pg_connections_login_check_failures_total by reason). Meanwhile
+            PostgresConnectionsRejected cannot see refusals through it.
             """,
         ),
         alert(

@@ -35,6 +35,7 @@ EXPECTED = {
     "PostgresConnectionsCritical": {"critical"},
     "PostgresConnectionsExhausted": {"critical"},
     "PostgresConnectionsRejected": {"critical"},
+    "PostgresConnectionsLoginCheckFailing": {"warning"},
     "PostgresConnectionsFillingUp": {"warning"},
     "PostgresIdleInTransactionTooLong": {"warning", "critical"},
     "PostgresIdleInTransactionHigh": {"warning"},

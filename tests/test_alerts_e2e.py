@@ -84,14 +84,14 @@ def webhook_receiver() -> Iterator[Webhook]:
         thread.join(5)
 
 
-def e2e_rules(path: Path) -> str:
+def e2e_rules(path: Path, alert: str = ALERT, **shortened: str) -> str:
     """The production rules, except for the alert under test, whose durations are shortened:
-    in production it needs utilization >= 1 in every 1m window for 2m, which would make this
-    test last minutes. Here: in every 5s window (5 scrapes at 1s) for 3s. Everything else
+    in production Exhausted needs utilization >= 1 in every 1m window for 2m, which would make
+    this test last minutes. Here: in every 5s window (5 scrapes at 1s) for 3s. Everything else
     (expression, labels, annotations) is what ships, rendered by the same generator."""
     renderer = load_render_alerts()
     thresholds = renderer.load_thresholds()
-    thresholds["alerts"][ALERT].update({"window": "5s", "for": "3s"})
+    thresholds["alerts"][alert].update(shortened or {"window": "5s", "for": "3s"})
     groups = renderer.render_groups(thresholds)
     path.write_text(renderer.dump({"groups": groups}))
     return thresholds["job"]
@@ -195,3 +195,58 @@ def test_exhausted_pages_and_resolves_through_alertmanager(tmp_path: Path, expor
         for server in servers:
             server.stop()
         cluster.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_login_check_failing_on_its_own_role_warns_and_does_not_page(
+    tmp_path: Path, exporter_for, pg
+) -> None:
+    """A login check whose role does not exist fails as `authentication`: the warning fires in
+    a real Prometheus with the shipped rules, and PostgresConnectionsRejected (a page) stays
+    quiet, since the server refuses nobody."""
+    prometheus_bin = require_program("prometheus")
+    alert = "PostgresConnectionsLoginCheckFailing"
+    running = exporter_for(
+        {
+            "targets": [
+                {
+                    "name": TARGET,
+                    "dsn": pg.dsn(),
+                    "login_check": {"interval": "1s", "dsn": pg.dsn(user="no_such_role")},
+                }
+            ]
+        }
+    )
+    scraped = running.scrape_until(
+        lambda s: s.get("pg_connections_login_check_failures_total", reason="authentication"),
+        what="a failed login check",
+    )
+    assert scraped.value("pg_up", target=TARGET) == 1
+    assert scraped.value("pg_connections_login_check_success", target=TARGET) == 0
+    refusals = ("too_many_clients", "reserved_slots_only", "database_limit", "role_limit")
+    for reason in refusals:
+        assert scraped.value("pg_connections_login_check_failures_total", reason=reason) == 0
+    job = e2e_rules(tmp_path / "rules.yml", alert, **{"for": "3s"})
+    prom = PrometheusServer(
+        prometheus_bin,
+        [f"127.0.0.1:{running.exporter.port}"],
+        job=job,
+        rule_files=[tmp_path / "rules.yml"],
+    )
+    try:
+        prom.start()
+        firing = wait_until(
+            lambda: prom.vector(f'ALERTS{{alertname="{alert}", alertstate="firing"}}'),
+            45,
+            0.2,
+            f"{alert} firing in Prometheus",
+        )
+        ((labels, _),) = firing
+        assert (labels["target"], labels["severity"], labels["job"]) == (TARGET, "warning", job)
+        assert not prom.vector('ALERTS{alertname="PostgresConnectionsRejected"}')
+    except BaseException:
+        print(f"--- prometheus log ---\n{prom.log_tail(60)}")
+        raise
+    finally:
+        prom.stop()

@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from prometheus_client.registry import CollectorRegistry
@@ -18,7 +19,7 @@ from exporter.collector import ExporterCollector, ReloadStatus
 from exporter.config import Config, ConfigError
 from exporter.http import WebApp, make_server, serve_in_thread
 from exporter.scrape import Scraper
-from exporter.webconfig import WebConfig
+from exporter.webconfig import WatchedWebConfig
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ class Exporter:
         listen_port: int,
         telemetry_path: str = "/metrics",
         load_config: Callable[[], Config] | None = None,
-        web_config: WebConfig | None = None,
+        web_config: WatchedWebConfig | None = None,
     ) -> None:
         self.config = config
         self.scraper = Scraper(config)
@@ -42,7 +43,8 @@ class Exporter:
         self._reload_lock = threading.Lock()
         self._reload_status = ReloadStatus(True, time.time())
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(ExporterCollector(self.scraper, lambda: self._reload_status))
+        self._web_config = web_config
+        self.registry.register(ExporterCollector(self.scraper, self._reload_status_now))
         self.web = WebApp(
             self.registry,
             telemetry_path,
@@ -71,6 +73,12 @@ class Exporter:
         self.server.shutdown()
         self.server.server_close()
         self.scraper.close()
+
+    def _reload_status_now(self) -> ReloadStatus:
+        """The config's reload status, and the web config file's when there is one."""
+        if self._web_config is None:
+            return self._reload_status
+        return replace(self._reload_status, web_config_loaded=self._web_config.last_change_loaded)
 
     def reload(self) -> list[str]:
         """Load the configuration again and switch to it; a config with problems is refused

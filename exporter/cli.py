@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from exporter import __version__
 from exporter.config import Config, ConfigError, load_config, single_target_config
 from exporter.logsetup import setup_logging
-from exporter.webconfig import WebConfig, load_web_config
+from exporter.webconfig import WatchedWebConfig
 
 DEFAULT_PORT = 9832
 EXIT_CONFIG = 2
@@ -111,13 +111,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_demo(host, port, args.telemetry_path)
     problems: list[str] = []
     config: Config | None = None
-    web_config: WebConfig | None = None
+    web_config: WatchedWebConfig | None = None
     try:
         config = resolve_config(args)
     except ConfigError as exc:
         problems += exc.problems
     try:
-        web_config = load_web_config(args.web_config_file) if args.web_config_file else None
+        web_config = WatchedWebConfig(args.web_config_file) if args.web_config_file else None
     except ConfigError as exc:
         problems += exc.problems
     if problems:
@@ -140,7 +140,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def serve(
-    args: argparse.Namespace, config: Config, host: str, port: int, web_config: WebConfig | None
+    args: argparse.Namespace,
+    config: Config,
+    host: str,
+    port: int,
+    web_config: WatchedWebConfig | None,
 ) -> int:
     """Run the exporter until it is asked to stop; SIGHUP re-reads the same sources."""
     from exporter.app import Exporter

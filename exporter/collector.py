@@ -39,6 +39,8 @@ class ReloadStatus:
 
     success: bool
     last_success_at: float
+    # With --web.config.file: whether its last change was taken (True until one is refused).
+    web_config_loaded: bool | None = None
 
 
 class ExporterCollector(Collector):
@@ -172,6 +174,13 @@ RELOAD_SUCCESS = SelfMetric(
     "1 if the last configuration load (start, SIGHUP or POST /-/reload) succeeded; "
     "0 while a rejected config waits to be fixed (the previous one keeps running).",
 )
+WEB_CONFIG_RELOAD_SUCCESS = SelfMetric(
+    f"{SELF}_web_config_last_reload_successful",
+    "gauge",
+    (),
+    "With --web.config.file: 1 if its last change (or a certificate, key or CA file's) was "
+    "taken, 0 while a refused change waits to be fixed (the previous web config stays).",
+)
 RELOAD_TIME = SelfMetric(
     f"{SELF}_config_last_reload_success_timestamp_seconds",
     "gauge",
@@ -191,6 +200,7 @@ SELF_METRICS = (
     LOGIN_FAILURES,
     RELOAD_SUCCESS,
     RELOAD_TIME,
+    WEB_CONFIG_RELOAD_SUCCESS,
 )
 
 
@@ -222,4 +232,8 @@ def self_families(
     if reload is not None:
         family[RELOAD_SUCCESS.name].add_metric([], 1 if reload.success else 0)
         family[RELOAD_TIME.name].add_metric([], reload.last_success_at)
+        if reload.web_config_loaded is not None:
+            family[WEB_CONFIG_RELOAD_SUCCESS.name].add_metric(
+                [], 1 if reload.web_config_loaded else 0
+            )
     yield from family.values()

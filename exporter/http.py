@@ -26,7 +26,7 @@ from prometheus_client.registry import CollectorRegistry
 from exporter import __version__
 from exporter.collector import scrape_timeout
 from exporter.exposition import choose_encoder
-from exporter.webconfig import WebConfig
+from exporter.webconfig import NO_WEB_CONFIG, WatchedWebConfig, WebConfig
 
 log = logging.getLogger(__name__)
 
@@ -48,24 +48,32 @@ class WebApp:
         telemetry_path: str,
         status: Callable[[], list[dict[str, Any]]],
         reload: Reload | None = None,
-        web_config: WebConfig | None = None,
+        web_config: WatchedWebConfig | None = None,
     ) -> None:
         self.registry = registry
         self.telemetry_path = telemetry_path
         self.status = status
         self.reload = reload
-        self.web_config = web_config or WebConfig()
+        self._web_config = web_config
+
+    @property
+    def web_config(self) -> WebConfig:
+        """The web config in force: the file's latest good version, or none at all."""
+        return self._web_config.get() if self._web_config is not None else NO_WEB_CONFIG
 
 
 class _TLSServer(ThreadingHTTPServer):
-    """Does each TLS handshake in the request's own thread, so a slow client holds only it."""
+    """Does each TLS handshake in the request's own thread, so a slow client holds only it,
+    with the certificate of the web config in force (a rotated one from the next handshake)."""
 
-    ssl_context: ssl.SSLContext
+    web: WebApp
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         request.settimeout(HANDSHAKE_TIMEOUT)
+        context = self.web.web_config.ssl_context
+        assert context is not None  # a change that turns TLS off is refused
         try:
-            tls = self.ssl_context.wrap_socket(request, server_side=True)
+            tls = context.wrap_socket(request, server_side=True)
         except (ssl.SSLError, OSError) as exc:
             log.debug("tls handshake failed", extra={"client": client_address[0], "error": exc})
             return
@@ -91,7 +99,7 @@ def make_server(app: WebApp, host: str, port: int) -> ThreadingHTTPServer:
         server_class.address_family = socket.AF_INET6
     server = server_class((host, port), Handler)
     if context is not None:
-        server.ssl_context = context  # type: ignore[attr-defined]
+        server.web = app  # type: ignore[attr-defined]
     server.daemon_threads = True
     return server
 

@@ -2,15 +2,19 @@
 
 The same file an operator already writes for node_exporter or postgres_exporter works here,
 for the keys this server can honour; any other key is refused by name rather than ignored,
-so a setting that looks active never silently is not.
+so a setting that looks active never silently is not. Like exporter-toolkit, which reads the
+file on every connection, a changed file (or certificate, key or CA file it names) applies
+without a restart: rotated certificates and new users take effect as requests arrive.
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
 import os
 import ssl
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -19,6 +23,8 @@ import bcrypt
 from pydantic import Field, ValidationError, model_validator
 
 from exporter.config import ConfigError, StrictModel, read_yaml, validation_problems
+
+log = logging.getLogger(__name__)
 
 _TLS_VERSIONS = {
     "TLS10": ssl.TLSVersion.TLSv1,
@@ -104,6 +110,11 @@ class WebConfig:
     ssl_context: ssl.SSLContext | None = None
     auth: BasicAuth | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    # What it was read from: the web config file, then the TLS files it names.
+    files: tuple[Path, ...] = ()
+
+
+NO_WEB_CONFIG = WebConfig()  # without --web.config.file: plain HTTP, no auth
 
 
 def load_web_config(path: str) -> WebConfig:
@@ -133,7 +144,78 @@ def load_web_config(path: str) -> WebConfig:
     if problems:
         raise ConfigError(problems)
     auth = BasicAuth(users) if users else None
-    return WebConfig(context, auth, dict(spec.http_server_config.headers))
+    files = [Path(path)]
+    if (tls := spec.tls_server_config) is not None:
+        files += [
+            tls.cert_file,
+            tls.key_file,
+            *([tls.client_ca_file] if tls.client_ca_file else []),
+        ]
+    return WebConfig(context, auth, dict(spec.http_server_config.headers), tuple(files))
+
+
+class WatchedWebConfig:
+    """A web config file, read again when it or a TLS file it names changes (checked as
+    requests arrive, at most once a second). A change with problems is logged and the previous
+    web config stays in force, as does one that turns TLS on or off (the listener is made at
+    start); `last_change_loaded` tells which happened last."""
+
+    CHECK_INTERVAL = 1.0
+
+    def __init__(self, path: str) -> None:
+        """Raises ConfigError, as load_web_config does."""
+        self.path = path
+        self._current = load_web_config(path)
+        self._signature = _signature(self._current.files)
+        self._checked = time.monotonic()
+        self._lock = threading.Lock()
+        self.last_change_loaded = True
+
+    def get(self) -> WebConfig:
+        """The web config in force, after a look at the files if it is time for one."""
+        if time.monotonic() - self._checked >= self.CHECK_INTERVAL:
+            with self._lock:
+                if time.monotonic() - self._checked >= self.CHECK_INTERVAL:
+                    self._check()
+                    self._checked = time.monotonic()
+        return self._current
+
+    def _check(self) -> None:
+        signature = _signature(self._current.files)
+        if signature == self._signature:
+            return
+        # Tried once per change: a half-written rotation is tried again when it changes again.
+        self._signature = signature
+        try:
+            new = load_web_config(self.path)
+        except ConfigError as exc:
+            self._refuse("; ".join(exc.problems))
+            return
+        if (new.ssl_context is None) != (self._current.ssl_context is None):
+            self._refuse(f"{self.path}: turning TLS on or off needs a restart")
+            return
+        self._current = new
+        self._signature = _signature(new.files)  # it may name other files now
+        self.last_change_loaded = True
+        log.info("web config reloaded", extra={"file": self.path})
+
+    def _refuse(self, problems: str) -> None:
+        self.last_change_loaded = False
+        log.error("web config change refused, the previous one stays", extra={"problems": problems})
+
+
+def _signature(files: tuple[Path, ...]) -> tuple[tuple[int, int, int] | None, ...]:
+    """What tells a file changed: modification time, size and inode (a Kubernetes secret
+    update swaps a symlink, which os.stat follows)."""
+    out: list[tuple[int, int, int] | None] = []
+    for f in files:
+        try:
+            st = os.stat(f)
+        except OSError:
+            out.append(None)
+        else:
+            out.append((st.st_mtime_ns, st.st_size, st.st_ino))
+    return tuple(out)
 
 
 def _ssl_context(tls: TLSServerConfig, source: str, problems: list[str]) -> ssl.SSLContext | None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from exporter.localpg import LocalCluster, debian_bindir, embedded_bindir
-from exporter.webconfig import WebConfig
+from exporter.webconfig import WatchedWebConfig
 from tests.helpers import ExporterProcess, RunningExporter, start_exporter
 from tests.pgbouncer_server import PgBouncer
 
@@ -60,7 +60,7 @@ def exporter_for() -> Iterator[object]:
     """Start in-process exporters from config dicts; all stop at the end of the test."""
     started: list[RunningExporter] = []
 
-    def start(config: dict, web_config: WebConfig | None = None) -> RunningExporter:
+    def start(config: dict, web_config: WatchedWebConfig | None = None) -> RunningExporter:
         running = start_exporter(config, web_config)
         started.append(running)
         return running

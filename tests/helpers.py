@@ -21,7 +21,7 @@ from exporter.app import Exporter
 from exporter.config import parse_config
 from exporter.localpg import free_port
 from exporter.processes import stop_process
-from exporter.webconfig import WebConfig
+from exporter.webconfig import WatchedWebConfig
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
@@ -129,7 +129,9 @@ class RunningExporter:
         self.exporter.stop()
 
 
-def start_exporter(config: dict[str, Any], web_config: WebConfig | None = None) -> RunningExporter:
+def start_exporter(
+    config: dict[str, Any], web_config: WatchedWebConfig | None = None
+) -> RunningExporter:
     exporter = Exporter(parse_config(config, "test config"), "127.0.0.1", 0, web_config=web_config)
     exporter.start()
     return RunningExporter(exporter)

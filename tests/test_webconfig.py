@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import os
+import shutil
 import socket
 import ssl
 import subprocess
@@ -16,8 +18,9 @@ import pytest
 from exporter.cli import main
 from exporter.config import ConfigError
 from exporter.localpg import LocalCluster
-from exporter.webconfig import load_web_config
+from exporter.webconfig import WatchedWebConfig, load_web_config
 from tests.conftest import require_program
+from tests.helpers import Samples, wait_until
 
 PATHS = ("/metrics", "/", "/healthz")
 
@@ -83,7 +86,9 @@ def test_tls_and_basic_auth_on_every_path(
         f"basic_auth_users:\n  prometheus: '{hashed}'\n"
         "http_server_config:\n  headers:\n    X-Frame-Options: deny\n",
     )
-    running = exporter_for({"targets": [{"name": "pg", "dsn": pg.dsn()}]}, load_web_config(path))
+    running = exporter_for(
+        {"targets": [{"name": "pg", "dsn": pg.dsn()}]}, WatchedWebConfig(str(path))
+    )
     base = f"https://127.0.0.1:{running.exporter.port}"
     trusted = ssl.create_default_context(cafile=str(pki / "ca.crt"))
     for p in PATHS:
@@ -121,7 +126,9 @@ def test_client_certificates_required(exporter_for, pki: Path, tmp_path: Path, p
         f"tls_server_config:\n  cert_file: {pki}/server.crt\n  key_file: {pki}/server.key\n"
         f"  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {pki}/ca.crt\n",
     )
-    running = exporter_for({"targets": [{"name": "pg", "dsn": pg.dsn()}]}, load_web_config(path))
+    running = exporter_for(
+        {"targets": [{"name": "pg", "dsn": pg.dsn()}]}, WatchedWebConfig(str(path))
+    )
     base = f"https://127.0.0.1:{running.exporter.port}"
     without = ssl.create_default_context(cafile=str(pki / "ca.crt"))
     with pytest.raises((urllib.error.URLError, ConnectionError, ssl.SSLError)):
@@ -138,12 +145,113 @@ def test_a_silent_client_does_not_block_the_others(
         tmp_path,
         f"tls_server_config:\n  cert_file: {pki}/server.crt\n  key_file: {pki}/server.key\n",
     )
-    running = exporter_for({"targets": [{"name": "pg", "dsn": pg.dsn()}]}, load_web_config(path))
+    running = exporter_for(
+        {"targets": [{"name": "pg", "dsn": pg.dsn()}]}, WatchedWebConfig(str(path))
+    )
     # A client that connects and never starts its handshake holds only its own thread.
     with socket.create_connection(("127.0.0.1", running.exporter.port)):
         trusted = ssl.create_default_context(cafile=str(pki / "ca.crt"))
         url = f"https://127.0.0.1:{running.exporter.port}/healthz"
         assert _get(url, trusted) == (200, "ok\n")
+
+
+def _server_certificate(pki: Path, d: Path, name: str) -> tuple[Path, Path]:
+    """Another server certificate for 127.0.0.1 from the test CA, with CN=name."""
+    _openssl(
+        "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+        "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=d,
+    )  # fmt: skip
+    (d / f"{name}.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    _openssl(
+        "x509", "-req", "-in", f"{name}.csr", "-CA", str(pki / "ca.crt"), "-CAkey",
+        str(pki / "ca.key"), "-CAserial", str(d / "ca.srl"), "-CAcreateserial", "-days", "2",
+        "-extfile", f"{name}.ext", "-out", f"{name}.crt", cwd=d,
+    )  # fmt: skip
+    return d / f"{name}.crt", d / f"{name}.key"
+
+
+def _install(source: Path, target: Path) -> None:
+    """Replace `target` at once, as a certificate manager does."""
+    staged = target.with_suffix(".new")
+    shutil.copyfile(source, staged)
+    os.replace(staged, target)
+
+
+def _served_certificate(port: int, trusted: ssl.SSLContext) -> str:
+    """The CN of the certificate a new connection is served."""
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        trusted.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        subject = dict(pair[0] for pair in tls.getpeercert()["subject"])
+    return subject["commonName"]
+
+
+def test_web_config_changes_apply_without_a_restart(
+    exporter_for, pki: Path, tmp_path: Path, pg
+) -> None:
+    """A rotated certificate is served from a new connection on, a new user is let in; a
+    change with problems (a key that does not match, TLS turned off) leaves the last good web
+    config in force and says so in a metric, until it is fixed."""
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    _install(pki / "server.crt", cert)
+    _install(pki / "server.key", key)
+    rotated_cert, rotated_key = _server_certificate(pki, tmp_path, "server-rotated")
+    hashes = {
+        user: bcrypt.hashpw(f"{user}-password".encode(), bcrypt.gensalt(rounds=4)).decode()
+        for user in ("prometheus", "grafana-agent")
+    }
+    tls = f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n"
+
+    def users(*names: str) -> str:
+        return "basic_auth_users:\n" + "".join(f"  {n}: '{hashes[n]}'\n" for n in names)
+
+    path = _web_config(tmp_path, tls + users("prometheus"))
+    running = exporter_for(
+        {"targets": [{"name": "pg", "dsn": pg.dsn()}]}, WatchedWebConfig(str(path))
+    )
+    port = running.exporter.port
+    trusted = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    base = f"https://127.0.0.1:{port}"
+
+    def reload_metric() -> float:
+        status, body = _get(base + "/metrics", trusted, ("prometheus", "prometheus-password"))
+        assert status == 200, status
+        return Samples(body).value("pg_connections_exporter_web_config_last_reload_successful")
+
+    assert _served_certificate(port, trusted) == "server"
+    assert reload_metric() == 1
+
+    _install(rotated_cert, cert)
+    _install(rotated_key, key)
+    wait_until(
+        lambda: _served_certificate(port, trusted) == "server-rotated", 15, 0.2, "the new cert"
+    )
+    assert _get(base + "/healthz", trusted, ("grafana-agent", "grafana-agent-password"))[0] == 401
+    path.write_text(tls + users("prometheus", "grafana-agent"))
+    wait_until(
+        lambda: (
+            _get(base + "/healthz", trusted, ("grafana-agent", "grafana-agent-password"))[0] == 200
+        ),
+        15,
+        0.2,
+        "the new user to be let in",
+    )
+    assert reload_metric() == 1
+
+    # A key that does not match the certificate: refused, the last good pair is still served.
+    _install(pki / "server.key", key)
+    wait_until(lambda: reload_metric() == 0, 15, 0.2, "the refused change in the metric")
+    assert _served_certificate(port, trusted) == "server-rotated"
+    _install(rotated_key, key)
+    wait_until(lambda: reload_metric() == 1, 15, 0.2, "the fixed change in the metric")
+
+    # TLS cannot be turned off without a restart: refused, still served over TLS.
+    path.write_text(users("prometheus"))
+    wait_until(lambda: reload_metric() == 0, 15, 0.2, "TLS off refused")
+    assert _served_certificate(port, trusted) == "server-rotated"
+    with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10)
 
 
 def test_bad_web_config_names_every_problem(tmp_path: Path, capsys) -> None:

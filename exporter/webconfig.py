@@ -194,8 +194,9 @@ class WatchedWebConfig:
         if (new.ssl_context is None) != (self._current.ssl_context is None):
             self._refuse(f"{self.path}: turning TLS on or off needs a restart")
             return
+        if new.files != self._current.files:  # it names other files now
+            self._signature = _signature(new.files)
         self._current = new
-        self._signature = _signature(new.files)  # it may name other files now
         self.last_change_loaded = True
         log.info("web config reloaded", extra={"file": self.path})
 

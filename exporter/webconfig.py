@@ -202,7 +202,9 @@ class WatchedWebConfig:
 
     def _refuse(self, problems: str) -> None:
         self.last_change_loaded = False
-        log.error("web config change refused, the previous one stays", extra={"problems": problems})
+        log.error(
+            "web config refused, the previous one keeps running", extra={"problems": problems}
+        )
 
 
 def _signature(files: tuple[Path, ...]) -> tuple[tuple[int, int, int] | None, ...]:

@@ -44,6 +44,7 @@ ALERTS = (
     "PostgresConnectionsExporterDown",
     "PostgresDown",
     "PostgresConnectionsExporterQueryFailing",
+    "PostgresConnectionsExporterBadConfig",
     "PostgresConnectionsHigh",
     "PostgresConnectionsCritical",
     "PostgresConnectionsExhausted",
@@ -265,6 +266,29 @@ def render_groups(t: Mapping[str, Any]) -> list[dict[str, Any]]:
                     "",
                 ),
             )
+        ),
+        alert(
+            "PostgresConnectionsExporterBadConfig",
+            f"""
+            label_replace(
+                pg_connections_exporter_config_last_reload_successful{{{sel}}} == 0,
+                "config", "config", "", ""
+            )
+            or
+            label_replace(
+                pg_connections_exporter_web_config_last_reload_successful{{{sel}}} == 0,
+                "config", "web config", "", ""
+            )
+            """,
+            "warning",
+            "pg-connections-exporter refused a configuration change.",
+            """
+            {{ $labels.instance }}: the last change to its {{ $labels.config }} was
+            refused (its last reload successful = {{ $value }}) and the previous one is still
+            in force, so what the change was meant to do (a new target, a new query, a rotated
+            certificate, a new user) has not happened. The exporter's log names every problem;
+            a restart would fail on the same file.
+            """,
         ),
         alert(
             "PostgresConnectionsHigh",

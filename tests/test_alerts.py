@@ -45,6 +45,7 @@ EXPECTED = {
     "PostgresConnectionsExporterDown": {"critical"},
     "PostgresDown": {"critical"},
     "PostgresConnectionsExporterQueryFailing": {"critical", "warning"},
+    "PostgresConnectionsExporterBadConfig": {"warning"},
     "PgBouncerClientsWaitingTooLong": {"warning", "critical"},
     "PgBouncerClientConnectionsNearLimit": {"warning", "critical"},
     "PgBouncerPoolSaturated": {"warning"},
@@ -208,9 +209,9 @@ def test_every_alert_is_documented_and_annotated() -> None:
         assert set(ann) == {"summary", "description", "runbook_url"}, name
         assert ann["summary"] and "{{" not in ann["summary"], f"{name}: summary must be static"
         assert "$value" in ann["description"], f"{name}: description lacks the value"
-        where = (
-            "$labels.instance" if name == "PostgresConnectionsExporterDown" else "$labels.target"
-        )
+        # Alerts about the exporter itself have no target; the rest name theirs.
+        exporter_wide = {"PostgresConnectionsExporterDown", "PostgresConnectionsExporterBadConfig"}
+        where = "$labels.instance" if name in exporter_wide else "$labels.target"
         assert where in ann["description"], f"{name}: description lacks {where}"
         assert ann["runbook_url"] == f"{RUNBOOK_BASE}{name}.md"
 

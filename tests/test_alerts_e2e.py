@@ -21,9 +21,12 @@ import psycopg
 import pytest
 import yaml
 
+from exporter.app import Exporter
+from exporter.config import load_config
+from exporter.webconfig import WatchedWebConfig
 from exporter.workload import SessionSpec, Workload
 from tests.conftest import new_cluster, require_program
-from tests.helpers import REPO, load_render_alerts, wait_until
+from tests.helpers import REPO, RunningExporter, http_get, load_render_alerts, wait_until
 from tests.prometheus_server import AlertmanagerServer, PrometheusServer, ServerProcess
 
 ALERT = "PostgresConnectionsExhausted"
@@ -250,3 +253,73 @@ def test_login_check_failing_on_its_own_role_warns_and_does_not_page(
         raise
     finally:
         prom.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_refused_config_and_web_config_warn_until_fixed(tmp_path: Path, pg) -> None:
+    """A reload of a config with an unknown key, and a web config changed into one with an
+    unknown key, are refused: PostgresConnectionsExporterBadConfig fires once for each in a real
+    Prometheus with the shipped rules, while the exporter keeps serving the previous ones; when
+    both files are good again, the alerts resolve."""
+    prometheus_bin = require_program("prometheus")
+    alert = "PostgresConnectionsExporterBadConfig"
+    config_file, web_file = tmp_path / "config.yml", tmp_path / "web.yml"
+    good_config = {"targets": [{"name": TARGET, "dsn": pg.dsn()}]}
+    good_web = {"http_server_config": {"headers": {"X-Frame-Options": "deny"}}}
+    config_file.write_text(yaml.safe_dump(good_config))
+    web_file.write_text(yaml.safe_dump(good_web))
+    exporter = Exporter(
+        load_config(config_file),
+        "127.0.0.1",
+        0,
+        load_config=lambda: load_config(config_file),
+        web_config=WatchedWebConfig(str(web_file)),
+    )
+    exporter.start()
+    running = RunningExporter(exporter)
+    job = e2e_rules(tmp_path / "rules.yml", alert, **{"for": "3s"})
+    prom = PrometheusServer(
+        prometheus_bin,
+        [f"127.0.0.1:{exporter.port}"],
+        job=job,
+        rule_files=[tmp_path / "rules.yml"],
+    )
+
+    def firing() -> dict[str, dict[str, str]]:
+        vector = prom.vector(f'ALERTS{{alertname="{alert}", alertstate="firing"}}')
+        return {labels["config"]: labels for labels, _ in vector}
+
+    try:
+        prom.start()
+        config_file.write_text(yaml.safe_dump({**good_config, "scrape_interval": "1s"}))
+        web_file.write_text(yaml.safe_dump({**good_web, "tls_cipher_suites": ["X"]}))
+        assert any("scrape_interval" in p for p in exporter.reload())
+        running.scrape_until(
+            lambda s: (
+                s.value("pg_connections_exporter_config_last_reload_successful") == 0
+                and s.value("pg_connections_exporter_web_config_last_reload_successful") == 0
+            ),
+            what="both refusals in the metrics",
+        )
+        alerts = wait_until(
+            lambda: now if len(now := firing()) == 2 else None, 45, 0.2, f"{alert} twice"
+        )
+        for config, labels in alerts.items():
+            assert (labels["severity"], labels["job"]) == ("warning", job), config
+        assert sorted(alerts) == ["config", "web config"]
+        # The previous ones are still in force: the target is scraped, the header sent.
+        scraped = running.scrape()
+        assert scraped.value("pg_up", target=TARGET) == 1
+        assert http_get(f"{running.url}/healthz")[2].get("X-Frame-Options") == "deny"
+
+        config_file.write_text(yaml.safe_dump(good_config))
+        web_file.write_text(yaml.safe_dump(good_web))
+        assert exporter.reload() == []
+        wait_until(lambda: not firing(), 45, 0.2, f"{alert} resolved")
+    except BaseException:
+        print(f"--- prometheus log ---\n{prom.log_tail(60)}")
+        raise
+    finally:
+        prom.stop()
+        exporter.stop()

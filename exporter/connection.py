@@ -7,13 +7,18 @@ re-opened in the background when lost, with at most one connect attempt in fligh
 A PgBouncer admin console speaks only the simple query protocol and has no statement_timeout:
 there the connection uses client-side parameter binding, and a query is bounded by a watchdog
 that shuts the socket down when time is up (a cancel request would not help: a stalled
-PgBouncer handles it on the same stalled event loop).
+PgBouncer handles it on the same stalled event loop). On PostgreSQL, statement_timeout bounds
+each query on the server; a watchdog over the whole scrape catches a server that does not
+answer at all (a stopped backend, or a proxy in front whose server is gone: the kernel, or the
+proxy, still acknowledges, so neither TCP keepalives nor tcp_user_timeout ever fire).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import heapq
+import itertools
 import logging
 import os
 import select
@@ -241,15 +246,16 @@ class TargetConnection:
         down, the blocked read fails at once and the connection is closed (its protocol state
         is unknown); the pool opens a new one in the background."""
         dog = Watchdog(conn)
-        timer = threading.Timer(seconds, dog.expire)
-        timer.daemon = True
-        timer.start()
+        _EXPIRIES.add(time.monotonic() + seconds, dog)
         try:
             yield dog
         finally:
-            timer.cancel()
             if dog.finish():
                 conn.close()
+                log.warning(
+                    "target did not answer in time: its connection is closed and opened anew",
+                    extra={"target": self.target.name, "seconds": round(seconds, 3)},
+                )
 
 
 class ScrapeTransaction:
@@ -324,6 +330,51 @@ class Watchdog:
         with self._lock:
             self._finished = True
             return self.fired
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+
+class _Expiries:
+    """Expires every watchdog of the process on time from one thread: a threading.Timer per
+    guarded scrape or query would start a thread each time. Finished watchdogs are dropped when
+    their time comes (or when they reach the front), not searched for."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Watchdog]] = []
+        self._order = itertools.count()  # ties never compare watchdogs
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def add(self, at: float, dog: Watchdog) -> None:
+        """Expire `dog` at `at` (a time.monotonic() value) unless it is finished by then."""
+        with self._wake:
+            heapq.heappush(self._heap, (at, next(self._order), dog))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="watchdog", daemon=True)
+                self._thread.start()
+            elif self._heap[0][2] is dog:  # sooner than what the thread waits for
+                self._wake.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while True:
+                    while self._heap and self._heap[0][2].finished:
+                        heapq.heappop(self._heap)
+                    if not self._heap:
+                        self._wake.wait()
+                        continue
+                    wait = self._heap[0][0] - time.monotonic()
+                    if wait <= 0:
+                        break
+                    self._wake.wait(wait)
+                dog = heapq.heappop(self._heap)[2]
+            dog.expire()
+
+
+_EXPIRIES = _Expiries()
 
 
 def _check_postgres(conn: psycopg.Connection[Any]) -> None:

@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 QUERY_ERROR_REASONS = ("error", "timeout", "deadline", "connection", "invalid_result")
 # Seconds kept back from the deadline so that the answer still reaches Prometheus in time.
 DEADLINE_MARGIN = 0.25
+# A PostgreSQL target still busy this long after the deadline is not answering (every query's
+# statement_timeout ends before the deadline): its connection is cut so that the next scrape
+# gets a new one.
+SILENT_SERVER_GRACE = 5.0
 
 
 @dataclass(frozen=True)
@@ -149,7 +153,8 @@ class TargetScraper:
         try:
             with self.connection.connection(timeout=wait) as conn:
                 version = conn.info.server_version
-                outcomes = tuple(self._run_all(conn, version, deadline))
+                with self._guard(conn, deadline) as guard:
+                    outcomes = tuple(self._run_all(conn, version, deadline, guard))
                 up = not conn.broken and not conn.closed
         except PoolTimeout:
             # The reason only: the server's full message names hosts and ports, and goes to
@@ -159,8 +164,21 @@ class TargetScraper:
             return TargetResult(self.target, False, time.monotonic() - start, error=error)
         return TargetResult(self.target, up, time.monotonic() - start, version, outcomes)
 
+    def _guard(
+        self, conn: psycopg.Connection[Any], deadline: float
+    ) -> AbstractContextManager[Watchdog | None]:
+        """On PostgreSQL, a watchdog over the whole scrape (BEGIN, SETs, queries, COMMIT) that
+        cuts a connection the server no longer answers on; PgBouncer's are per query."""
+        if self.target.kind != "postgres":
+            return nullcontext()
+        return self.connection.watchdog(conn, deadline + SILENT_SERVER_GRACE - time.monotonic())
+
     def _run_all(
-        self, conn: psycopg.Connection[Any], version: int, deadline: float
+        self,
+        conn: psycopg.Connection[Any],
+        version: int,
+        deadline: float,
+        guard: Watchdog | None = None,
     ) -> list[QueryOutcome]:
         outcomes = []
         tx = self.connection.transaction(conn) if self.target.kind == "postgres" else None
@@ -180,7 +198,7 @@ class TargetScraper:
                 if conn.broken or conn.closed:
                     outcomes.append(self._failed(query, 0.0, "connection", "connection lost"))
                     continue
-                outcome = self._run(conn, query, deadline, tx)
+                outcome = self._run(conn, query, deadline, tx, guard)
                 if tx is not None:
                     tx.after_query()
                 if outcome.error is None and query.cache:
@@ -197,6 +215,7 @@ class TargetScraper:
         query: QuerySpec,
         deadline: float,
         tx: ScrapeTransaction | None = None,
+        guard: Watchdog | None = None,
         retry: bool = True,
     ) -> QueryOutcome:
         start = time.monotonic()
@@ -204,11 +223,12 @@ class TargetScraper:
         if remaining <= 0.01:
             return self._failed(query, 0.0, "deadline", "no time left in this scrape")
         timeout = min(query.timeout or self.settings.query_timeout, remaining)
-        # PostgreSQL bounds the statement itself; PgBouncer's console has no statement_timeout.
+        # PostgreSQL bounds the statement itself (and the scrape's `guard` a silent server);
+        # PgBouncer's console has no statement_timeout.
         bound: AbstractContextManager[Watchdog | None] = (
             self.connection.watchdog(conn, timeout)
             if self.target.kind == "pgbouncer"
-            else nullcontext()
+            else nullcontext(guard)
         )
         try:
             with bound as dog:
@@ -235,7 +255,7 @@ class TargetScraper:
                 # The server lacked our prepared statement, or its plan went stale: once more
                 # (unprepared, or prepared anew) in a new transaction, this one being aborted.
                 tx.after_query()
-                return self._run(conn, query, deadline, tx, retry=False)
+                return self._run(conn, query, deadline, tx, guard, retry=False)
             if dog is not None and dog.fired:
                 reason, message = "timeout", f"no answer within {timeout:.3g}s"
             else:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 
@@ -259,6 +261,54 @@ def test_a_session_ended_between_scrapes_is_replaced_before_the_next_one(exporte
         (new,) = _exporter_backend_pids(cluster)
         assert new != old
     finally:
+        cluster.stop()
+
+
+def test_a_server_that_stops_answering_costs_a_scrape_then_gets_a_new_connection(
+    exporter_for,
+) -> None:
+    """A backend that stops answering without closing its socket (stopped here; a TCP proxy
+    whose server is gone looks the same: the kernel or the proxy still acknowledges, so neither
+    keepalives nor tcp_user_timeout fire) never holds a scrape past its deadline, and once the
+    grace after the deadline has passed its connection is cut: the next scrapes are whole again
+    on a new session, without restarting the exporter."""
+    cluster = new_cluster("15", max_connections=20)
+    stopped: int | None = None
+    headers = {"X-Prometheus-Scrape-Timeout-Seconds": "2"}
+
+    def bounded_scrape() -> Samples:
+        start = time.monotonic()
+        s = running.scrape(headers)
+        assert time.monotonic() - start < 2.5
+        return s
+
+    try:
+        running = exporter_for({"targets": [{"name": "pg", "dsn": cluster.dsn(host="127.0.0.1")}]})
+        running.scrape_until(lambda s: s.get("pg_up", target="pg") == 1, what="the target up")
+        (stopped,) = _exporter_backend_pids(cluster)
+        os.kill(stopped, signal.SIGSTOP)
+
+        assert bounded_scrape().value("pg_up", target="pg") == 0
+        s = wait_until(
+            lambda: now if (now := bounded_scrape()).get("pg_up", target="pg") == 1 else None,
+            30,
+            0.5,
+            "a new connection after the silent one was cut",
+        )
+        success = s.by("pg_connections_exporter_query_success", "query", target="pg")
+        assert success and set(success.values()) == {1.0}, success
+        assert s.value("pg_connections_exporter_query_errors_total", query="connections",
+                       reason="timeout", target="pg") == 1  # fmt: skip
+        pids = _exporter_backend_pids(cluster)
+        assert stopped in pids and len(pids) == 2, pids  # the stopped one cannot see it yet
+        (new,) = set(pids) - {stopped}
+
+        os.kill(stopped, signal.SIGCONT)
+        wait_until(lambda: _exporter_backend_pids(cluster) == [new], what="the old session gone")
+        stopped = None
+    finally:
+        if stopped is not None:
+            os.kill(stopped, signal.SIGCONT)
         cluster.stop()
 
 

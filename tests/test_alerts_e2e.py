@@ -200,6 +200,18 @@ def test_exhausted_pages_and_resolves_through_alertmanager(tmp_path: Path, expor
         cluster.stop()
 
 
+def prometheus_for_alert(
+    binary: str, tmp_path: Path, exporter_port: int, alert: str
+) -> tuple[PrometheusServer, str]:
+    """A Prometheus (not started) scraping one exporter with the shipped rules, `alert`'s
+    `for` shortened to 3s; and the job name the rules select."""
+    job = e2e_rules(tmp_path / "rules.yml", alert, **{"for": "3s"})
+    server = PrometheusServer(
+        binary, [f"127.0.0.1:{exporter_port}"], job=job, rule_files=[tmp_path / "rules.yml"]
+    )
+    return server, job
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_login_check_failing_on_its_own_role_warns_and_does_not_page(
@@ -230,13 +242,7 @@ def test_login_check_failing_on_its_own_role_warns_and_does_not_page(
     refusals = ("too_many_clients", "reserved_slots_only", "database_limit", "role_limit")
     for reason in refusals:
         assert scraped.value("pg_connections_login_check_failures_total", reason=reason) == 0
-    job = e2e_rules(tmp_path / "rules.yml", alert, **{"for": "3s"})
-    prom = PrometheusServer(
-        prometheus_bin,
-        [f"127.0.0.1:{running.exporter.port}"],
-        job=job,
-        rule_files=[tmp_path / "rules.yml"],
-    )
+    prom, job = prometheus_for_alert(prometheus_bin, tmp_path, running.exporter.port, alert)
     try:
         prom.start()
         firing = wait_until(
@@ -278,13 +284,7 @@ def test_refused_config_and_web_config_warn_until_fixed(tmp_path: Path, pg) -> N
     )
     exporter.start()
     running = RunningExporter(exporter)
-    job = e2e_rules(tmp_path / "rules.yml", alert, **{"for": "3s"})
-    prom = PrometheusServer(
-        prometheus_bin,
-        [f"127.0.0.1:{exporter.port}"],
-        job=job,
-        rule_files=[tmp_path / "rules.yml"],
-    )
+    prom, job = prometheus_for_alert(prometheus_bin, tmp_path, exporter.port, alert)
 
     def firing() -> dict[str, dict[str, str]]:
         vector = prom.vector(f'ALERTS{{alertname="{alert}", alertstate="firing"}}')

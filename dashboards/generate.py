@@ -23,6 +23,8 @@ DS = {"type": "prometheus", "uid": "${datasource}"}
 
 # The selector every panel query carries: the variables of the dashboard.
 F = 'job=~"$job", instance=~"$instance", target=~"$target"'
+# The exporter's own metrics that have no target label.
+EXPORTER = 'job=~"$job", instance=~"$instance"'
 # PgBouncer panels of the overview: the PgBouncers in front of the server, chosen with the
 # `pgbouncer` variable (every PgBouncer target of the selected exporters by default).
 FB = 'job=~"$job", instance=~"$instance", target=~"$pgbouncer"'
@@ -1067,7 +1069,7 @@ def overview() -> dict:
             "whether the exporter itself was reachable.",
             [
                 q(f"min by (target) (pg_up{{{F}}})", "pg_up"),
-                q('min(up{job=~"$job", instance=~"$instance"})', "exporter up"),
+                q(f"min(up{{{EXPORTER}}})", "exporter up"),
             ],
             "none",
             mappings=UP_MAPPINGS,
@@ -1091,7 +1093,7 @@ def overview() -> dict:
             ],
             "s",
         ),
-        12,
+        10,
         7,
     )
     L.add(
@@ -1109,7 +1111,38 @@ def overview() -> dict:
             ],
             "ops",
         ),
-        12,
+        10,
+        7,
+    )
+    L.add(
+        stat(
+            "Configuration",
+            "Whether the exporter's last config reload (SIGHUP, POST /-/reload) and its web "
+            "config file's last change were taken. REFUSED: the previous one is still running, "
+            "the change did nothing, and a restart would fail (see the exporter's log); the "
+            "web config shows only with --web.config.file.",
+            [
+                q(
+                    f"min(pg_connections_exporter_config_last_reload_successful{{{EXPORTER}}})",
+                    "config",
+                ),
+                q(
+                    f"min(pg_connections_exporter_web_config_last_reload_successful{{{EXPORTER}}})",
+                    "web config",
+                ),
+            ],
+            "none",
+            mappings=[
+                {
+                    "type": "value",
+                    "options": {
+                        "0": {"text": "REFUSED", "color": "orange", "index": 0},
+                        "1": {"text": "OK", "color": "green", "index": 1},
+                    },
+                }
+            ],
+        ),
+        4,
         7,
     )
     return dashboard(

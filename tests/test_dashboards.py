@@ -25,7 +25,11 @@ DS_REF = {"type": "prometheus", "uid": "${datasource}"}
 VARIABLE_FILTERS = {"job": "$job", "instance": "$instance", "target": "$target"}
 # Series without the exporter's target label: Prometheus's own `up`, and the ALERTS series, whose
 # job and instance labels depend on how each alert rule aggregates.
-NO_TARGET_LABEL = {"up"}
+NO_TARGET_LABEL = {
+    "up",
+    "pg_connections_exporter_config_last_reload_successful",
+    "pg_connections_exporter_web_config_last_reload_successful",
+}
 TARGET_ONLY = {"ALERTS", "ALERTS_FOR_STATE"}
 # Metrics the brief asks the dashboards to show; each must be in some panel's query.
 REQUIRED_METRICS = {

@@ -28,6 +28,7 @@ RATE_INTERVAL = "4s"  # Grafana: max($__interval + scrape interval, 4 * scrape i
 MAY_BE_EMPTY = {
     (OVERVIEW_UID, "Time to exhaustion"),  # only while utilization rises
     (OVERVIEW_UID, "Refused logins and connect failures"),  # only while logins fail
+    (OVERVIEW_UID, "Configuration"),  # its web config query: this exporter has none
 }
 # The stand-in for alerts/: same name and threshold as PostgresConnectionsHigh.
 RULES = {
@@ -258,6 +259,8 @@ def check_overview(r: Result, elapsed: float) -> None:
     eq("Connections by state, under the limits", "C", [27])
     eq("Utilization and 1h projection", "A", [approx(UTILIZATION)])
     eq("Login check", "A", {"busy": 1}, "target")
+    eq("Configuration", "A", [1])
+    eq("Configuration", "B", [])
     between("Login check duration", "A", 0, 5)
     between("Firing alerts", "A", -1, elapsed)
     expect(

@@ -58,15 +58,22 @@ UTIL_THRESHOLDS = {
         {"color": "red", "value": CRITICAL},
     ],
 }
-UP_MAPPINGS = [
-    {
-        "type": "value",
-        "options": {
-            "0": {"text": "DOWN", "color": "red", "index": 0},
-            "1": {"text": "UP", "color": "green", "index": 1},
-        },
-    }
-]
+
+
+def yes_no(zero: str, one: str, zero_color: str = "red") -> list[dict]:
+    """Value mappings of a 0/1 status: the word for each, 0 coloured as a problem."""
+    return [
+        {
+            "type": "value",
+            "options": {
+                "0": {"text": zero, "color": zero_color, "index": 0},
+                "1": {"text": one, "color": "green", "index": 1},
+            },
+        }
+    ]
+
+
+UP_MAPPINGS = yes_no("DOWN", "UP")
 
 
 def q(expr: str, legend: str = "", *, instant: bool = False, fmt: str = "time_series") -> dict:
@@ -1034,15 +1041,7 @@ def overview() -> dict:
             "success): it fails when ordinary roles can no longer get a slot.",
             [q(f"min by (target) (pg_connections_login_check_success{{{F}}})", "{{target}}")],
             "none",
-            mappings=[
-                {
-                    "type": "value",
-                    "options": {
-                        "0": {"text": "FAILING", "color": "red", "index": 0},
-                        "1": {"text": "OK", "color": "green", "index": 1},
-                    },
-                }
-            ],
+            mappings=yes_no("FAILING", "OK"),
         ),
         4,
         7,
@@ -1132,15 +1131,7 @@ def overview() -> dict:
                 ),
             ],
             "none",
-            mappings=[
-                {
-                    "type": "value",
-                    "options": {
-                        "0": {"text": "REFUSED", "color": "orange", "index": 0},
-                        "1": {"text": "OK", "color": "green", "index": 1},
-                    },
-                }
-            ],
+            mappings=yes_no("REFUSED", "OK", "orange"),
         ),
         4,
         7,

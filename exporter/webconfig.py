@@ -156,9 +156,11 @@ def load_web_config(path: str) -> WebConfig:
 
 class WatchedWebConfig:
     """A web config file, read again when it or a TLS file it names changes (checked as
-    requests arrive, at most once a second). A change with problems is logged and the previous
-    web config stays in force, as does one that turns TLS on or off (the listener is made at
-    start); `last_change_loaded` tells which happened last."""
+    requests arrive, at most once a second) and has then stayed unchanged for a check: a file
+    caught half-written (which could parse without its basic_auth_users) is never taken, and a
+    certificate and key replaced one after the other are taken together. A change with
+    problems is logged and the previous web config stays in force, as does one that turns TLS
+    on or off (the listener is made at start); `last_change_loaded` tells which happened last."""
 
     CHECK_INTERVAL = 1.0
 
@@ -167,6 +169,7 @@ class WatchedWebConfig:
         self.path = path
         self._current = load_web_config(path)
         self._signature = _signature(self._current.files)
+        self._changing: tuple[tuple[int, int, int] | None, ...] | None = None
         self._checked = time.monotonic()
         self._lock = threading.Lock()
         self.last_change_loaded = True
@@ -183,9 +186,13 @@ class WatchedWebConfig:
     def _check(self) -> None:
         signature = _signature(self._current.files)
         if signature == self._signature:
+            self._changing = None
             return
-        # Tried once per change: a half-written rotation is tried again when it changes again.
-        self._signature = signature
+        if signature != self._changing:  # still being written, perhaps: look again next time
+            self._changing = signature
+            return
+        # Tried once per change: a refused one is tried again when the files change again.
+        self._signature, self._changing = signature, None
         try:
             new = load_web_config(self.path)
         except ConfigError as exc:

@@ -254,6 +254,27 @@ def test_web_config_changes_apply_without_a_restart(
         urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10)
 
 
+def test_a_web_config_caught_half_written_is_never_taken(tmp_path: Path) -> None:
+    """A writer that truncates the file and then writes it can be caught in between, when the
+    file parses without its users (basic auth off): a change is taken only once the files have
+    stayed the same from one look to the next."""
+    hashed = bcrypt.hashpw(b"secret", bcrypt.gensalt(rounds=4)).decode()
+    users = f"basic_auth_users:\n  prometheus: '{hashed}'\n"
+    path = _web_config(tmp_path, users + "http_server_config:\n  headers: {X-Version: '1'}\n")
+    watched = WatchedWebConfig(str(path))
+    watched.CHECK_INTERVAL = 0  # look at every get(), as if a second had passed each time
+
+    path.write_text("http_server_config:\n  headers: {X-Version: '2'}\n")  # half written
+    first = watched.get()
+    assert first.auth is not None and first.headers == {"X-Version": "1"}
+    path.write_text(users + "http_server_config:\n  headers: {X-Version: '2'}\n")  # done
+    second = watched.get()  # changed again since the last look: still not taken
+    assert second.auth is not None and second.headers == {"X-Version": "1"}
+    third = watched.get()  # the same as at the last look: taken
+    assert third.auth is not None and third.headers == {"X-Version": "2"}
+    assert watched.last_change_loaded
+
+
 def test_bad_web_config_names_every_problem(tmp_path: Path, capsys) -> None:
     path = _web_config(
         tmp_path,

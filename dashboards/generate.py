@@ -16,7 +16,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 HERE = Path(__file__).resolve().parent
+# The alerting thresholds have one home, alerts/thresholds.yaml; the dashboards draw the same
+# lines from it, so a changed threshold moves the alert and the panels together.
+ALERTS = yaml.safe_load((HERE.parent / "alerts" / "thresholds.yaml").read_text())["alerts"]
 OVERVIEW_UID = "pgce-overview"
 FLEET_UID = "pgce-fleet"
 DS = {"type": "prometheus", "uid": "${datasource}"}
@@ -28,11 +33,12 @@ EXPORTER = 'job=~"$job", instance=~"$instance"'
 # PgBouncer panels of the overview: the PgBouncers in front of the server, chosen with the
 # `pgbouncer` variable (every PgBouncer target of the selected exporters by default).
 FB = 'job=~"$job", instance=~"$instance", target=~"$pgbouncer"'
-# Same thresholds as alerts/ (PostgresConnectionsHigh, PostgresConnectionsCritical).
-HIGH, CRITICAL = 0.8, 0.9
-# PgBouncerClientsWaitingTooLong, PgBouncerClientConnectionsNearLimit.
-WAIT_WARNING, WAIT_CRITICAL = 5, 60
-CLIENTS_WARNING, CLIENTS_CRITICAL = 0.8, 0.95
+HIGH = ALERTS["PostgresConnectionsHigh"]["utilization"]
+CRITICAL = ALERTS["PostgresConnectionsCritical"]["utilization"]
+WAIT_WARNING = ALERTS["PgBouncerClientsWaitingTooLong"]["warning_seconds"]
+WAIT_CRITICAL = ALERTS["PgBouncerClientsWaitingTooLong"]["critical_seconds"]
+CLIENTS_WARNING = ALERTS["PgBouncerClientConnectionsNearLimit"]["warning_ratio"]
+CLIENTS_CRITICAL = ALERTS["PgBouncerClientConnectionsNearLimit"]["critical_ratio"]
 UTIL = f"max by (target) (pg_connections_utilization_ratio{{{F}}})"
 FIRING_FOR = (
     "max by (alertname, severity, target) "

@@ -329,6 +329,9 @@ def _panel(uid: str, title: str) -> dict[str, Any]:
 
 
 def test_utilization_panels_carry_the_alert_thresholds() -> None:
+    alerts = yaml.safe_load((REPO / "alerts" / "thresholds.yaml").read_text())["alerts"]
+    high = alerts["PostgresConnectionsHigh"]["utilization"]
+    critical = alerts["PostgresConnectionsCritical"]["utilization"]
     for _name, d, p in all_panels():
         exprs = " ".join(t["expr"] for t in p["targets"])
         if p["fieldConfig"]["defaults"].get("unit") != "percentunit":
@@ -337,8 +340,9 @@ def test_utilization_panels_carry_the_alert_thresholds() -> None:
             continue
         steps = p["fieldConfig"]["defaults"].get("thresholds", {}).get("steps", [])
         values = [s["value"] for s in steps]
-        assert 0.8 in values and 0.9 in values, (
-            f"{d['uid']}: panel {p['title']!r}: thresholds {values}, want the alerts' 0.8 and 0.9"
+        assert high in values and critical in values, (
+            f"{d['uid']}: panel {p['title']!r}: thresholds {values}, "
+            f"want the alerts' {high} and {critical}"
         )
     trend = _panel(OVERVIEW_UID, "Utilization and 1h projection")
     assert "predict_linear" in trend["targets"][1]["expr"]

@@ -35,6 +35,9 @@ IDLE_STATES = ("idle", "idle in transaction", "idle in transaction (aborted)")
 IN_TRANSACTION = ("idle in transaction", "idle in transaction (aborted)")
 # Query texts are cut to this many characters: enough to recognise a statement.
 QUERY_CHARS = 200
+# The exporter's own sessions (its held connections, its login check, diagnose) are never
+# termination candidates: ending them blinds the monitoring during the incident.
+EXPORTER_APPLICATIONS = "pg-connections-exporter"
 
 _SETTINGS = {
     # name: which value (reset_val: what a new session of this role gets, not our own SETs)
@@ -141,6 +144,7 @@ class Criteria:
         return (
             s.client_backend
             and not s.own
+            and not s.application.startswith(EXPORTER_APPLICATIONS)
             and s.state in self.states
             and s.state_seconds is not None
             and s.state_seconds >= self.idle_seconds
@@ -458,7 +462,7 @@ def quote_literal(value: str) -> str:
 def terminate_statement(candidates: Sequence[Session], criteria: Criteria) -> str | None:
     """The exact statement that ends `candidates`: only their pids, and only while each still
     matches the criteria when it runs (a session that went back to work is left alone), never
-    our own session or a backend that is not a client's."""
+    our own session, the exporter's, or a backend that is not a client's."""
     if not candidates:
         return None
     pids = ", ".join(str(s.pid) for s in sorted(candidates, key=lambda s: s.pid))
@@ -468,6 +472,7 @@ def terminate_statement(candidates: Sequence[Session], criteria: Criteria) -> st
         f" WHERE pid IN ({pids})",
         "   AND backend_type = 'client backend'",
         "   AND pid <> pg_backend_pid()",
+        f"   AND application_name NOT LIKE '{EXPORTER_APPLICATIONS}%'",
         f"   AND state IN ({', '.join(quote_literal(s) for s in criteria.states)})",
         f"   AND state_change <= now() - interval '{criteria.idle_seconds:g} seconds'",
     ]

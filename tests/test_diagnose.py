@@ -252,7 +252,7 @@ def _session(pid: int, **kw: Any) -> Session:
     return Session(**{**base, **kw})
 
 
-def test_candidates_never_include_the_own_session_or_background_workers() -> None:
+def test_candidates_never_include_own_or_exporter_sessions_or_background_workers() -> None:
     facts = Facts(
         server_version="18.1",
         role="monitor",
@@ -267,16 +267,18 @@ def test_candidates_never_include_the_own_session_or_background_workers() -> Non
             _session(4, state="active"),
             _session(5, state_seconds=10.0),
             _session(6, application="it's"),
+            _session(7, application="pg-connections-exporter"),
         ),
         database_limits={},
         role_limits={},
     )
     report = analyze(facts, Criteria(idle_seconds=60))
     assert [r["pid"] for r in report.candidates["sessions"]] == [1, 6]
-    assert report.slots["used"] == 5 and report.slots["other_backends"] == {"background worker": 1}
+    assert report.slots["used"] == 6 and report.slots["other_backends"] == {"background worker": 1}
     statement = terminate_statement([facts.sessions[5]], Criteria(applications=("it's",)))
     assert "application_name IN ('it''s')" in statement  # quoted, not injected
     assert "pid <> pg_backend_pid()" in statement and "'client backend'" in statement
+    assert "application_name NOT LIKE 'pg-connections-exporter%'" in statement
 
 
 def test_bad_input_is_one_clear_line_and_a_non_zero_exit(tmp_path: Path) -> None:

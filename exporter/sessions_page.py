@@ -96,6 +96,13 @@ class SessionsPage:
                 else ("the held connection is busy or not open yet")
             )
             return _error_page(name, targets, error)
+        except psycopg.errors.LockNotAvailable:
+            return _error_page(
+                name,
+                targets,
+                "waited past lock_timeout for a lock (another session holds a catalog lock, "
+                "e.g. an uncommitted ALTER ROLE): try again",
+            )
         except psycopg.errors.QueryCanceled:
             return _error_page(name, targets, f"the server did not answer in {settings.timeout:g}s")
         except psycopg.Error as exc:

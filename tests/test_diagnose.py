@@ -20,7 +20,7 @@ from exporter.diagnose_cli import APPLICATION_NAME
 from exporter.localpg import LocalCluster, free_port
 from exporter.workload import SessionSpec, Workload
 from tests.conftest import new_cluster
-from tests.helpers import REPO
+from tests.helpers import REPO, wait_until
 
 IDLE_AGE = 1.0
 
@@ -213,11 +213,29 @@ def test_terminate_ends_exactly_the_listed_sessions(full_server) -> None:
     report = diagnose_json(*args)
     listed = {r["pid"] for r in report["candidates"]["sessions"]}
     assert listed == web_idle
-    done = diagnose_json(*args, "--terminate", "--yes")
-    ended = {r["pid"] for r in done["terminated"]["ended"]}
-    assert ended == listed and done["terminated"]["left"] == []
+
+    # The printed statement ends the listed sessions and no others, even one that has come to
+    # match the criteria since (a new idle web session).
+    filler_pid = next(s[0] for s in before if s[2] == "filler")
+    eye.execute("SELECT pg_terminate_backend(%s)", (filler_pid,))
+    wait_until(lambda: filler_pid not in {s[0] for s in client_sessions(eye)}, what="a free slot")
+    late = psycopg.connect(cluster.dsn(user="app", application_name="web"), autocommit=True)
+    late_pid = late.info.backend_pid
+    try:
+        time.sleep(IDLE_AGE + 0.2)
+        rows = eye.execute(report["candidates"]["statement"].encode()).fetchall()
+        assert {r[0] for r in rows if r[4]} == listed
+        expected = ({s[0] for s in before} - listed - {filler_pid}) | {late_pid}
+        wait_until(lambda: {s[0] for s in client_sessions(eye)} == expected, what="the listed gone")
+
+        # --terminate runs its own report's statement: now only the late session matches.
+        done = diagnose_json(*args, "--terminate", "--yes")
+        ended = [r["pid"] for r in done["terminated"]["ended"]]
+        assert ended == [late_pid] and done["terminated"]["left"] == []
+    finally:
+        late.close()
     after = {s[0] for s in client_sessions(eye)}
-    assert after == {s[0] for s in before} - listed
+    assert after == expected - {late_pid}
     assert locker_pid in after
 
     # Narrowed to the lock holder's state: only it goes, and the waiting reader gets its lock.

@@ -223,3 +223,36 @@ def test_landing_page_shows_utilization_from_the_last_scrape(pg: LocalCluster, e
     assert f"{used:.0f} / {limit:.0f}" in body
     assert "https://grafana.example/d/pgce-overview?var-target=db" in body
     assert "/sessions" not in body  # off: no link to it
+
+
+def test_a_locked_catalog_bounds_the_page_and_leaves_the_held_connection_usable(
+    exporter_for,
+) -> None:
+    """The page's statements wait on a lock no longer than lock_timeout; the held connection
+    comes back clean (no transaction left open) and the next scrape and page are whole."""
+    cluster = new_cluster("18", max_connections=20)
+    try:
+        running = exporter_for(
+            {
+                "targets": [{"name": "db", "dsn": cluster.dsn()}],
+                "settings": {"lock_timeout": "300ms"},
+                "sessions_page": {"enabled": True, "timeout": "2s"},
+            }
+        )
+        running.scrape_until(lambda s: s.value("pg_up", target="db") == 1, what="target up")
+        with Workload(cluster.dsn()) as w:
+            w.hold_lock("pg_catalog.pg_authid")
+            start = time.monotonic()
+            status, body, _ = http_get(f"{running.url}/sessions")
+            assert time.monotonic() - start < 5
+            assert status == 200 and "waited past lock_timeout" in body, body
+            assert "Holders" not in body
+        s = running.scrape()
+        assert s.value("pg_up", target="db") == 1
+        success = s.by("pg_connections_exporter_query_success", "query", target="db")
+        assert set(success.values()) == {1.0}, success
+        time.sleep(1.1)  # past the reuse of the last page
+        status, body, _ = http_get(f"{running.url}/sessions")
+        assert status == 200 and "Holders, biggest first" in body
+    finally:
+        cluster.stop()

@@ -13,14 +13,16 @@ from typing import Any
 import bcrypt
 import psycopg
 import pytest
+import yaml
 
+from exporter.config import DEFAULT_DASHBOARDS, DEFAULT_RUNBOOKS, ConfigError, parse_config
 from exporter.connection import APPLICATION_NAME
 from exporter.localpg import LocalCluster
 from exporter.webconfig import WatchedWebConfig
 from exporter.workload import SessionSpec, Workload
 from tests.browser import chromium, screenshot
 from tests.conftest import new_cluster
-from tests.helpers import Samples, http_get, wait_until
+from tests.helpers import REPO, Samples, http_get, wait_until
 from tests.test_diagnose import fill
 
 SECRET_QUERY = "SELECT pg_sleep(86400) /* card 4111-1111 */"
@@ -256,3 +258,19 @@ def test_a_locked_catalog_bounds_the_page_and_leaves_the_held_connection_usable(
         assert status == 200 and "Holders, biggest first" in body
     finally:
         cluster.stop()
+
+
+def test_sessions_page_settings_are_validated_and_links_match_the_alerts() -> None:
+    base = {"targets": [{"name": "a", "dsn": "host=db"}]}
+    assert parse_config({**base, "sessions_page": True}, "t").sessions_page.enabled
+    assert not parse_config(base, "t").sessions_page.enabled  # off by default
+    with pytest.raises(ConfigError) as err:
+        parse_config({**base, "sessions_page": {"idle_age": "soon", "query_texts": True}}, "t")
+    assert err.value.problems == [
+        "t: sessions_page.idle_age: expected a duration such as 5s, 500ms or 2m, got 'soon'",
+        "t: sessions_page.query_texts: Extra inputs are not permitted",
+    ]
+    thresholds = yaml.safe_load((REPO / "alerts" / "thresholds.yaml").read_text())
+    assert thresholds["runbook_base"] == DEFAULT_RUNBOOKS
+    assert DEFAULT_DASHBOARDS.startswith(thresholds["runbook_base"].split("/docs/")[0])
+    assert (REPO / "dashboards" / "README.md").exists()

@@ -295,7 +295,9 @@ class SessionsPageSettings(StrictModel):
     query_text: bool = False  # query texts can hold data and secrets: off unless asked for
     idle_age: Duration = Field(600.0, gt=0)
     long_query_age: Duration = Field(60.0, gt=0)
-    timeout: Duration = Field(5.0, gt=0)  # statement_timeout of the page's queries
+    # All the page's statements together; a scrape waiting for the held connection meanwhile
+    # waits at most this long.
+    timeout: Duration = Field(2.0, gt=0)
 
 
 # Where the alerts' runbook_url points (alerts/thresholds.yaml, runbook_base).

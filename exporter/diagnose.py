@@ -11,6 +11,7 @@ the exact `pg_terminate_backend` statement) and what to change, each tied to the
 from __future__ import annotations
 
 import re
+import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -155,12 +156,17 @@ class Criteria:
 
 
 def gather(
-    conn: psycopg.Connection[Any], query_text: bool = False, query_chars: int = QUERY_CHARS
+    conn: psycopg.Connection[Any],
+    query_text: bool = False,
+    query_chars: int = QUERY_CHARS,
+    budget: float | None = None,
 ) -> Facts:
     """Read everything the report needs in one read-only transaction (one snapshot of the
-    backends). The caller bounds it: statement and lock timeouts are the connection's."""
+    backends). Each statement is bounded by the connection's statement and lock timeouts and,
+    with `budget` (seconds), all of them together: each then gets what is left of it as a
+    transaction-local statement_timeout, so the session's own setting is untouched."""
     params = {"query_text": query_text, "query_chars": query_chars}
-    with conn.transaction(), conn.cursor() as cur:
+    with conn.transaction(), _BudgetCursor(conn, budget) as cur:
         cur.execute("SET TRANSACTION READ ONLY")
         cur.execute(_WHOAMI_SQL)
         role, superuser, reserved_member, sees_all, version = cur.fetchone() or (
@@ -218,6 +224,26 @@ def gather(
         database_limits=database_limits,
         role_limits=role_limits,
     )
+
+
+class _BudgetCursor(psycopg.Cursor[Any]):
+    """A cursor whose statements share one time budget (none: no bound of its own)."""
+
+    def __init__(self, conn: psycopg.Connection[Any], budget: float | None) -> None:
+        super().__init__(conn)
+        self._deadline = None if budget is None else time.monotonic() + budget
+
+    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> _BudgetCursor:
+        if self._deadline is not None:
+            left = self._deadline - time.monotonic()
+            if left <= 0:
+                raise psycopg.errors.QueryCanceled("the diagnosis ran out of its time budget")
+            super().execute(
+                "SELECT set_config('statement_timeout', %s, true)",
+                (f"{max(1, round(left * 1000))}ms",),
+            )
+        super().execute(query, params, **kwargs)
+        return self
 
 
 _PASSWORD_LITERAL = re.compile(r"(password\s+)('(?:[^']|'')*'|\S+)", re.IGNORECASE)

@@ -2,8 +2,9 @@
 
 It borrows the held connection exactly as a scrape does (the pool of one hands it to one user
 at a time, so a page and a scrape take turns; the page waits at most the connect timeout), so
-it works when nobody else can get in and never opens a second connection. Its statements are
-bounded by `sessions_page.timeout` and a watchdog cuts a server that stops answering. One page
+it works when nobody else can get in and never opens a second connection. All its statements
+together are bounded by `sessions_page.timeout` (and each by the target's lock_timeout), and a
+watchdog cuts a server that stops answering. One page
 is built at a time, and a page built less than a second ago is served again: a refresh storm
 from a team of on-call phones costs the server one diagnosis per second at most.
 """
@@ -117,10 +118,11 @@ def _borrow_and_gather(target: TargetScraper, timeout: float, query_text: bool) 
     connection = target.connection
     with (
         connection.connection(timeout=target.target.connect_timeout) as conn,
-        connection.watchdog(conn, timeout * 4 + SILENT_GRACE),
+        connection.watchdog(conn, timeout + SILENT_GRACE),
     ):
-        connection.set_statement_timeout(conn, timeout)
-        return gather(conn, query_text=query_text)
+        # One budget for all the page's statements (transaction-local timeouts): a scrape
+        # waiting for the connection waits at most that long.
+        return gather(conn, query_text=query_text, budget=timeout)
 
 
 def _error_page(name: str, targets: Sequence[TargetScraper], error: str) -> bytes:

@@ -241,9 +241,22 @@ def test_a_locked_catalog_bounds_the_page_and_leaves_the_held_connection_usable(
                 "sessions_page": {"enabled": True, "timeout": "2s"},
             }
         )
-        running.scrape_until(lambda s: s.value("pg_up", target="db") == 1, what="target up")
+        patient = exporter_for(
+            {
+                "targets": [{"name": "db", "dsn": cluster.dsn()}],
+                "settings": {"lock_timeout": "20s", "query_timeout": "20s"},
+                "sessions_page": {"enabled": True, "timeout": "500ms"},
+            }
+        )
+        for exporter in (running, patient):
+            exporter.scrape_until(lambda s: s.value("pg_up", target="db") == 1, what="up")
         with Workload(cluster.dsn()) as w:
             w.hold_lock("pg_catalog.pg_authid")
+            # The page's statements share one budget, whatever the session's timeouts.
+            start = time.monotonic()
+            status, body, _ = http_get(f"{patient.url}/sessions")
+            assert time.monotonic() - start < 3
+            assert status == 200 and "did not answer in 0.5s" in body, body
             start = time.monotonic()
             status, body, _ = http_get(f"{running.url}/sessions")
             assert time.monotonic() - start < 5
@@ -254,8 +267,10 @@ def test_a_locked_catalog_bounds_the_page_and_leaves_the_held_connection_usable(
         success = s.by("pg_connections_exporter_query_success", "query", target="db")
         assert set(success.values()) == {1.0}, success
         time.sleep(1.1)  # past the reuse of the last page
-        status, body, _ = http_get(f"{running.url}/sessions")
-        assert status == 200 and "Holders, biggest first" in body
+        for exporter in (running, patient):
+            status, body, _ = http_get(f"{exporter.url}/sessions")
+            assert status == 200 and "Holders, biggest first" in body
+        assert patient.scrape().value("pg_up", target="db") == 1
     finally:
         cluster.stop()
 

@@ -307,7 +307,7 @@ def _terminate(
         "statement": statement,
         "ended": [
             {"pid": r[0], "user": r[1], "application": r[2], "state": r[3]}
-            for r in rows
+            for r in sorted(rows)
             if r[4] and r[0] in gone
         ],
         "still_present": sorted(set(signalled) - gone),

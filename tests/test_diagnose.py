@@ -4,6 +4,7 @@ compared with pg_stat_activity, a reserved slot on 18, --terminate with filters,
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -334,3 +335,45 @@ def test_full_server_for_the_role_on_15(tmp_path: Path) -> None:
             assert "/sessions page" in result.stderr and "Traceback" not in result.stderr
     finally:
         cluster.stop()
+
+
+def test_terminate_asks_on_a_terminal_and_only_yes_ends(pg: LocalCluster) -> None:
+    """On a terminal --terminate asks first: "n" (or anything but y/yes) ends nothing."""
+    app = f"pty-victim-{pg.port}"
+    args = ["--dsn", pg.dsn(), "--idle-age", "1s", "--application", app, "--terminate"]
+    with Workload(pg.dsn()) as w:
+        victims = {w.open(SessionSpec("idle", application_name=app)).info.backend_pid
+                   for _ in range(2)}  # fmt: skip
+        time.sleep(IDLE_AGE + 0.2)
+
+        def on_terminal(answer: str) -> subprocess.CompletedProcess[str]:
+            primary, secondary = os.openpty()
+            try:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "exporter", "diagnose", *args],
+                    stdin=secondary, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                    text=True, cwd=REPO,
+                )  # fmt: skip
+                os.write(primary, answer.encode() + b"\n")
+                out, err = proc.communicate(timeout=60)
+            finally:
+                os.close(primary)
+                os.close(secondary)
+            return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+        def alive() -> set[int]:
+            with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+                rows = conn.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (app,)
+                ).fetchall()
+            return {r[0] for r in rows}
+
+        declined = on_terminal("n")
+        assert declined.returncode == 1
+        assert "End these 2 session(s)? [y/N]" in declined.stderr
+        assert "not confirmed: nothing was ended" in declined.stderr
+        assert alive() == victims
+        accepted = on_terminal("yes")
+        assert accepted.returncode == 0, accepted.stderr
+        assert f"ended 2 session(s): {' '.join(map(str, sorted(victims)))}" in accepted.stdout
+        assert alive() == set()

@@ -377,3 +377,42 @@ def test_terminate_asks_on_a_terminal_and_only_yes_ends(pg: LocalCluster) -> Non
         assert accepted.returncode == 0, accepted.stderr
         assert f"ended 2 session(s): {' '.join(map(str, sorted(victims)))}" in accepted.stdout
         assert alive() == set()
+
+
+def test_diagnose_a_target_of_the_config_with_its_password_file(tmp_path: Path) -> None:
+    cluster = new_cluster("18", max_connections=20)
+    try:
+        cluster.execute(
+            "CREATE ROLE monitor LOGIN PASSWORD 'mon-pw-123'", "GRANT pg_monitor TO monitor"
+        )
+        cluster.hba_prepend("host all monitor 127.0.0.1/32 scram-sha-256")
+        (tmp_path / "pw").write_text("mon-pw-123\n")
+        config = tmp_path / "config.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "targets": [
+                        {"name": "other", "dsn": "host=/nowhere"},
+                        {
+                            "name": "main",
+                            "dsn": cluster.dsn(user="monitor", host="127.0.0.1"),
+                            "password_file": str(tmp_path / "pw"),
+                        },
+                    ],
+                    "settings": {"query_timeout": "3s"},
+                }
+            )
+        )
+        result = diagnose("--config.file", str(config), "--target", "main")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("pg-connections-exporter diagnose: main (PostgreSQL 18")
+        assert "as monitor, ordinary" in result.stdout
+        assert "mon-pw-123" not in result.stdout + result.stderr
+        ambiguous = diagnose("--config.file", str(config))
+        assert ambiguous.returncode == 2 and "--target is needed" in ambiguous.stderr
+        wrong = tmp_path / "wrong.yaml"
+        wrong.write_text(config.read_text().replace(str(tmp_path / "pw"), str(tmp_path / "none")))
+        result = diagnose("--config.file", str(wrong), "--target", "main")
+        assert result.returncode == 2 and "password_file: cannot read" in result.stderr
+    finally:
+        cluster.stop()

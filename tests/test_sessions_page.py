@@ -17,7 +17,7 @@ import yaml
 
 from exporter.config import DEFAULT_DASHBOARDS, DEFAULT_RUNBOOKS, ConfigError, parse_config
 from exporter.connection import APPLICATION_NAME
-from exporter.localpg import LocalCluster
+from exporter.localpg import LocalCluster, free_port
 from exporter.webconfig import WatchedWebConfig
 from exporter.workload import SessionSpec, Workload
 from tests.browser import chromium, screenshot
@@ -289,3 +289,21 @@ def test_sessions_page_settings_are_validated_and_links_match_the_alerts() -> No
     assert thresholds["runbook_base"] == DEFAULT_RUNBOOKS
     assert DEFAULT_DASHBOARDS.startswith(thresholds["runbook_base"].split("/docs/")[0])
     assert (REPO / "dashboards" / "README.md").exists()
+
+
+def test_the_page_says_why_when_the_target_is_down(exporter_for) -> None:
+    running = exporter_for(
+        {
+            "targets": [
+                {"name": "gone", "dsn": f"host=127.0.0.1 port={free_port()} user=u password=pw-9"}
+            ],
+            "sessions_page": True,
+        }
+    )
+    running.scrape_until(lambda s: s.value("pg_up", target="gone") == 0, what="target down")
+    wait_until(lambda: running.exporter.scraper.targets[0].connection.last_failure, what="failure")
+    status, body, _ = http_get(f"{running.url}/sessions?target=gone")
+    assert status == 200 and "no connection to the target (unreachable)" in body, body
+    assert "pw-9" not in body
+    status, body, _ = http_get(f"{running.url}/")
+    assert "down" in body and "pw-9" not in body

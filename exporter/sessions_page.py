@@ -73,7 +73,12 @@ class SessionsPage:
             recent = self._recent.get(wanted)
             if recent is not None and time.monotonic() - recent[0] < REUSE_SECONDS:
                 return 200, HTML, recent[1], HEADERS
-            body = self._build(config, target, targets)
+            try:
+                body = self._build(config, target, targets)
+            except Exception:
+                # A bug must cost this page, never the exporter's answer to the request.
+                log.exception("sessions page failed", extra={"target": wanted})
+                return 500, "text/plain; charset=utf-8", b"internal error (see the log)\n", {}
             self._recent = {wanted: (time.monotonic(), body)}
             return 200, HTML, body, HEADERS
         finally:

@@ -246,11 +246,15 @@ class _BudgetCursor(psycopg.Cursor[Any]):
         return self
 
 
-_PASSWORD_LITERAL = re.compile(r"(password\s+)('(?:[^']|'')*'|\S+)", re.IGNORECASE)
+# PASSWORD '...' of CREATE/ALTER ROLE (also cut short by the truncation), and password=...
+# in a connection string a query passes on (dblink, postgres_fdw).
+_PASSWORD_LITERAL = re.compile(r"(password\s+)('(?:[^']|'')*(?:'|$)|\S+)", re.IGNORECASE)
+_PASSWORD_PARAMETER = re.compile(r"(password\s*=\s*)([^\s']+)", re.IGNORECASE)
 
 
 def redact_query(text: str) -> str:
-    """A query text with `PASSWORD '...'` literals (CREATE/ALTER ROLE) replaced."""
+    """A query text with its password literals and password= parameters masked."""
+    text = _PASSWORD_PARAMETER.sub(r"\1***", text)
     return _PASSWORD_LITERAL.sub(r"\1'***'", text)
 
 
@@ -398,7 +402,8 @@ def _slots(facts: Facts, clients: Sequence[Session]) -> dict[str, Any]:
         "other_backends": dict(
             Counter(s.backend_type or "unknown" for s in facts.sessions if not s.client_backend)
         ),
-        "hidden": sum(1 for s in clients if s.state is None and not s.own),
+        # Sessions whose state the role may not read (without pg_read_all_stats).
+        "hidden": 0 if facts.sees_all else sum(1 for s in clients if s.state is None and not s.own),
     }
 
 

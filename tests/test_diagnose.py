@@ -16,7 +16,7 @@ import psycopg
 import pytest
 import yaml
 
-from exporter.diagnose import Criteria, Facts, Session, analyze, terminate_statement
+from exporter.diagnose import Criteria, Facts, Session, analyze, redact_query, terminate_statement
 from exporter.diagnose_cli import APPLICATION_NAME
 from exporter.localpg import LocalCluster, free_port
 from exporter.workload import SessionSpec, Workload
@@ -416,3 +416,37 @@ def test_diagnose_a_target_of_the_config_with_its_password_file(tmp_path: Path) 
         assert result.returncode == 2 and "password_file: cannot read" in result.stderr
     finally:
         cluster.stop()
+
+
+def test_query_texts_never_show_a_password(pg: LocalCluster) -> None:
+    role = f"leaky_{pg.port}"
+    app = f"leaky-{pg.port}"
+    with Workload(pg.dsn()) as w:
+        conn = w.connect(SessionSpec(application_name=app))
+        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'leak-me-1'".encode())
+        try:
+            report = diagnose_json("--dsn", pg.dsn(), "--idle-age", "1ms", "--application", app)
+            (row,) = report["candidates"]["sessions"]
+            assert row["query"] == f"CREATE ROLE {role} LOGIN PASSWORD '***'"
+            text = diagnose("--dsn", pg.dsn(), "--idle-age", "1ms", "--application", app)
+            assert "PASSWORD '***'" in text.stdout and "leak-me-1" not in text.stdout
+            hidden = diagnose_json(
+                "--dsn", pg.dsn(), "--idle-age", "1ms", "--application", app, "--no-query-text"
+            )
+            assert hidden["candidates"]["sessions"][0]["query"] is None
+        finally:
+            conn.execute(f"DROP ROLE {role}".encode())
+
+
+@pytest.mark.parametrize(
+    ("query", "shown"),
+    [
+        ("ALTER ROLE a PASSWORD 'x y''z' VALID UNTIL 'x'",
+         "ALTER ROLE a PASSWORD '***' VALID UNTIL 'x'"),
+        ("create role b password 'cut short by trunc", "create role b password '***'"),
+        ("SELECT dblink('password=s3 user=u')", "SELECT dblink('password=*** user=u')"),
+        ("SELECT 'password'", "SELECT 'password'"),
+    ],
+)  # fmt: skip
+def test_redact_query(query: str, shown: str) -> None:
+    assert redact_query(query) == shown

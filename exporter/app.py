@@ -18,7 +18,9 @@ from prometheus_client.registry import CollectorRegistry
 from exporter.collector import ExporterCollector, ReloadStatus
 from exporter.config import Config, ConfigError
 from exporter.http import WebApp, make_server, serve_in_thread
+from exporter.landing import LandingPage, slot_figures
 from exporter.scrape import Scraper
+from exporter.sessions_page import SessionsPage
 from exporter.webconfig import WatchedWebConfig
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,10 @@ class Exporter:
             self.status,
             self.reload if load_config else None,
             web_config,
+            pages={
+                "/": LandingPage(lambda: self.config, self.status, telemetry_path),
+                "/sessions": SessionsPage(lambda: self.config, lambda: self.scraper.targets),
+            },
         )
         self.server = make_server(self.web, listen_host, listen_port)
 
@@ -125,7 +131,18 @@ class Exporter:
                 state, detail = "up", f"server {version // 10000}.{version % 10000}"
             else:
                 state, detail = "down", last.error or ""
-            out.append({"name": t.target.name, "state": state, "detail": detail})
+            figures = slot_figures(last)
+            out.append(
+                {
+                    "name": t.target.name,
+                    "kind": t.target.kind,
+                    "state": state,
+                    "detail": detail,
+                    "used": figures.get("pg_connections_used"),
+                    "max": figures.get("pg_connections_max"),
+                    "utilization": figures.get("pg_connections_utilization_ratio"),
+                }
+            )
         return out
 
 

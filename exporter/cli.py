@@ -24,10 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "command",
         nargs="?",
-        choices=["run", "demo"],
+        choices=["run", "demo", "diagnose"],
         default="run",
         help="run (default): serve metrics; demo: start a throwaway PostgreSQL "
-        "with a synthetic workload and serve its metrics",
+        "with a synthetic workload and serve its metrics; diagnose: report who holds a "
+        "server's connection slots and what to do (see `diagnose --help`)",
     )
     parser.add_argument(
         "--config.file",
@@ -97,6 +98,11 @@ def resolve_config(args: argparse.Namespace) -> Config:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["diagnose"]:
+        from exporter.diagnose_cli import main as diagnose
+
+        return diagnose(argv[1:])
     args = build_parser().parse_args(argv)
     level = "warning" if args.log_level == "warn" else args.log_level
     setup_logging(level, args.log_format)

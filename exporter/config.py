@@ -282,6 +282,39 @@ class CollectorSettings(StrictModel):
     params: dict[str, dict[str, Any]] = {}
 
 
+def _enabled_shorthand(value: Any) -> Any:
+    """`sessions_page: true` is `sessions_page: {enabled: true}`."""
+    return {"enabled": value} if isinstance(value, bool) else value
+
+
+class SessionsPageSettings(StrictModel):
+    """The /sessions page: the diagnosis through each target's held connection (off unless
+    enabled: it shows who is connected from where, to whoever may open the exporter's pages)."""
+
+    enabled: bool = False
+    query_text: bool = False  # query texts can hold data and secrets: off unless asked for
+    idle_age: Duration = Field(600.0, gt=0)
+    long_query_age: Duration = Field(60.0, gt=0)
+    # All the page's statements together; a scrape waiting for the held connection meanwhile
+    # waits at most this long.
+    timeout: Duration = Field(2.0, gt=0)
+
+
+# Where the alerts' runbook_url points (alerts/thresholds.yaml, runbook_base).
+_REPOSITORY = "https://github.com/pg-connections-exporter/pg-connections-exporter/blob/main"
+DEFAULT_RUNBOOKS = f"{_REPOSITORY}/docs/runbooks"
+DEFAULT_DASHBOARDS = f"{_REPOSITORY}/dashboards/README.md"
+
+
+class LinkSettings(StrictModel):
+    """Where the landing page sends an operator: the dashboards (in Grafana when its address is
+    given, else how to install them) and the runbooks."""
+
+    grafana: str | None = None
+    dashboards: str = DEFAULT_DASHBOARDS
+    runbooks: str = DEFAULT_RUNBOOKS
+
+
 class ConfigFile(StrictModel):
     """The top level of a configuration file."""
 
@@ -289,6 +322,10 @@ class ConfigFile(StrictModel):
     settings: Settings = Settings()
     collectors: CollectorSettings = CollectorSettings()
     queries: list[QuerySpec] = []
+    sessions_page: Annotated[SessionsPageSettings, BeforeValidator(_enabled_shorthand)] = (
+        SessionsPageSettings()
+    )
+    links: LinkSettings = LinkSettings()
 
 
 @dataclass(frozen=True)
@@ -321,6 +358,8 @@ class Config:
     settings: Settings
     queries: tuple[QuerySpec, ...]
     source: str
+    sessions_page: SessionsPageSettings = field(default_factory=SessionsPageSettings)
+    links: LinkSettings = field(default_factory=LinkSettings)
 
 
 def expand_env(node: Any, path: str, problems: list[str], source: str) -> Any:
@@ -539,7 +578,14 @@ def parse_config(data: Any, source: str) -> Config:
     queries = _select_queries(spec, source, problems)
     if problems:
         raise ConfigError(problems)
-    return Config(tuple(targets), spec.settings, tuple(queries), source)
+    return Config(
+        tuple(targets),
+        spec.settings,
+        tuple(queries),
+        source,
+        sessions_page=spec.sessions_page,
+        links=spec.links,
+    )
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

@@ -62,15 +62,22 @@ def run_demo(host: str, port: int, telemetry_path: str) -> int:
                 # What a new storefront session would see, every 15 s.
                 "login_check": {"interval": "15s", "dsn": cluster.dsn(user="web", dbname="shop")},
             }
-            config = parse_config({"targets": [target]}, "demo")
+            # The sessions page too: a throwaway server's sessions are nobody's secret.
+            config = parse_config(
+                {"targets": [target], "sessions_page": {"enabled": True, "query_text": True}},
+                "demo",
+            )
             exporter = Exporter(config, host, port, telemetry_path)
             shown = host or "localhost"
             log.info(
-                "demo running: PostgreSQL %s, metrics at http://%s:%d%s (Ctrl-C stops)",
+                "demo running: PostgreSQL %s, metrics at http://%s:%d%s, sessions at "
+                "http://%s:%d/sessions (Ctrl-C stops)",
                 cluster.version_num // 10000,
                 shown,
                 exporter.port,
                 telemetry_path,
+                shown,
+                exporter.port,
             )
             try:
                 exporter.run()

@@ -16,7 +16,7 @@ import logging
 import socket
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
@@ -37,6 +37,9 @@ HANDSHAKE_TIMEOUT = 10.0
 
 # Reloads the configuration; returns the problems that made it refuse one (empty: reloaded).
 Reload = Callable[[], list[str]]
+# A page served at a path (the landing page, /sessions): given the query string, returns
+# status, content type, body and extra headers.
+Page = Callable[[str], tuple[int, str, bytes, dict[str, str]]]
 
 
 class WebApp:
@@ -49,8 +52,10 @@ class WebApp:
         status: Callable[[], list[dict[str, Any]]],
         reload: Reload | None = None,
         web_config: WatchedWebConfig | None = None,
+        pages: Mapping[str, Page] | None = None,
     ) -> None:
         self.registry = registry
+        self.pages = dict(pages or {})
         self.telemetry_path = telemetry_path
         self.status = status
         self.reload = reload
@@ -124,9 +129,12 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if not self._authorized():
             return
-        path = urlsplit(self.path).path
+        url = urlsplit(self.path)
+        path = url.path
         if path == self.web.telemetry_path:
             self._metrics()
+        elif (page := self.web.pages.get(path)) is not None:
+            self._send(*page(url.query))
         elif path == "/":
             self._send(200, "text/html; charset=utf-8", self._landing().encode())
         elif path == "/healthz":

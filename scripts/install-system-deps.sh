@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the programs the tests need that pip cannot: PostgreSQL 15, Prometheus, Alertmanager,
 # pgbouncer, openssl (test certificates), postgres_exporter (the peer benchmarks/scrape_cost.py
-# compares against). Only as root with apt; otherwise the tests that need a missing program
+# compares against), chromium and chromium-driver (the browser the page tests drive). Only as root with apt; otherwise the tests that need a missing program
 # skip, naming it (and fail under CI=true).
 set -euo pipefail
 need=()
@@ -11,6 +11,8 @@ command -v prometheus-alertmanager >/dev/null || need+=(prometheus-alertmanager)
 [ -x /usr/sbin/pgbouncer ] || command -v pgbouncer >/dev/null || need+=(pgbouncer)
 command -v openssl >/dev/null || need+=(openssl)
 [ -x /usr/bin/prometheus-postgres-exporter ] || need+=(prometheus-postgres-exporter)
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
   echo "install-system-deps: not root with apt; missing: ${need[*]} (their tests will skip)" >&2

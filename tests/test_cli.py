@@ -16,7 +16,7 @@ import pytest
 from exporter import __version__
 from exporter.localpg import LocalCluster
 from tests.conftest import require
-from tests.helpers import REPO, wait_until
+from tests.helpers import REPO, http_get, wait_until
 from tests.test_exporter import exporter_backends
 
 
@@ -55,6 +55,9 @@ def test_demo_serves_a_real_workload_and_cleans_up(exporter_process) -> None:
     assert s.value("pg_connections", state="idle in transaction") >= 3
     assert s.value("pg_role_connection_limit", rolname="web") == 40
     assert s.value("pg_connections_login_check_success", target="demo") == 1
+    # The demo turns the sessions page on: the storefront holds the most sessions.
+    status, body, _ = http_get(f"{demo.url}/sessions")
+    assert status == 200 and "Holders, biggest first" in body and "storefront" in body
     assert len(_clusters(tmp)) == 1
     assert demo.stop(signal.SIGINT, timeout=30) == 0
     assert _clusters(tmp) == set(), "the demo left its data directory behind"

@@ -39,6 +39,7 @@ EXPECTED = {
     "PostgresConnectionsFillingUp": {"warning"},
     "PostgresIdleInTransactionTooLong": {"warning", "critical"},
     "PostgresIdleInTransactionHigh": {"warning"},
+    "PostgresLockPileUp": {"warning"},
     "PostgresDatabaseConnectionLimitNear": {"warning"},
     "PostgresRoleConnectionLimitNear": {"warning"},
     "PostgresLongRunningQueries": {"warning"},

@@ -154,8 +154,8 @@ def _holders_line(title: str, metric: str, label: str, reclaimable: str, iit: bo
         "{{ if or $r $t }} ({{ with $r }}{{ . | first | value }} idle >{{ $age }}{{ end }}"
         "{{ if and $r $t }}; {{ end }}"
         "{{ with $t }}{{ . | first | value }} idle in transaction"
-        "{{ with query (printf `pg_connections_idle_in_transaction_oldest_seconds{%s,"
-        " application_name=%q}` $sel $n) }}, oldest {{ " + _duration("(. | first | value)") + " }}"
+        "{{ with query (printf `round(pg_connections_idle_in_transaction_oldest_seconds{%s,"
+        " application_name=%q})` $sel $n) }}, oldest {{ " + _duration("(. | first | value)") + " }}"
         "{{ end }}{{ end }}){{ end }}{{ end }}"
     )
 
@@ -220,7 +220,8 @@ def idle_in_transaction_holders(job: str) -> str:
     """The application holding the oldest idle-in-transaction session, and its age."""
     return (
         _sel(job) + "{{ with query (printf `sort_desc(topk(1,"
-        " pg_connections_idle_in_transaction_oldest_seconds{%s}))` $sel) }}{{ with first . }}"
+        " round(pg_connections_idle_in_transaction_oldest_seconds{%s})))` $sel) }}"
+        "{{ with first . }}"
         "\nOldest: " + _name(".", "application_name") + ", idle in transaction for"
         " {{ " + _duration(".Value") + " }}"
         "{{ with query (printf `sum(pg_connections_by_application{%s, application_name=%q,"
@@ -238,8 +239,8 @@ def idle_in_transaction_apps(job: str) -> str:
         ' (pg_connections_by_application{%s, state=~"idle in transaction.*"}) > 0))` $sel) }}'
         "{{ if $i }}, {{ else }}\nApps: {{ end }}" + _name("$h", "application_name") + " "
         "{{ $h.Value }}"
-        "{{ with query (printf `pg_connections_idle_in_transaction_oldest_seconds{%s,"
-        ' application_name=%q}` $sel (index $h.Labels "application_name")) }}'
+        "{{ with query (printf `round(pg_connections_idle_in_transaction_oldest_seconds{%s,"
+        ' application_name=%q})` $sel (index $h.Labels "application_name")) }}'
         " (oldest {{ " + _duration("(. | first | value)") + " }}){{ end }}"
         "{{ end }}"
     )

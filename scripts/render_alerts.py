@@ -193,9 +193,7 @@ def saturation_holders(job: str) -> str:
         False,
     )
     return (
-        _sel(job)
-        + "{{ if query (printf `pg_connections_by_application{%s}` $sel) }}"
-        + "{{ with query (printf `pg_connections_used{%s}` $sel) }}"
+        _sel(job) + "{{ if $age }}" + "{{ with query (printf `pg_connections_used{%s}` $sel) }}"
         "\n{{ . | first | value }}"
         f"{{{{ with query (printf `{SLOTS}{{%s}}` $sel) }}}}"
         " of {{ . | first | value }}{{ end }}"
@@ -206,12 +204,16 @@ def saturation_holders(job: str) -> str:
         + users
         + clients
         + _blockers_line(2)
-        + "{{ with query (printf `sort_desc(topk(1, pg_connections_reclaimable_by_application{%s}"
-        " > 0))` $sel) }}{{ with first . }}\nDo: terminate the sessions of "
+        + "{{ $top := query (printf `sort_desc(topk(1,"
+        " pg_connections_reclaimable_by_application{%s} > 0))` $sel) }}"
+        "{{ $blocked := query (printf `pg_connections_blocked_by_application{%s} > 0` $sel) }}"
+        "{{ with $top }}{{ with first . }}\nDo: terminate the sessions of "
         + _name(".", "application_name")
         + " idle >{{ $age }} (connection-recovery.md step 2).{{ end }}{{ end }}"
-        "{{ if query (printf `pg_connections_blocked_by_application{%s} > 0` $sel) }}"
+        "{{ if $blocked }}"
         "\nDo: end the blockers, not their waiters (connection-recovery.md step 3).{{ end }}"
+        "{{ if not (or $top $blocked) }}\nDo: nothing is idle >{{ $age }}: stop what keeps"
+        " opening connections (connection-recovery.md step 5).{{ end }}"
         "{{ end }}"
     )
 

@@ -206,3 +206,31 @@ def test_reclaimable_age_takes_a_duration_and_refuses_nonsense() -> None:
     assert "c.yml: collectors.params.connections.reclaimable_idle_age: expected a duration" in (
         str(err.value)
     )
+
+
+def test_a_prepared_transaction_is_named_as_the_blocker(exporter_for) -> None:
+    """pg_blocking_pids names a prepared transaction as pid 0: no session to terminate, so the
+    blocker is application_name="prepared transaction" (COMMIT or ROLLBACK PREPARED it)."""
+    cluster = new_cluster("15", max_connections=20, max_prepared_transactions=2)
+    try:
+        cluster.execute("CREATE TABLE held (x int)")
+        with psycopg.connect(cluster.dsn()) as conn:
+            conn.execute("LOCK TABLE held IN ACCESS EXCLUSIVE MODE")
+            conn.execute("PREPARE TRANSACTION 'forgotten'")
+        try:
+            with Workload(cluster.dsn()) as w:
+                w.wait_for_lock("held", SessionSpec("active", application_name="victim"))
+                running = exporter_for(config(cluster.dsn()))
+                s = running.scrape_until(
+                    lambda s: s.get("pg_connections_blockers") == 1, what="the blocker"
+                )
+                assert s.by("pg_connections_blockers_by_application", "application_name") == {
+                    "prepared transaction": 1
+                }
+                assert s.by("pg_connections_blocked_by_application", "application_name") == {
+                    "prepared transaction": 1
+                }
+        finally:
+            cluster.execute("ROLLBACK PREPARED 'forgotten'")
+    finally:
+        cluster.stop()

@@ -466,12 +466,11 @@ def _pgbouncer_conninfo(conninfo: str, where: str, problems: list[str]) -> str:
 def _seconds_params(
     defaults: dict[str, Any], overrides: dict[str, Any], where: str, problems: list[str]
 ) -> dict[str, Any]:
-    """Overrides of parameters whose built-in default is a number of seconds also take a
-    duration (`10m`); anything else there is a problem, not a failing query at every scrape."""
+    """Parameters named `*_age` are seconds and also take a duration (`10m`); anything else
+    there is a problem at load time, not a failing query at every scrape."""
     taken = dict(overrides)
     for key, value in overrides.items():
-        default = defaults.get(key)
-        if isinstance(default, bool) or not isinstance(default, int | float):
+        if not key.endswith("_age") or key not in defaults:
             continue
         try:
             taken[key] = parse_duration(value)

@@ -502,6 +502,22 @@ def _pgbouncer_conninfo(conninfo: str, where: str, problems: list[str]) -> str:
     return conninfo
 
 
+def _seconds_params(
+    defaults: dict[str, Any], overrides: dict[str, Any], where: str, problems: list[str]
+) -> dict[str, Any]:
+    """Parameters named `*_age` are seconds and also take a duration (`10m`); anything else
+    there is a problem at load time, not a failing query at every scrape."""
+    taken = dict(overrides)
+    for key, value in overrides.items():
+        if not key.endswith("_age") or key not in defaults:
+            continue
+        try:
+            taken[key] = parse_duration(value)
+        except ValueError as exc:
+            problems.append(f"{where}.{key}: {exc}")
+    return taken
+
+
 def _select_queries(spec: ConfigFile, source: str, problems: list[str]) -> list[QuerySpec]:
     builtins = {q.name: q for q in builtin_queries()}
     for i, name in enumerate(spec.collectors.disable):
@@ -522,6 +538,9 @@ def _select_queries(spec: ConfigFile, source: str, problems: list[str]) -> list[
                     f"{source}: collectors.params.{name}.{key}: query {name} has no "
                     f"parameter {key!r}"
                 )
+            overrides = _seconds_params(
+                query.params, overrides, f"{source}: collectors.params.{name}", problems
+            )
             try:
                 query = QuerySpec.model_validate(
                     {**query.model_dump(), "params": {**query.params, **overrides}}

@@ -53,6 +53,7 @@ ALERTS = (
     "PostgresConnectionsFillingUp",
     "PostgresIdleInTransactionTooLong",
     "PostgresIdleInTransactionHigh",
+    "PostgresLockPileUp",
     "PostgresDatabaseConnectionLimitNear",
     "PostgresRoleConnectionLimitNear",
     "PostgresLongRunningQueries",
@@ -99,6 +100,166 @@ def _block(text: str) -> str:
     return "\n".join(x[indent:] for x in lines) + "\n"
 
 
+# --- annotations that name the holders ------------------------------------------------------
+#
+# Prometheus expands these Go templates when it evaluates the alert, querying its own data
+# (`query`), so a notification says who holds the slots at that moment. Each block renders to
+# nothing when the target has no such metrics (an older exporter), leaving the description as
+# it was. Lines are short, biggest first: they are read on a phone.
+
+TOP = 3  # holders named per line
+SLOTS = "target:pg_connections_slots:ordinary"  # the recording rule of the ordinary slots
+
+
+def _duration(value: str) -> str:
+    """`14m` rather than humanizeDuration's `14m 0s`."""
+    return f'reReplaceAll "( 0[hms])+$" "" ({value} | humanizeDuration)'
+
+
+def _sel(job: str) -> str:
+    """Defines $sel, the selector of the alert's target, and $age, the reclaimable age."""
+    return (
+        f'{{{{ $sel := printf "job=%q, instance=%q, target=%q" "{job}" $labels.instance'
+        " $labels.target }}"
+        '{{ $age := "" }}'
+        "{{ with query (printf `pg_connections_reclaimable_idle_age_seconds{%s}` $sel) }}"
+        f"{{{{ $age = {_duration('(. | first | value)')} }}}}"
+        "{{ end }}"
+    )
+
+
+def _name(sample: str, label: str) -> str:
+    """A holder's name from the sample `sample` ("." or a variable); "(none)" when empty."""
+    labels = ".Labels" if sample == "." else f"{sample}.Labels"
+    return f'{{{{ or (index {labels} "{label}") "(none)" }}}}'
+
+
+def _holders_line(title: str, metric: str, label: str, reclaimable: str, iit: bool) -> str:
+    """`Title: a 41 (33 idle >10m), b 9 (6 idle in transaction, oldest 14m), c 2`: the TOP
+    holders by connections, with their reclaimable part (and, for applications, their
+    idle-in-transaction sessions)."""
+    text = (
+        f"{{{{ range $i, $h := query (printf `sort_desc(topk({TOP}, sum by ({label}) "
+        f"({metric}{{%s}})))` $sel) }}}}"
+        f"{{{{ if $i }}}}, {{{{ else }}}}\n{title}: {{{{ end }}}}{_name('$h', label)} "
+        "{{ $h.Value }}"
+        f'{{{{ $n := index $h.Labels "{label}" }}}}'
+        f"{{{{ $r := query (printf `sum({reclaimable}{{%s, {label}=%q}}) > 0` $sel $n) }}}}"
+    )
+    if not iit:
+        return text + "{{ with $r }} ({{ . | first | value }} idle >{{ $age }}){{ end }}{{ end }}"
+    return (
+        text + "{{ $t := query (printf `sum(pg_connections_by_application{%s, application_name=%q,"
+        ' state=~"idle in transaction.*"}) > 0` $sel $n) }}'
+        "{{ if or $r $t }} ({{ with $r }}{{ . | first | value }} idle >{{ $age }}{{ end }}"
+        "{{ if and $r $t }}; {{ end }}"
+        "{{ with $t }}{{ . | first | value }} idle in transaction"
+        "{{ with query (printf `round(pg_connections_idle_in_transaction_oldest_seconds{%s,"
+        " application_name=%q})` $sel $n) }}, oldest {{ " + _duration("(. | first | value)") + " }}"
+        "{{ end }}{{ end }}){{ end }}{{ end }}"
+    )
+
+
+def _blockers_line(top: int) -> str:
+    return (
+        f"{{{{ range $i, $b := query (printf `sort_desc(topk({top}, "
+        "pg_connections_blocked_by_application{%s} > 0))` $sel) }}"
+        "{{ if $i }}, {{ else }}\nBlocking: {{ end }}"
+        + _name("$b", "application_name")
+        + " ({{ with query (printf `pg_connections_blockers_by_application{%s,"
+        ' application_name=%q}` $sel (index $b.Labels "application_name")) }}'
+        "{{ . | first | value }}{{ end }} session(s)) blocks {{ $b.Value }}"
+        "{{ end }}"
+    )
+
+
+def saturation_holders(job: str) -> str:
+    """Who holds the slots of the alert's target, what is reclaimable, and what to do."""
+    apps = _holders_line(
+        "Apps",
+        "pg_connections_by_application",
+        "application_name",
+        "pg_connections_reclaimable_by_application",
+        iit=True,
+    )
+    users = _holders_line(
+        "Users", "pg_connections_by_user", "usename", "pg_connections_reclaimable_by_user", False
+    )
+    clients = _holders_line(
+        "Clients",
+        "pg_connections_by_client",
+        "client_addr",
+        "pg_connections_reclaimable_by_client",
+        False,
+    )
+    return (
+        _sel(job) + "{{ if $age }}" + "{{ with query (printf `pg_connections_used{%s}` $sel) }}"
+        "\n{{ . | first | value }}"
+        f"{{{{ with query (printf `{SLOTS}{{%s}}` $sel) }}}}"
+        " of {{ . | first | value }}{{ end }}"
+        " slots in use"
+        "{{ with query (printf `pg_connections_reclaimable{%s}` $sel) }}"
+        ", {{ . | first | value }} idle >{{ $age }} (reclaimable){{ end }}.{{ end }}"
+        + apps
+        + users
+        + clients
+        + _blockers_line(2)
+        + "{{ $top := query (printf `sort_desc(topk(1,"
+        " pg_connections_reclaimable_by_application{%s} > 0))` $sel) }}"
+        "{{ $blocked := query (printf `pg_connections_blocked_by_application{%s} > 0` $sel) }}"
+        "{{ with $top }}{{ with first . }}\nDo: terminate the sessions of "
+        + _name(".", "application_name")
+        + " idle >{{ $age }} (connection-recovery.md step 2).{{ end }}{{ end }}"
+        "{{ if $blocked }}"
+        "\nDo: end the blockers, not their waiters (connection-recovery.md step 3).{{ end }}"
+        "{{ if not (or $top $blocked) }}\nDo: nothing is idle >{{ $age }}: stop what keeps"
+        " opening connections (connection-recovery.md step 5).{{ end }}"
+        "{{ end }}"
+    )
+
+
+def idle_in_transaction_holders(job: str) -> str:
+    """The application holding the oldest idle-in-transaction session, and its age."""
+    return (
+        _sel(job) + "{{ with query (printf `sort_desc(topk(1,"
+        " round(pg_connections_idle_in_transaction_oldest_seconds{%s})))` $sel) }}"
+        "{{ with first . }}"
+        "\nOldest: " + _name(".", "application_name") + ", idle in transaction for"
+        " {{ " + _duration(".Value") + " }}"
+        "{{ with query (printf `sum(pg_connections_by_application{%s, application_name=%q,"
+        ' state=~"idle in transaction.*"})` $sel (index .Labels "application_name")) }}'
+        " ({{ . | first | value }} session(s) of it idle in transaction){{ end }}."
+        "\nDo: end that application's idle-in-transaction sessions (connection-recovery.md step 4)."
+        "{{ end }}{{ end }}"
+    )
+
+
+def idle_in_transaction_apps(job: str) -> str:
+    """The applications with the most idle-in-transaction sessions, with their oldest."""
+    return (
+        _sel(job) + "{{ range $i, $h := query (printf `sort_desc(topk(3, sum by (application_name)"
+        ' (pg_connections_by_application{%s, state=~"idle in transaction.*"}) > 0))` $sel) }}'
+        "{{ if $i }}, {{ else }}\nApps: {{ end }}" + _name("$h", "application_name") + " "
+        "{{ $h.Value }}"
+        "{{ with query (printf `round(pg_connections_idle_in_transaction_oldest_seconds{%s,"
+        ' application_name=%q})` $sel (index $h.Labels "application_name")) }}'
+        " (oldest {{ " + _duration("(. | first | value)") + " }}){{ end }}"
+        "{{ end }}"
+    )
+
+
+def blocker_holders(job: str) -> str:
+    """Who blocks the waiting sessions of a lock pile-up."""
+    return (
+        _sel(job)
+        + _blockers_line(TOP)
+        + "{{ with query (printf `sort_desc(topk(1, pg_connections_blocked_by_application{%s}"
+        " > 0))` $sel) }}{{ with first . }}\nDo: end the blocking session(s) of "
+        + _name(".", "application_name")
+        + ", not their waiters (connection-recovery.md step 3).{{ end }}{{ end }}"
+    )
+
+
 def render_groups(t: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The rule groups (recording rules first, then the alerts) for the given thresholds."""
     job = t["job"]
@@ -112,7 +273,7 @@ def render_groups(t: Mapping[str, Any]) -> list[dict[str, Any]]:
         raise ValueError("PostgresConnectionsHigh and ...Critical share one smoothing window")
     smoothing = duration(high["smoothing"])
     util_avg = f"target:pg_connections_utilization:avg{smoothing}"
-    slots = "target:pg_connections_slots:ordinary"
+    slots = SLOTS
     iit_ratio = "target:pg_connections_idle_in_transaction:ratio"
     db_ratio = "target:pg_database_connection_limit:ratio"
     role_ratio = "target:pg_role_connection_limit:ratio"
@@ -178,6 +339,7 @@ def render_groups(t: Mapping[str, Any]) -> list[dict[str, Any]]:
         summary: str,
         description: str,
         for_: str | None = None,
+        holders: str = "",
     ) -> dict[str, Any]:
         return {
             "alert": name,
@@ -186,7 +348,7 @@ def render_groups(t: Mapping[str, Any]) -> list[dict[str, Any]]:
             "labels": {"severity": severity},
             "annotations": {
                 "summary": summary,
-                "description": _block(description).rstrip("\n").replace("\n", " "),
+                "description": _block(description).rstrip("\n").replace("\n", " ") + holders,
                 "runbook_url": f"{runbook}/{name}.md",
             },
         }
@@ -205,6 +367,7 @@ def render_groups(t: Mapping[str, Any]) -> list[dict[str, Any]]:
         f'pg_connections_max_state_duration_seconds{{{sel}, state=~"idle in transaction.*"}}'
     )
     iit_high = a["PostgresIdleInTransactionHigh"]
+    pile_up = a["PostgresLockPileUp"]
     db_near = a["PostgresDatabaseConnectionLimitNear"]
     role_near = a["PostgresRoleConnectionLimitNear"]
     long_q = a["PostgresLongRunningQueries"]
@@ -299,6 +462,7 @@ def render_groups(t: Mapping[str, Any]) -> list[dict[str, Any]]:
             {where}: {{{{ $value | humanizePercentage }}}} of the connection slots open to
             ordinary roles are in use ({smoothing} average), above {pct(high["utilization"])}.
             """,
+            holders=saturation_holders(job),
         ),
         alert(
             "PostgresConnectionsCritical",
@@ -310,6 +474,7 @@ def render_groups(t: Mapping[str, Any]) -> list[dict[str, Any]]:
             ordinary roles are in use ({smoothing} average), above {pct(crit["utilization"])}.
             At 100% new clients get "sorry, too many clients already".
             """,
+            holders=saturation_holders(job),
         ),
         alert(
             "PostgresConnectionsExhausted",
@@ -321,6 +486,7 @@ def render_groups(t: Mapping[str, Any]) -> list[dict[str, Any]]:
             within every {exhausted["window"]} for {exhausted["for"]}: only superuser (and
             pg_use_reserved_connections) sessions can still connect.
             """,
+            holders=saturation_holders(job),
         ),
         alert(
             "PostgresConnectionsRejected",
@@ -342,6 +508,7 @@ def render_groups(t: Mapping[str, Any]) -> list[dict[str, Any]]:
             }}}}the exporter's login check fails (pg_connections_login_check_success =
             {{{{ $value }}}}).{{{{ end }}}}
             """,
+            holders=saturation_holders(job),
         ),
         alert(
             "PostgresConnectionsLoginCheckFailing",
@@ -376,6 +543,7 @@ def render_groups(t: Mapping[str, Any]) -> list[dict[str, Any]]:
             utilization reaches {{{{ $value | humanizePercentage }}}} within
             {filling["horizon"]} (it is above {pct(filling["min_utilization"])} now).
             """,
+            holders=saturation_holders(job),
         ),
         *(
             alert(
@@ -390,6 +558,7 @@ def render_groups(t: Mapping[str, Any]) -> list[dict[str, Any]]:
                 and vacuum.
                 """,
                 iit_long["for"],
+                holders=idle_in_transaction_holders(job),
             )
             for severity, how_long in (("warning", "long"), ("critical", "very long"))
         ),
@@ -403,6 +572,18 @@ def render_groups(t: Mapping[str, Any]) -> list[dict[str, Any]]:
             ordinary roles are held by sessions idle in a transaction (over
             {pct(iit_high["ratio"])}).
             """,
+            holders=idle_in_transaction_apps(job),
+        ),
+        alert(
+            "PostgresLockPileUp",
+            f'pg_connections_waiting{{{sel}, wait_event_type="Lock"}} >= {pile_up["waiting"]}',
+            "warning",
+            "PostgreSQL sessions are piling up behind a lock.",
+            f"""
+            {where}: {{{{ $value }}}} sessions wait on a lock (at least {pile_up["waiting"]}):
+            each holds its slot until the lock is released, so a pile-up fills the server.
+            """,
+            holders=blocker_holders(job),
         ),
         alert(
             "PostgresDatabaseConnectionLimitNear",

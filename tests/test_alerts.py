@@ -39,6 +39,7 @@ EXPECTED = {
     "PostgresConnectionsFillingUp": {"warning"},
     "PostgresIdleInTransactionTooLong": {"warning", "critical"},
     "PostgresIdleInTransactionHigh": {"warning"},
+    "PostgresLockPileUp": {"warning"},
     "PostgresDatabaseConnectionLimitNear": {"warning"},
     "PostgresRoleConnectionLimitNear": {"warning"},
     "PostgresLongRunningQueries": {"warning"},
@@ -248,3 +249,16 @@ def test_vector_matching_names_job_and_instance() -> None:
             labels = {x.strip() for x in clause.split(",")}
             assert {"job", "instance"} <= labels, (rule.get("alert") or rule["record"], clause)
     assert clauses >= 5
+
+
+SATURATION = ("High", "Critical", "Exhausted", "Rejected", "FillingUp")
+
+
+@pytest.mark.parametrize("name", [f"PostgresConnections{s}" for s in SATURATION])
+def test_saturation_alerts_name_the_holders(name: str) -> None:
+    """Each saturation alert's description carries the holder lines that
+    alerts/tests/holders_test.yml renders for Critical, Exhausted and High (one template)."""
+    (rule,) = [r for r in alerts() if r["alert"] == name]
+    description = rule["annotations"]["description"]
+    for needle in ("\nApps: ", "\nUsers: ", "\nClients: ", "\nBlocking: ", "step 2).", "step 3)."):
+        assert needle in description, (name, needle)

@@ -104,6 +104,8 @@ def alertmanager_config(hook: Webhook) -> dict[str, Any]:
     """The example config with each receiver pointed at the test's webhook (path = receiver
     name) and the timings shortened to seconds; routes and inhibitions are the example's."""
     config = yaml.safe_load((REPO / "alerts" / "alertmanager.example.yml").read_text())
+    # The notification templates, found where the example sits (paths are relative to it).
+    config["templates"] = [str(REPO / "alerts" / t) for t in config.get("templates", [])]
     config["receivers"] = [
         {"name": r["name"], "webhook_configs": [{"url": f"{hook.url}/{r['name']}"}]}
         for r in config["receivers"]

@@ -141,6 +141,8 @@ def test_every_panel_against_prometheus(exporter_for, pgbouncer_for) -> None:
                     {"name": "bouncer", "kind": "pgbouncer", "dsn": bouncer.dsn()},
                 ],
                 "queries": [BROKEN_QUERY],
+                # Idle sessions count as reclaimable after 1 s (10 minutes by default).
+                "collectors": {"params": {"connections": {"reclaimable_idle_age": 1}}},
             }
         )
         instance = f"127.0.0.1:{running.exporter.port}"
@@ -176,6 +178,7 @@ def run_checks(prom: PrometheusServer, workload: Workload, instance: str) -> Non
             'pg_connections{target="busy", state="active"}': BY_STATE["active"],
             'pg_connections_waiting{target="busy", wait_event_type="Lock"}': 1,
             'pg_connections_used{target="busy"}': USED,
+            'pg_connections_reclaimable{target="busy"}': BY_STATE["idle"],
             'pg_connections_used{target="quiet"}': 2,  # the exporter and PgBouncer's server
             'pgbouncer_pool_server_idle_connections{target="bouncer", database="app"}': 1,
             'count(ALERTS{alertstate="firing"})': 1,
@@ -217,6 +220,7 @@ def run_checks(prom: PrometheusServer, workload: Workload, instance: str) -> Non
     check_overview(results[OVERVIEW_UID], elapsed)
     check_overview_pgbouncer(results[OVERVIEW_UID])
     check_fleet(results[FLEET_UID], elapsed)
+    check_reclaimable(results[OVERVIEW_UID], elapsed)
 
 
 Result = dict[tuple[str, str], list[tuple[dict[str, str], float]]]
@@ -490,3 +494,45 @@ def _check_buckets(buckets: dict[str, float], total: float) -> None:
 
 def _fail() -> None:
     raise AssertionError("unexpected result")
+
+
+def check_reclaimable(r: Result, elapsed: float) -> None:
+    """The "Reclaimable now" row: every idle session of the workload is idle past the 1 s age
+    of this exporter; the locker blocks the waiter."""
+    uid = OVERVIEW_UID
+
+    def eq(title: str, ref: str, want: Any, *labels: str) -> None:
+        def check(samples: Any) -> None:
+            got = by(samples, *labels) if labels else [v for _m, v in samples]
+            assert got == want, f"got {got}, want {want}"
+
+        expect(r, uid, title, ref, check)
+
+    eq("Reclaimable now", "A", [BY_STATE["idle"]])
+    eq("Reclaimable now", "B", [USED])
+    eq("Idle for longer than", "A", [1])
+    eq(
+        "Reclaimable by application",
+        "A",
+        {"web": 6, "batch": 4, "reporting": 3},
+        "application_name",
+    )
+    eq("Reclaimable by user", "A", {"postgres": 10, "reporter": 3}, "usename")
+    eq("Reclaimable by client address", "A", {"127.0.0.1": 6, "local": 7}, "client_addr")
+    eq("Blockers", "A", {"locker": 1}, "application_name")
+    eq("Blockers", "B", {"locker": 1}, "application_name")
+    idle_tx = {"web": 3, "batch": 1, "locker": 1}
+    eq("Idle in transaction by application", "A", idle_tx, "application_name")
+    expect(
+        r,
+        uid,
+        "Idle in transaction by application",
+        "B",
+        lambda s: (
+            (
+                set(by(s, "application_name")) == set(idle_tx)
+                and all(0 < v <= elapsed for v in by(s, "application_name").values())
+            )
+            or _fail()
+        ),
+    )

@@ -18,7 +18,9 @@ from prometheus_client.registry import CollectorRegistry
 from exporter.collector import ExporterCollector, ReloadStatus
 from exporter.config import Config, ConfigError
 from exporter.http import WebApp, make_server, serve_in_thread
+from exporter.probe import Probes, ProbeSelfCollector
 from exporter.scrape import Scraper
+from exporter.targetfiles import TargetFilesWatcher
 from exporter.webconfig import WatchedWebConfig
 
 log = logging.getLogger(__name__)
@@ -45,12 +47,21 @@ class Exporter:
         self.registry = CollectorRegistry(auto_describe=False)
         self._web_config = web_config
         self.registry.register(ExporterCollector(self.scraper, self._reload_status_now))
+        self.probes = Probes(self.scraper)
+        self.registry.register(ProbeSelfCollector(self.probes))
+        self.target_files = TargetFilesWatcher(
+            lambda: self.config.target_files,
+            lambda: self.config.settings.target_files_refresh,
+            self.reload,
+        )
         self.web = WebApp(
             self.registry,
             telemetry_path,
             self.status,
             self.reload if load_config else None,
             web_config,
+            self.probes.collector,
+            self.probes.summary,
         )
         self.server = make_server(self.web, listen_host, listen_port)
 
@@ -60,6 +71,9 @@ class Exporter:
 
     def start(self) -> None:
         self.scraper.open()
+        self.probes.start()
+        if self._load_config is not None:
+            self.target_files.start()
         serve_in_thread(self.server)
         log.info(
             "listening",
@@ -72,6 +86,8 @@ class Exporter:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+        self.target_files.stop()
+        self.probes.close()
         self.scraper.close()
 
     def _reload_status_now(self) -> ReloadStatus:
@@ -126,7 +142,7 @@ class Exporter:
             else:
                 state, detail = "down", last.error or ""
             out.append({"name": t.target.name, "state": state, "detail": detail})
-        return out
+        return out + self.probes.status()
 
 
 class _SignalInbox:

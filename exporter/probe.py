@@ -272,13 +272,14 @@ class Probes:
     def collector(self, params: Mapping[str, list[str]]) -> Collector:
         """What to render for these query parameters; ProbeRefused (a 4xx) if nothing."""
         targets = params.get("target", [])
-        modules = params.get("auth_module", [])
+        # `module` too: the Prometheus Operator's Probe (and blackbox_exporter) name it so.
+        modules = params.get("auth_module", []) + params.get("module", [])
         if len(targets) != 1 or len(modules) > 1:
             raise self.dynamic.refuse(
                 400, "bad_request", "give one target= (and at most one auth_module=): "
                 "/probe?target=NAME or /probe?target=HOST[:PORT][/DB]&auth_module=NAME"
             )  # fmt: skip
-        unknown = sorted(set(params) - {"target", "auth_module"})
+        unknown = sorted(set(params) - {"target", "auth_module", "module"})
         if unknown:
             raise self.dynamic.refuse(
                 400, "bad_request", f"unknown parameter(s) {', '.join(unknown)}: "

@@ -122,7 +122,8 @@ def test_probe_of_a_configured_target_is_its_part_of_metrics(
     [
         ({"target": "nope"}, 404, "no configured target named 'nope'"),
         ({}, 400, "give one target="),
-        ({"target": "main", "module": "x"}, 400, "unknown parameter(s) module"),
+        ({"target": "main", "modul": "x"}, 400, "unknown parameter(s) modul"),
+        ({"target": "main", "module": "x", "auth_module": "y"}, 400, "at most one auth_module"),
         ({"target": "127.0.0.1:5432", "auth_module": "ghost"}, 404, "auth_module 'ghost'"),
         ({"target": "127.0.0.1:99999", "auth_module": "mon"}, 400, "port"),
         ({"target": "a b", "auth_module": "mon"}, 400, "spaces or control characters"),

@@ -101,7 +101,8 @@ class Contender:
             self.rounds += 1
 
     def cpu_ms_per_server(self) -> float:
-        return 1000 * self.cpu / max(1, self.rounds * self.servers_per_round)
+        covered = self.rounds * len(self.paths) * self.servers_per_round
+        return 1000 * self.cpu / max(1, covered)
 
     def close(self) -> None:
         self.http.close()

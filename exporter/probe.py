@@ -142,10 +142,8 @@ class DynamicTargets:
         module = config.auth_modules.get(module_name)
         if module is None:
             known = ", ".join(sorted(config.auth_modules)) or "none configured"
-            raise self.refuse(
-                404, "unknown_auth_module", f"auth_module {module_name!r} is not in the config "
-                f"(auth_modules: {known})"
-            )  # fmt: skip
+            message = f"auth_module {module_name!r} is not in the config (auth_modules: {known})"
+            raise self.refuse(404, "unknown_auth_module", message)
         try:
             address = parse_probe_target(target_text)
         except BadTarget as exc:
@@ -153,23 +151,27 @@ class DynamicTargets:
         refusal = config.allowed_hosts.refusal(address.host)
         if refusal is not None:
             raise self.refuse(403, "not_allowed", f"target refused, nothing connected: {refusal}")
-        return self._take(module_name, address, config)
+        held = self._take(module_name, address, config)
+        if held is None:
+            limit = config.probe.max_targets
+            message = (
+                f"this exporter already holds {limit} probe targets (probe.max_targets); "
+                "one not probed for probe.idle_timeout is closed"
+            )
+            raise self.refuse(503, "limit", message)
+        return held
 
-    def _take(self, module_name: str, address: ProbeAddress, config: Config) -> _Held:
+    def _take(self, module_name: str, address: ProbeAddress, config: Config) -> _Held | None:
+        """The held target (made if new), or None if a new one would exceed the cap."""
         key = (module_name, address)
         retired: TargetScraper | None = None
         with self._lock:
             held = self._held.get(key)
             if held is None:
-                limit = config.probe.max_targets
-                if len(self._held) >= limit:
-                    self.refusals["limit"] += 1
-                    raise ProbeRefused(
-                        503, "limit", f"this exporter already holds {limit} probe targets "
-                        "(probe.max_targets); an idle one is closed after probe.idle_timeout"
-                    )  # fmt: skip
-                held = _Held(module_name, address, _scraper(config, module_name, address), config,
-                             time.monotonic())  # fmt: skip
+                if len(self._held) >= config.probe.max_targets:
+                    return None
+                scraper = _scraper(config, module_name, address)
+                held = _Held(module_name, address, scraper, config, time.monotonic())
                 self._held[key] = held
                 held.scraper.open()
                 log.info("probe target added", extra={"target": held.scraper.target.name})
@@ -275,16 +277,17 @@ class Probes:
         # `module` too: the Prometheus Operator's Probe (and blackbox_exporter) name it so.
         modules = params.get("auth_module", []) + params.get("module", [])
         if len(targets) != 1 or len(modules) > 1:
-            raise self.dynamic.refuse(
-                400, "bad_request", "give one target= (and at most one auth_module=): "
-                "/probe?target=NAME or /probe?target=HOST[:PORT][/DB]&auth_module=NAME"
-            )  # fmt: skip
+            message = (
+                "give one target= (and at most one auth_module=): /probe?target=NAME or "
+                "/probe?target=HOST[:PORT][/DB]&auth_module=NAME"
+            )
+            raise self.dynamic.refuse(400, "bad_request", message)
         unknown = sorted(set(params) - {"target", "auth_module", "module"})
         if unknown:
-            raise self.dynamic.refuse(
-                400, "bad_request", f"unknown parameter(s) {', '.join(unknown)}: "
-                "/probe takes target and auth_module"
-            )  # fmt: skip
+            message = (
+                f"unknown parameter(s) {', '.join(unknown)}: /probe takes target and auth_module"
+            )
+            raise self.dynamic.refuse(400, "bad_request", message)
         target = targets[0]
         if modules:
             held = self.dynamic.admit(modules[0], target)

@@ -16,6 +16,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from exporter.config import parse_config
 from exporter.connection import APPLICATION_NAME
 from exporter.localpg import LocalCluster
 from tests.conftest import new_cluster
@@ -48,8 +49,11 @@ def _backends(cluster: LocalCluster, **where: str) -> list[tuple[str, str]]:
             "SELECT usename, datname FROM pg_stat_activity WHERE application_name = %s",
             (APPLICATION_NAME,),
         ).fetchall()
-    return sorted((u, d) for u, d in rows if all(dict(usename=u, datname=d)[k] == v
-                                                  for k, v in where.items()))  # fmt: skip
+    return sorted(
+        (u, d)
+        for u, d in rows
+        if all({"usename": u, "datname": d}[k] == v for k, v in where.items())
+    )
 
 
 def _probe(url: str, **params: str) -> tuple[int, str]:
@@ -264,3 +268,20 @@ def test_cap_and_idle_close(cluster: LocalCluster, exporter_for, tmp_path: Path)
     status, _ = _probe(running.url, target=f"localhost:{port}/postgres", auth_module="mon")
     assert status == 200
     wait_until(lambda: not _backends(cluster, usename="probe_mon"), 15, 0.2, "all closed")
+
+
+def test_reload_that_disallows_a_host_closes_its_connection(
+    cluster: LocalCluster, exporter_for, tmp_path: Path
+) -> None:
+    config = _config(cluster, tmp_path, idle_timeout="10m")
+    running = exporter_for(config)
+    target = f"127.0.0.1:{cluster.port}/shop"
+    assert _probe(running.url, target=target, auth_module="mon")[0] == 200
+    wait_until(lambda: _backends(cluster, usename="probe_mon"), what="held")
+    config["probe"]["allowed_hosts"] = ["localhost"]
+    running.exporter.scraper.reload(parse_config(config, "reloaded"))
+    wait_until(lambda: not _backends(cluster, usename="probe_mon"), 20, 0.2, "closed")
+    metrics = running.scrape()
+    assert metrics.value("pg_connections_exporter_probe_evictions_total", reason="config") == 1
+    status, body = _probe(running.url, target=target, auth_module="mon")
+    assert status == 403 and "localhost" in body

@@ -74,7 +74,10 @@ def parse_probe_target(text: str) -> ProbeAddress:
         if scheme not in ("postgres", "postgresql"):
             raise BadTarget(f"target scheme {scheme!r}: only postgresql:// or HOST[:PORT][/DB]")
         text = text.split("://", 1)[1]
-    parts = urlsplit("//" + text)
+    try:
+        parts = urlsplit("//" + text)  # ValueError: brackets without an IPv6 address
+    except ValueError:
+        raise BadTarget("target must be HOST[:PORT][/DB], an IPv6 address in brackets") from None
     if "@" in parts.netloc:
         raise BadTarget("target must not carry credentials: they come from the auth module")
     if parts.query or parts.fragment or "?" in text:

@@ -285,3 +285,23 @@ def test_reload_that_disallows_a_host_closes_its_connection(
     assert metrics.value("pg_connections_exporter_probe_evictions_total", reason="config") == 1
     status, body = _probe(running.url, target=target, auth_module="mon")
     assert status == 403 and "localhost" in body
+
+
+def test_junk_query_strings_get_a_4xx(cluster: LocalCluster, exporter_for, tmp_path: Path) -> None:
+    running = exporter_for(_config(cluster, tmp_path))
+    for query in (
+        "target=%ZZ",
+        "&&&",
+        ";",
+        "target=[&auth_module=mon",
+        "target=[::1&auth_module=mon",
+        "target=%00&auth_module=mon",
+        "target=%C3%A9t%C3%A9&auth_module=mon",
+        "target=a=b=c",
+        "target=" + "x" * 5000 + "&auth_module=mon",
+        "target=127.0.0.1:5432&auth_module=mon&auth_module=mon",
+        "target=127.0.0.1&auth_module=%FF",
+    ):
+        status, body, _ = http_get(f"{running.url}/probe?{query}")
+        assert 400 <= status < 500, (query, status, body)
+        assert body.strip(), query

@@ -350,12 +350,6 @@ class ConfigFile(StrictModel):
     collectors: CollectorSettings = CollectorSettings()
     queries: list[QuerySpec] = []
 
-    @model_validator(mode="after")
-    def _something_to_scrape(self) -> ConfigFile:
-        if not (self.targets or self.target_files or self.auth_modules):
-            raise ValueError("no targets: give targets, target_files or auth_modules")
-        return self
-
 
 @dataclass(frozen=True)
 class LoginCheck:
@@ -643,6 +637,8 @@ def parse_config(data: Any, source: str, base_dir: Path | None = None) -> Config
         spec = ConfigFile.model_validate(data)
     except ValidationError as err:
         raise ConfigError(problems + validation_problems(err, source)) from None
+    if not (spec.targets or spec.target_files or spec.auth_modules):
+        problems.append(f"{source}: targets: none: give targets, target_files or auth_modules")
     target_specs = [(f"{source}: targets[{i}]", t) for i, t in enumerate(spec.targets)]
     patterns = tuple(str((base_dir or Path.cwd()) / p) for p in spec.target_files)
     for file_source, i, raw in read_target_files(patterns, problems):

@@ -232,6 +232,8 @@ def test_refused_host_is_never_connected_to(
     metrics = running.scrape()
     assert metrics.value("pg_connections_exporter_probe_refusals_total", reason="not_allowed") == 2
     assert metrics.value("pg_connections_exporter_probe_targets") == 0
+    _, page, _ = http_get(running.url + "/")
+    assert "Probe targets held: 0 of at most 100" in page and "not_allowed 2" in page
 
 
 def test_no_dynamic_targets_unless_allowed(

@@ -118,5 +118,5 @@ def test_no_files_yet_is_a_valid_config(tmp_path: Path) -> None:
     config.write_text("target_files: ['targets/*.yml']\n")
     assert load_config(config).targets == ()
     config.write_text("settings: {}\n")
-    with pytest.raises(ConfigError, match="no targets: give targets, target_files or"):
+    with pytest.raises(ConfigError, match="targets: none: give targets, target_files or"):
         load_config(config)

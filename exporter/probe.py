@@ -308,7 +308,9 @@ class Probes:
 
     def _dynamic(self, held: _Held) -> tuple[TargetScraper, TargetResult]:
         scraper = held.scraper
-        return scraper, held.flight.run(scraper, effective_timeout(self.scraper.config))
+        result = held.flight.run(scraper, effective_timeout(self.scraper.config))
+        held.last_probe = time.monotonic()  # idle from a probe's end, however long it ran
+        return scraper, result
 
     def status(self) -> list[dict[str, str]]:
         """Landing-page rows of the targets from discovery (no DSN, no password)."""

@@ -22,7 +22,7 @@ from tests.helpers import REPO, wait_until
 from tests.prometheus_server import PrometheusServer
 
 DATABASES = [f"db{i:02d}" for i in range(1, 21)]
-IDLE = 3.0
+IDLE = 5.0  # five scrape intervals
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,7 @@ def test_file_sd_feeds_probe(cluster: LocalCluster, exporter_for, tmp_path: Path
         assert {(ls["target"], ls["instance"], ls["env"]) for ls, _ in used} == {
             (t, t, "test") for t in targets
         }
-    assert _held(cluster) == {"replica_0": set(DATABASES[:3])}
+    wait_until(lambda: _held(cluster) == {"replica_0": set(DATABASES[:3])}, 10, 0.2, "sessions")
 
 
 def test_two_shards_two_replicas(cluster: LocalCluster, exporter_for, tmp_path: Path) -> None:
@@ -149,7 +149,8 @@ def test_two_shards_two_replicas(cluster: LocalCluster, exporter_for, tmp_path: 
             assert {targets[t] for t in counts} == expected[k]
             assert set(counts.values()) == {1.0}, "one series per target"
         # Each replica holds connections for its shard's servers only, one each.
-        assert _held(cluster) == {f"replica_{k}": expected[k] for k in (0, 1)}
+        shard_sessions = {f"replica_{k}": expected[k] for k in (0, 1)}
+        wait_until(lambda: _held(cluster) == shard_sessions, 10, 0.2, "sessions by shard")
 
         # Five servers leave discovery: their connections close after the idle time, the
         # others' stay.

@@ -247,7 +247,7 @@ def test_no_dynamic_targets_unless_allowed(
 
 
 def test_cap_and_idle_close(cluster: LocalCluster, exporter_for, tmp_path: Path) -> None:
-    running = exporter_for(_config(cluster, tmp_path, max_targets=2, idle_timeout="1500ms"))
+    running = exporter_for(_config(cluster, tmp_path, max_targets=2, idle_timeout="4s"))
     port = cluster.port
     for db in ("postgres", "shop"):
         status, body = _probe(running.url, target=f"127.0.0.1:{port}/{db}", auth_module="mon")
@@ -261,7 +261,7 @@ def test_cap_and_idle_close(cluster: LocalCluster, exporter_for, tmp_path: Path)
         _probe(running.url, target=f"127.0.0.1:{port}/shop", auth_module="mon")
         return _backends(cluster, usename="probe_mon") == [("probe_mon", "shop")]
 
-    wait_until(only_shop_held, 15, 0.3, "the idle target's connection to close")
+    wait_until(only_shop_held, 30, 0.3, "the idle target's connection to close")
     metrics = running.scrape()
     assert metrics.value("pg_connections_exporter_probe_evictions_total", reason="idle") == 1
     assert metrics.value("pg_connections_exporter_probe_refusals_total", reason="limit") == 1

@@ -132,7 +132,8 @@ class DynamicTargets:
     def refuse(self, status: int, reason: str, message: str) -> ProbeRefused:
         with self._lock:
             self.refusals[reason] += 1
-        log.info("probe refused", extra={"reason": reason, "error": message})
+        # Debug only: whoever reaches /probe could otherwise fill the log (they are counted).
+        log.debug("probe refused", extra={"reason": reason, "error": message})
         return ProbeRefused(status, reason, message)
 
     def admit(self, module_name: str, target_text: str) -> _Held:

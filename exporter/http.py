@@ -216,7 +216,7 @@ class _Handler(BaseHTTPRequestHandler):
         token = scrape_timeout.set(timeout)
         try:
             encoder, content_type = choose_encoder(self.headers.get("Accept"))
-            body = encoder(source or self.registry)
+            body = encoder(self.registry if source is None else source)
         finally:
             scrape_timeout.reset(token)
         gzipped = "gzip" in (self.headers.get("Accept-Encoding") or "")

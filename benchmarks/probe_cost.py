@@ -14,6 +14,7 @@ Reports latency per request, exporter CPU per server covered, resident memory pe
 
     python benchmarks/probe_cost.py --targets 50 --rounds 10 --write docs/benchmarks.md
     python benchmarks/probe_cost.py --quick
+    python benchmarks/probe_cost.py --peer /path/to/postgres_exporter   # a 0.12+ build: /probe
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import psycopg
 import yaml
@@ -43,6 +45,7 @@ from scrape_cost import (  # noqa: E402
     MAX_TARGETS,
     MONITOR_ROLE,
     OURS_APP,
+    PEER,
     PEER_APP,
     PEER_BINARY,
     PEER_MULTI_TARGET_FLAGS,
@@ -52,7 +55,6 @@ from scrape_cost import (  # noqa: E402
     machine,
     peak_rss_mb,
     start_ours,
-    start_peer,
     target_address,
 )
 
@@ -123,9 +125,15 @@ def held_sessions(admin_dsn: str, application_name: str, user: str) -> int:
     return int(row[0]) if row else 0
 
 
-def peer_has_probe(workdir: Path, dsn: str) -> bool:
+def start_peer(binary: Path, workdir: Path, dsns: Sequence[str], *flags: str) -> Process:
+    """postgres_exporter (`binary`: Debian's, or a newer build) with its defaults."""
+    argv = [str(binary), "--web.listen-address", "127.0.0.1:{port}", "--log.level", "warn"]
+    return Process(PEER, [*argv, *flags], {"DATA_SOURCE_NAME": ",".join(dsns)}, "/", workdir)
+
+
+def peer_has_probe(binary: Path, workdir: Path, dsn: str) -> bool:
     """Whether this postgres_exporter serves /probe (0.12+; 0.11 answers its landing page)."""
-    peer = start_peer(workdir, [dsn])
+    peer = start_peer(binary, workdir, [dsn])
     try:
         conn = http.client.HTTPConnection("127.0.0.1", peer.port, timeout=10)
         conn.request("GET", "/probe?target=127.0.0.1:1")
@@ -137,7 +145,7 @@ def peer_has_probe(workdir: Path, dsn: str) -> bool:
 
 
 def start_contenders(
-    cluster: LocalCluster, hosts: list[str], workdir: Path, peer_probe: bool
+    cluster: LocalCluster, hosts: list[str], workdir: Path, peer: Path, peer_probe: bool
 ) -> list[Contender]:
     port = cluster.port
     probe_config = workdir / f"probe-{len(hosts)}.yaml"
@@ -168,8 +176,9 @@ def start_contenders(
         out.append(
             Contender(
                 PEER_PROBE,
-                start_peer(workdir, [_peer_dsn(cluster)]),
-                [f"/probe?target={_peer_dsn(cluster, h)}" for h in hosts],
+                start_peer(peer, workdir, [_peer_dsn(cluster)]),
+                # Without auth_module, its /probe takes the target as the whole DSN.
+                [f"/probe?target={quote(_peer_dsn(cluster, h), safe='')}" for h in hosts],
                 1,
             )
         )
@@ -178,7 +187,7 @@ def start_contenders(
         out.append(
             Contender(
                 PEER_MULTI,
-                start_peer(workdir, dsns, *PEER_MULTI_TARGET_FLAGS),
+                start_peer(peer, workdir, dsns, *PEER_MULTI_TARGET_FLAGS),
                 ["/metrics"],
                 len(hosts),
             )
@@ -188,19 +197,19 @@ def start_contenders(
 
 def run(cluster: LocalCluster, args: argparse.Namespace, workdir: Path) -> list[Contender]:
     hosts = [target_address(i) for i in range(args.targets)]
-    peer_probe = peer_has_probe(workdir, _peer_dsn(cluster))
+    peer_probe = peer_has_probe(args.peer, workdir, _peer_dsn(cluster))
     admin = cluster.dsn()
     # Memory with one server, in processes of their own.
     single: dict[str, float] = {}
     with contextlib.ExitStack() as stack:
-        for c in start_contenders(cluster, hosts[:1], workdir, peer_probe):
+        for c in start_contenders(cluster, hosts[:1], workdir, args.peer, peer_probe):
             stack.callback(c.process.stop)
             stack.callback(c.close)
             for _ in range(args.warmup):
                 c.round(record=False)
             single[c.name] = peak_rss_mb(c.process.pid)
     with contextlib.ExitStack() as stack:
-        contenders = start_contenders(cluster, hosts, workdir, peer_probe)
+        contenders = start_contenders(cluster, hosts, workdir, args.peer, peer_probe)
         for c in contenders:
             stack.callback(c.process.stop)
             stack.callback(c.close)
@@ -263,6 +272,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2, help="unrecorded rounds first")
     parser.add_argument("--write", type=Path, help="put the table into this Markdown file")
     parser.add_argument("--quick", action="store_true", help="a check that it works")
+    parser.add_argument(
+        "--peer",
+        type=Path,
+        default=Path(PEER_BINARY),
+        help="the postgres_exporter binary (a 0.12+ build is measured through its /probe)",
+    )
     args = parser.parse_args(argv)
     args.argv = list(argv)
     if args.quick:
@@ -274,8 +289,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    if not Path(PEER_BINARY).exists():
-        print(f"{PEER_BINARY} is missing: apt-get install prometheus-postgres-exporter")
+    if not args.peer.exists():
+        print(f"{args.peer} is missing: apt-get install prometheus-postgres-exporter")
         return 1
     bindir = debian_bindir(15) or embedded_bindir()
     if bindir is None:
@@ -297,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cluster.hba_prepend("host all all 127.0.0.0/8 trust")
         v = cluster.version_num
         peer = subprocess.run(
-            [PEER_BINARY, "--version"], capture_output=True, text=True, check=False
+            [str(args.peer), "--version"], capture_output=True, text=True, check=False
         )
         peer_version = (peer.stdout or peer.stderr).split("\n", 1)[0]
         version = f"PostgreSQL {v // 10000}.{v % 10000}; {peer_version}"

@@ -19,8 +19,10 @@ from exporter.collector import ExporterCollector, ReloadStatus
 from exporter.config import Config, ConfigError
 from exporter.http import WebApp, make_server, serve_in_thread
 from exporter.landing import LandingPage, slot_figures
+from exporter.probe import Probes, ProbeSelfCollector
 from exporter.scrape import Scraper
 from exporter.sessions_page import SessionsPage
+from exporter.targetfiles import TargetFilesWatcher
 from exporter.webconfig import WatchedWebConfig
 
 log = logging.getLogger(__name__)
@@ -47,14 +49,25 @@ class Exporter:
         self.registry = CollectorRegistry(auto_describe=False)
         self._web_config = web_config
         self.registry.register(ExporterCollector(self.scraper, self._reload_status_now))
+        self.probes = Probes(self.scraper)
+        self.registry.register(ProbeSelfCollector(self.probes))
+        self.target_files = TargetFilesWatcher(
+            lambda: self.config.target_files,
+            lambda: self.config.settings.target_files_refresh,
+            self.reload,
+        )
         self.web = WebApp(
             self.registry,
             telemetry_path,
             self.status,
             self.reload if load_config else None,
             web_config,
+            probe=self.probes.collector,
+            notes=self.probes.summary,
             pages={
-                "/": LandingPage(lambda: self.config, self.status, telemetry_path),
+                "/": LandingPage(
+                    lambda: self.config, self.status, telemetry_path, self.probes.summary
+                ),
                 "/sessions": SessionsPage(lambda: self.config, lambda: self.scraper.targets),
             },
         )
@@ -66,6 +79,9 @@ class Exporter:
 
     def start(self) -> None:
         self.scraper.open()
+        self.probes.start()
+        if self._load_config is not None:
+            self.target_files.start()
         serve_in_thread(self.server)
         log.info(
             "listening",
@@ -78,6 +94,8 @@ class Exporter:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+        self.target_files.stop()
+        self.probes.close()
         self.scraper.close()
 
     def _reload_status_now(self) -> ReloadStatus:
@@ -143,7 +161,7 @@ class Exporter:
                     "utilization": figures.get("pg_connections_utilization_ratio"),
                 }
             )
-        return out
+        return out + self.probes.status()
 
 
 class _SignalInbox:

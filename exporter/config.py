@@ -27,6 +27,9 @@ from pydantic import (
     model_validator,
 )
 
+from exporter.allowlist import HostAllowList, parse_rule
+from exporter.authmodules import AuthModule, check_options, check_role
+
 METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 QUERY_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -273,6 +276,8 @@ class Settings(StrictModel):
     scrape_timeout: Duration = 10.0
     query_timeout: Duration = 5.0
     lock_timeout: Duration = 1.0
+    # How often the target_files globs are looked at for a change.
+    target_files_refresh: Duration = 10.0
 
 
 class CollectorSettings(StrictModel):
@@ -315,10 +320,65 @@ class LinkSettings(StrictModel):
     runbooks: str = DEFAULT_RUNBOOKS
 
 
+class UserPassSpec(StrictModel):
+    """postgres_exporter's `userpass`: the login role, and its password unless in a file."""
+
+    username: str = Field(min_length=1)
+    password: str | None = None
+
+
+class AuthModuleSpec(StrictModel):
+    """How /probe logs in to a server from discovery (postgres_exporter's auth_modules)."""
+
+    type: Literal["userpass"] = "userpass"
+    userpass: UserPassSpec
+    password_file: Path | None = None
+    options: dict[str, str] = {}
+    dbname: str = "postgres"
+    role: str | None = None
+    connect_timeout: Duration = 5.0
+
+    @field_validator("options")
+    @classmethod
+    def _options(cls, v: dict[str, str]) -> dict[str, str]:
+        problems = check_options(v)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return v
+
+    @field_validator("role")
+    @classmethod
+    def _role(cls, v: str | None) -> str | None:
+        return None if v is None else check_role(v)
+
+    @model_validator(mode="after")
+    def _one_password(self) -> AuthModuleSpec:
+        if self.password_file is not None and self.userpass.password is not None:
+            raise ValueError("give userpass.password or password_file, not both")
+        return self
+
+
+class ProbeSpec(StrictModel):
+    """Probes of servers from discovery (/probe?target=HOST&auth_module=NAME): off until
+    allowed_hosts lists where they may go."""
+
+    allowed_hosts: list[str] = []
+    idle_timeout: Duration = 300.0
+    max_targets: int = Field(default=100, ge=1)
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _rules(cls, v: list[str]) -> list[str]:
+        return [parse_rule(rule) for rule in v]
+
+
 class ConfigFile(StrictModel):
     """The top level of a configuration file."""
 
-    targets: list[TargetSpec] = Field(min_length=1)
+    targets: list[TargetSpec] = []
+    target_files: list[str] = []
+    auth_modules: dict[str, AuthModuleSpec] = {}
+    probe: ProbeSpec = ProbeSpec()
     settings: Settings = Settings()
     collectors: CollectorSettings = CollectorSettings()
     queries: list[QuerySpec] = []
@@ -360,6 +420,14 @@ class Config:
     source: str
     sessions_page: SessionsPageSettings = field(default_factory=SessionsPageSettings)
     links: LinkSettings = field(default_factory=LinkSettings)
+    auth_modules: Mapping[str, AuthModule] = field(default_factory=dict)
+    probe: ProbeSpec = field(default_factory=ProbeSpec)
+    # The target_files globs, absolute.
+    target_files: tuple[str, ...] = ()
+
+    @property
+    def allowed_hosts(self) -> HostAllowList:
+        return HostAllowList(tuple(self.probe.allowed_hosts))
 
 
 def expand_env(node: Any, path: str, problems: list[str], source: str) -> Any:
@@ -435,14 +503,16 @@ def builtin_queries() -> list[QuerySpec]:
     return queries
 
 
-def _resolve_targets(spec: ConfigFile, source: str, problems: list[str]) -> list[Target]:
+def _resolve_targets(specs: list[tuple[str, TargetSpec]], problems: list[str]) -> list[Target]:
+    """`specs`: each target with where it was written (`file: targets[i]`)."""
     targets = []
-    seen: set[str] = set()
-    for i, t in enumerate(spec.targets):
-        where = f"{source}: targets[{i}]"
+    seen: dict[str, str] = {}
+    for where, t in specs:
         if t.name in seen:
-            problems.append(f"{where}.name: target name {t.name!r} is used twice")
-        seen.add(t.name)
+            problems.append(
+                f"{where}.name: target name {t.name!r} is used twice (also at {seen[t.name]})"
+            )
+        seen.setdefault(t.name, where)
         conninfo = _with_password(t.dsn, t.password_file, f"{where}.password_file", problems)
         if conninfo is None:
             continue
@@ -473,6 +543,33 @@ def _resolve_targets(spec: ConfigFile, source: str, problems: list[str]) -> list
             )
         )
     return targets
+
+
+def _resolve_auth_modules(
+    spec: ConfigFile, source: str, problems: list[str]
+) -> dict[str, AuthModule]:
+    modules = {}
+    for name, m in spec.auth_modules.items():
+        password = m.userpass.password
+        if m.password_file is not None:
+            try:
+                password = m.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as exc:
+                problems.append(
+                    f"{source}: auth_modules.{name}.password_file: cannot read "
+                    f"{m.password_file}: {exc.strerror}"
+                )
+                continue
+        modules[name] = AuthModule(
+            name,
+            m.userpass.username,
+            password,
+            dict(m.options),
+            m.dbname,
+            m.role,
+            m.connect_timeout,
+        )
+    return modules
 
 
 def _with_password(
@@ -518,7 +615,9 @@ def _seconds_params(
     return taken
 
 
-def _select_queries(spec: ConfigFile, source: str, problems: list[str]) -> list[QuerySpec]:
+def _select_queries(
+    spec: ConfigFile, targets: list[TargetSpec], source: str, problems: list[str]
+) -> list[QuerySpec]:
     builtins = {q.name: q for q in builtin_queries()}
     for i, name in enumerate(spec.collectors.disable):
         if name not in builtins:
@@ -558,15 +657,15 @@ def _select_queries(spec: ConfigFile, source: str, problems: list[str]) -> list[
                 "name; pick another"
             )
         selected.append(query)
-    _check_unique_metrics(selected, spec, source, problems)
+    _check_unique_metrics(selected, targets, source, problems)
     return selected
 
 
 def _check_unique_metrics(
-    queries: list[QuerySpec], spec: ConfigFile, source: str, problems: list[str]
+    queries: list[QuerySpec], targets: list[TargetSpec], source: str, problems: list[str]
 ) -> None:
     owner: dict[str, str] = {}
-    constant_labels = {label for t in spec.targets for label in t.labels}
+    constant_labels = {label for t in targets for label in t.labels}
     for query in queries:
         for metric in query.metrics:
             if metric.name in owner:
@@ -583,8 +682,11 @@ def _check_unique_metrics(
                 )
 
 
-def parse_config(data: Any, source: str) -> Config:
-    """Validate already-parsed YAML data into a `Config`, or raise one `ConfigError`."""
+def parse_config(data: Any, source: str, base_dir: Path | None = None) -> Config:
+    """Validate already-parsed YAML data into a `Config`, or raise one `ConfigError`.
+    `target_files` globs are relative to `base_dir` (the config file's directory)."""
+    from exporter.targetfiles import read_target_files
+
     problems: list[str] = []
     if not isinstance(data, dict):
         raise ConfigError([f"{source}: (top level): expected a mapping with a 'targets' list"])
@@ -593,8 +695,20 @@ def parse_config(data: Any, source: str) -> Config:
         spec = ConfigFile.model_validate(data)
     except ValidationError as err:
         raise ConfigError(problems + validation_problems(err, source)) from None
-    targets = _resolve_targets(spec, source, problems)
-    queries = _select_queries(spec, source, problems)
+    if not (spec.targets or spec.target_files or spec.auth_modules):
+        problems.append(f"{source}: targets: none: give targets, target_files or auth_modules")
+    target_specs = [(f"{source}: targets[{i}]", t) for i, t in enumerate(spec.targets)]
+    patterns = tuple(str((base_dir or Path.cwd()) / p) for p in spec.target_files)
+    for file_source, i, raw in read_target_files(patterns, problems):
+        raw = expand_env(raw, f"[{i}]", problems, file_source)
+        try:
+            target_specs.append((f"{file_source}: [{i}]", TargetSpec.model_validate(raw)))
+        except ValidationError as err:
+            problems += validation_problems(err, file_source, f"[{i}]")
+    all_specs = [t for _, t in target_specs]
+    targets = _resolve_targets(target_specs, problems)
+    queries = _select_queries(spec, all_specs, source, problems)
+    modules = _resolve_auth_modules(spec, source, problems)
     if problems:
         raise ConfigError(problems)
     return Config(
@@ -602,6 +716,9 @@ def parse_config(data: Any, source: str) -> Config:
         spec.settings,
         tuple(queries),
         source,
+        auth_modules=modules,
+        probe=spec.probe,
+        target_files=patterns,
         sessions_page=spec.sessions_page,
         links=spec.links,
     )
@@ -614,7 +731,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{source}: cannot read: {exc.strerror}"]) from None
-    return parse_config(read_yaml(text, source), source)
+    return parse_config(read_yaml(text, source), source, Path(path).parent)
 
 
 def single_target_config(dsn: str, source: str) -> Config:

@@ -19,13 +19,14 @@ import threading
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
-from prometheus_client.registry import CollectorRegistry
+from prometheus_client.registry import Collector, CollectorRegistry
 
 from exporter import __version__
 from exporter.collector import scrape_timeout
 from exporter.exposition import choose_encoder
+from exporter.probe import ProbeRefused
 from exporter.webconfig import NO_WEB_CONFIG, WatchedWebConfig, WebConfig
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ Reload = Callable[[], list[str]]
 # A page served at a path (the landing page, /sessions): given the query string, returns
 # status, content type, body and extra headers.
 Page = Callable[[str], tuple[int, str, bytes, dict[str, str]]]
+# What /probe renders for its query parameters; raises ProbeRefused (a 4xx) instead.
+Probe = Callable[[dict[str, list[str]]], Collector]
 
 
 class WebApp:
@@ -53,6 +56,8 @@ class WebApp:
         reload: Reload | None = None,
         web_config: WatchedWebConfig | None = None,
         pages: Mapping[str, Page] | None = None,
+        probe: Probe | None = None,
+        notes: Callable[[], list[str]] | None = None,
     ) -> None:
         self.registry = registry
         self.pages = dict(pages or {})
@@ -60,6 +65,9 @@ class WebApp:
         self.status = status
         self.reload = reload
         self._web_config = web_config
+        self.probe = probe
+        # Landing-page lines under the targets table.
+        self.notes = notes
 
     @property
     def web_config(self) -> WebConfig:
@@ -135,6 +143,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._metrics()
         elif (page := self.web.pages.get(path)) is not None:
             self._send(*page(url.query))
+        elif path == "/probe" and self.web.probe is not None:
+            self._probe()
         elif path == "/":
             self._send(200, "text/html; charset=utf-8", self._landing().encode())
         elif path == "/healthz":
@@ -195,12 +205,26 @@ class _Handler(BaseHTTPRequestHandler):
         )
         return False
 
-    def _metrics(self) -> None:
+    def _probe(self) -> None:
+        assert self.web.probe is not None
+        query = urlsplit(self.path).query
+        try:
+            params = parse_qs(query, keep_blank_values=True, strict_parsing=bool(query))
+        except ValueError:
+            params = {"": [""]}  # unparsable: reported as an unknown parameter
+        try:
+            collector = self.web.probe(params)
+        except ProbeRefused as refused:
+            self._send(refused.status, "text/plain; charset=utf-8", f"{refused.message}\n".encode())
+            return
+        self._metrics(collector)
+
+    def _metrics(self, source: Collector | None = None) -> None:
         timeout = _prometheus_timeout(self.headers.get("X-Prometheus-Scrape-Timeout-Seconds"))
         token = scrape_timeout.set(timeout)
         try:
             encoder, content_type = choose_encoder(self.headers.get("Accept"))
-            body = encoder(self.registry)
+            body = encoder(self.registry if source is None else source)
         finally:
             scrape_timeout.reset(token)
         gzipped = "gzip" in (self.headers.get("Accept-Encoding") or "")
@@ -229,7 +253,9 @@ class _Handler(BaseHTTPRequestHandler):
             f"<p><a href='{path}'>Metrics</a> &middot; <a href='/healthz'>Health</a></p>"
             "<h2>Targets</h2><table border='1' cellpadding='4'>"
             "<tr><th>Target</th><th>State</th><th>Detail</th></tr>"
-            f"{rows}</table></body></html>"
+            f"{rows}</table>"
+            + "".join(f"<p>{html.escape(line)}</p>" for line in (self.web.notes or list)())
+            + "</body></html>"
         )
 
     def _send(

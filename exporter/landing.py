@@ -37,10 +37,13 @@ class LandingPage:
         config: Callable[[], Config],
         status: Callable[[], list[dict[str, Any]]],
         telemetry_path: str,
+        notes: Callable[[], list[str]] | None = None,
     ) -> None:
         self._config = config
         self._status = status
         self._telemetry_path = telemetry_path
+        # Lines under the targets (the probe targets held, closed and refused).
+        self._notes = notes or (lambda: [])
 
     def __call__(self, query: str) -> Response:
         return 200, HTML, self.render(self._config(), self._status()), HEADERS
@@ -96,6 +99,6 @@ class LandingPage:
             "<th class='num'>Used / max</th><th>Links</th><th>Detail</th><th>Kind</th></tr>"
             f"{''.join(rows)}</table></div>"
             "<p class='muted'>Utilization is of the slots ordinary roles may use; as of the last "
-            "scrape.</p>"
+            "scrape.</p>" + "".join(f"<p>{esc(line)}</p>" for line in self._notes())
         )
         return page("pg-connections-exporter", body)

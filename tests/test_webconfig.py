@@ -303,7 +303,7 @@ def test_bad_web_config_names_every_problem(tmp_path: Path, capsys) -> None:
     bad.write_text("targets: []\n")
     assert main(["--config.file", str(bad), "--web.config.file", str(path), "--check-config"]) == 2
     err_text = capsys.readouterr().err
-    assert f"{bad}: targets: List should have at least 1 item" in err_text
+    assert f"{bad}: targets: none: give targets, target_files or auth_modules" in err_text
     assert f"{path}: basic_auth_users.prometheus: not a bcrypt hash" in err_text
     assert "plaintext-password" not in err_text
     assert "Traceback" not in err_text

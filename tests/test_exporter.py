@@ -194,6 +194,30 @@ def test_a_query_outside_the_server_versions_is_skipped_and_said_once(
     assert sorted(said) == [
         f"query too_new skipped: it is for server versions 990000 to any, this server is"
         f" {pg.version_num}",
-        f"query too_old skipped: it is for server versions any to 110000, this server is"
+        f"query too_old skipped: it is for server versions any to 119999, this server is"
         f" {pg.version_num}",
     ]
+
+
+def test_version_gates_on_every_major(pg_any_major: LocalCluster, exporter_for) -> None:
+    """A query for this major alone runs on any of its releases; one ending at the major
+    before, or starting at the next, does not."""
+    major = pg_any_major.version_num // 10000
+
+    def gated(name: str, **gate: str) -> dict[str, object]:
+        metric = {"name": f"{name}_x", "help": "x", "value": "x"}
+        return {"name": name, "sql": "SELECT 1 AS x", "metrics": [metric], **gate}
+
+    config = {
+        "targets": [{"name": "db", "dsn": pg_any_major.dsn()}],
+        "collectors": {"disable": ["connections", "connection_limits", "connection_settings"]},
+        "queries": [
+            gated("this_major", min_version=str(major), max_version=str(major)),
+            gated("until_before", max_version=str(major - 1)),
+            gated("from_next", min_version=str(major + 1)),
+        ],
+    }
+    s = exporter_for(config).scrape()
+    assert s.value("this_major_x", target="db") == 1
+    assert s.get("until_before_x") is None
+    assert s.get("from_next_x") is None

@@ -82,8 +82,23 @@ def parse_server_version(value: Any) -> int:
     return major * 10000 + minor * 100
 
 
+def parse_max_server_version(value: Any) -> int:
+    """The last server_version_num a max_version covers: a release named without its last part
+    is all of it (`13` is every 13.x, `9.6` every 9.6.x, PgBouncer `1.18` every 1.18.x), where
+    parse_server_version would stop at 13.0, 9.6.0 or 1.18.0; `15.2` and `160000` are exact."""
+    exact = parse_server_version(value)  # validates the form, so the parts below are numbers
+    parts = str(value).strip().split(".")
+    major = int(parts[0])
+    if major >= 10000:  # a server_version_num already
+        return exact
+    if len(parts) == 1:
+        return exact + 9999  # a major alone: 13 -> 139999, 9 -> 99999, PgBouncer 1 -> 19999
+    return exact + (99 if major < 10 else 0)  # 9.6 -> 90699, 1.18 -> 11899; 15.2 exact
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 ServerVersion = Annotated[int, BeforeValidator(parse_server_version)]
+MaxServerVersion = Annotated[int, BeforeValidator(parse_max_server_version)]
 
 
 class StrictModel(BaseModel):
@@ -174,7 +189,7 @@ class QuerySpec(StrictModel):
     sql: str = Field(min_length=1)
     target_kind: TargetKind = "postgres"
     min_version: ServerVersion | None = None
-    max_version: ServerVersion | None = None
+    max_version: MaxServerVersion | None = None
     timeout: Duration | None = None
     cache: Duration | None = None
     params: dict[str, Any] = {}

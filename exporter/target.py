@@ -107,6 +107,7 @@ class TargetScraper:
         self._cache: dict[str, _CacheEntry] = {}
         self._warned: set[str] = set()
         self._missing_logged: set[str] = set()
+        self._version_skipped: set[str] = set()
         # query -> the result columns last found to hold everything its metrics need
         self._complete_columns: dict[str, tuple[str, ...]] = {}
         self._lock = threading.Lock()
@@ -185,9 +186,10 @@ class TargetScraper:
         # Ended whatever happens: the connection goes back to the pool outside a transaction.
         try:
             for query in self.queries:
-                if query.min_version and version < query.min_version:
-                    continue
-                if query.max_version and version > query.max_version:
+                if (query.min_version and version < query.min_version) or (
+                    query.max_version and version > query.max_version
+                ):
+                    self._log_version_skip(query, version)
                     continue
                 entry = self._cache.get(query.name)
                 now = time.monotonic()
@@ -312,6 +314,21 @@ class TargetScraper:
             },
         )
         return QueryOutcome(query.name, duration, error=reason)
+
+    def _log_version_skip(self, query: QuerySpec, version: int) -> None:
+        """Said once per query: a server outside a query's versions (PostgreSQL older than 12
+        for the built-in ones) gets fewer metrics and no error, so the log says why."""
+        if query.name in self._version_skipped:
+            return
+        self._version_skipped.add(query.name)
+        log.info(
+            "query %s skipped: it is for server versions %s to %s, this server is %s",
+            query.name,
+            query.min_version or "any",
+            query.max_version or "any",
+            version,
+            extra={"target": self.target.name, "query": query.name},
+        )
 
     def _warn_once(self, metrics: tuple[MetricSamples, ...]) -> None:
         for m in metrics:

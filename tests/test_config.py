@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from exporter.config import ConfigError, builtin_queries, load_config, parse_duration
+from exporter.config import (
+    ConfigError,
+    builtin_queries,
+    load_config,
+    parse_duration,
+    parse_max_server_version,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -323,3 +329,19 @@ def test_pgbouncer_problems_name_file_and_key(tmp_path: Path) -> None:
         f"{path}: targets[1].dsn: a pgbouncer target connects to the admin console: dbname must "
         "be pgbouncer, not 'app'"
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "last"),
+    [
+        ("13", 139999),
+        (13, 139999),
+        ("15.2", 150002),
+        (160000, 160000),
+        ("160000", 160000),
+        ("9.6", 90699),
+        ("1.18", 11899),  # a PgBouncer release
+    ],
+)
+def test_max_version_covers_every_release_of_what_it_names(text: object, last: int) -> None:
+    assert parse_max_server_version(text) == last

@@ -10,7 +10,7 @@ import pytest
 from exporter.failures import classify
 from exporter.localpg import LocalCluster, free_port
 from exporter.workload import SessionSpec, Workload
-from tests.conftest import VERSIONS, new_cluster, require
+from tests.conftest import ALL_MAJORS, VERSIONS, new_cluster, require
 from tests.helpers import http_get
 
 
@@ -53,10 +53,15 @@ def test_down_at_start_then_recovers_by_itself(exporter_for) -> None:
         cluster.stop()
 
 
-def test_full_server_refusal_reasons(exporter_for) -> None:
-    cluster = new_cluster(
-        "18", max_connections=6, superuser_reserved_connections=1, reserved_connections=1
-    )
+@pytest.mark.parametrize("major", ALL_MAJORS)
+def test_full_server_refusal_reasons(major: str, exporter_for) -> None:
+    """The refusals of a full server by reason, in each major's words (16+ says the remaining
+    slots are for pg_use_reserved_connections, before 16 for superusers)."""
+    if int(major) >= 16:
+        reserved = {"superuser_reserved_connections": 1, "reserved_connections": 1}
+    else:
+        reserved = {"superuser_reserved_connections": 2}
+    cluster = new_cluster(major, max_connections=6, **reserved)
     try:
         cluster.execute("CREATE ROLE app LOGIN", "CREATE ROLE lim LOGIN CONNECTION LIMIT 0")
         with Workload(cluster.dsn()) as w:

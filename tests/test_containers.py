@@ -1,7 +1,7 @@
-"""PostgreSQL versions this machine has no binaries for (13, 14, 16, 17), from container images.
+"""The official PostgreSQL container images (13, 14, 16, 17), beside the local servers.
 
-Runs only where a Docker engine answers; without one it skips cleanly. CI here has no engine
-and tests 15 and 18 with the local servers.
+Runs only where a Docker engine answers; without one it skips cleanly. CI here has no engine;
+every major 12-18 is tested there on local servers (tests/conftest.py, pg_any_major).
 """
 
 from __future__ import annotations

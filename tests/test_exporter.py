@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
 import psycopg
+import pytest
 
 from exporter.connection import APPLICATION_NAME
 from exporter.localpg import LocalCluster
@@ -164,3 +167,57 @@ def test_landing_page_and_health(pg: LocalCluster, exporter_for) -> None:
     assert secret not in body and str(pg.socket_dir) not in body
     assert http_get(f"{running.url}/healthz")[0] == 200
     assert http_get(f"{running.url}/nope")[0] == 404
+
+
+def test_a_query_outside_the_server_versions_is_skipped_and_said_once(
+    pg: LocalCluster, exporter_for, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server older than a query supports (PostgreSQL 11 for the built-in ones) would get
+    fewer metrics and no error: the log names the query and both versions, once."""
+    caplog.set_level(logging.INFO)
+
+    def gated(name: str, **gate: str) -> dict[str, object]:
+        metric = {"name": f"{name}_x", "help": "x", "value": "x"}
+        return {"name": name, "sql": "SELECT 1 AS x", "metrics": [metric], **gate}
+
+    config = {
+        "targets": [{"name": "db", "dsn": pg.dsn()}],
+        "queries": [gated("too_new", min_version="99"), gated("too_old", max_version="11")],
+    }
+    running = exporter_for(config)
+    running.scrape()
+    s = running.scrape()
+    assert s.get("too_new_x") is None
+    assert s.get("too_old_x") is None
+    assert s.value("pg_connections_used", target="db") >= 1
+    said = [r.getMessage() for r in caplog.records if "skipped: it is for server" in r.getMessage()]
+    assert sorted(said) == [
+        f"query too_new skipped: it is for server versions 990000 to any, this server is"
+        f" {pg.version_num}",
+        f"query too_old skipped: it is for server versions any to 119999, this server is"
+        f" {pg.version_num}",
+    ]
+
+
+def test_version_gates_on_every_major(pg_any_major: LocalCluster, exporter_for) -> None:
+    """A query for this major alone runs on any of its releases; one ending at the major
+    before, or starting at the next, does not."""
+    major = pg_any_major.version_num // 10000
+
+    def gated(name: str, **gate: str) -> dict[str, object]:
+        metric = {"name": f"{name}_x", "help": "x", "value": "x"}
+        return {"name": name, "sql": "SELECT 1 AS x", "metrics": [metric], **gate}
+
+    config = {
+        "targets": [{"name": "db", "dsn": pg_any_major.dsn()}],
+        "collectors": {"disable": ["connections", "connection_limits", "connection_settings"]},
+        "queries": [
+            gated("this_major", min_version=str(major), max_version=str(major)),
+            gated("until_before", max_version=str(major - 1)),
+            gated("from_next", min_version=str(major + 1)),
+        ],
+    }
+    s = exporter_for(config).scrape()
+    assert s.value("this_major_x", target="db") == 1
+    assert s.get("until_before_x") is None
+    assert s.get("from_next_x") is None

@@ -1,5 +1,5 @@
 """Every saturation metric against the truth, computed independently from pg_stat_activity,
-on PostgreSQL 15 and 18."""
+on every supported PostgreSQL major (12-18)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from psycopg.rows import dict_row
 from exporter.connection import APPLICATION_NAME
 from exporter.localpg import LocalCluster
 from exporter.workload import SessionSpec, Workload
-from tests.conftest import new_cluster
+from tests.conftest import ALL_MAJORS, new_cluster
 from tests.helpers import Samples, wait_until
 
 STATES = [
@@ -27,6 +27,12 @@ STATES = [
     "fastpath function call",
     "disabled",
 ]
+
+
+@pytest.fixture
+def pg(pg_any_major: LocalCluster) -> LocalCluster:
+    """This suite runs on the shared server of every supported major, not only 15 and 18."""
+    return pg_any_major
 
 
 @pytest.fixture
@@ -260,15 +266,18 @@ def test_role_without_pg_monitor_is_told_not_zeros(
         assert len(warnings) == 1  # said once, not every scrape
 
 
-@pytest.mark.parametrize("version", ["15", "18"])
-def test_saturated_server(version: str, exporter_for) -> None:
+@pytest.mark.parametrize("major", ALL_MAJORS)
+def test_saturated_server(major: str, exporter_for) -> None:
+    """Full to the last ordinary slot: reserved_connections (16+) on top of the superuser
+    ones where the version has it, and only the superuser ones before."""
+    reserved = 2 if int(major) >= 16 else 0
     settings: dict[str, object] = {"max_connections": 12, "superuser_reserved_connections": 2}
-    if version == "18":
-        settings["reserved_connections"] = 2
-    cluster = new_cluster(version, **settings)
+    if reserved:
+        settings["reserved_connections"] = reserved
+    cluster = new_cluster(major, **settings)
     try:
         cluster.execute("CREATE ROLE app LOGIN")
-        usable = 12 - 2 - (2 if version == "18" else 0)
+        usable = 12 - 2 - reserved
         running = exporter_for({"targets": [{"name": "t", "dsn": cluster.dsn()}]})
         assert running.scrape().value("pg_connections_used") == 1
         with Workload(cluster.dsn()) as w:
@@ -284,7 +293,7 @@ def test_saturated_server(version: str, exporter_for) -> None:
             assert s.value("pg_connections_utilization_ratio") == 1.0
             assert s.value("pg_connections_available") == 0
             assert s.value("pg_connections_used") == usable
-            assert s.value("pg_connections_reserved") == (2 if version == "18" else 0)
+            assert s.value("pg_connections_reserved") == reserved
             assert (
                 s.value("pg_connections_by_application", application_name="filler", state="idle")
                 == usable - 1
@@ -295,3 +304,50 @@ def test_saturated_server(version: str, exporter_for) -> None:
         assert after.value("pg_connections_available") == usable - 1
     finally:
         cluster.stop()
+
+
+def test_every_backend_type_matches_pg_stat_activity(
+    pg: LocalCluster, observer: psycopg.Connection[Any], exporter_for
+) -> None:
+    """The background processes differ between majors (18 adds io workers): every one is
+    counted under the name pg_stat_activity gives it, on every major."""
+    running = exporter_for({"targets": [{"name": "t", "dsn": pg.dsn()}]})
+    running.scrape()
+
+    def agreed() -> Samples:
+        before = by(
+            observer.execute("SELECT backend_type FROM pg_stat_activity").fetchall(),
+            "backend_type",
+        )
+        s = running.scrape()
+        after = by(
+            observer.execute("SELECT backend_type FROM pg_stat_activity").fetchall(),
+            "backend_type",
+        )
+        # Autovacuum workers come and go: compare when nothing changed around the scrape.
+        assert before == after
+        got = {k: v for k, v in s.by("pg_connections_by_backend_type", "backend_type").items()}
+        assert got == {k[0]: n for k, n in before.items()}, (got, before)
+        return s
+
+    s = wait_until(agreed, what="backend types to match pg_stat_activity")
+    types = set(s.by("pg_connections_by_backend_type", "backend_type"))
+    assert {"client backend", "autovacuum launcher", "checkpointer"} <= types
+    assert ("io worker" in types) == (pg.version_num >= 180000)
+
+
+def test_session_ending_timeouts_are_the_settings_the_version_has(
+    pg: LocalCluster, observer: psycopg.Connection[Any], exporter_for
+) -> None:
+    """idle_session_timeout exists from 14 on: reported there, left out before, not made up."""
+    running = exporter_for({"targets": [{"name": "t", "dsn": pg.dsn()}]})
+    s = running.scrape()
+    truth_rows = observer.execute(
+        "SELECT name, setting::float8 * CASE unit WHEN 'ms' THEN 0.001 WHEN 'min' THEN 60"
+        " ELSE 1 END AS seconds FROM pg_settings WHERE name IN"
+        " ('idle_in_transaction_session_timeout', 'idle_session_timeout', 'statement_timeout')"
+    ).fetchall()
+    want = {r["name"]: r["seconds"] for r in truth_rows}
+    assert s.by("pg_connections_timeout_seconds", "setting") == want
+    assert ("idle_session_timeout" in want) == (pg.version_num >= 140000)
+    assert {"idle_in_transaction_session_timeout", "statement_timeout"} <= set(want)

@@ -13,7 +13,7 @@ import pytest
 from exporter.connection import APPLICATION_NAME
 from exporter.localpg import LocalCluster
 from exporter.workload import SessionSpec, Workload
-from tests.conftest import new_cluster
+from tests.conftest import ALL_MAJORS, new_cluster
 from tests.helpers import Samples, http_get, wait_until
 from tests.test_exporter import exporter_backends
 
@@ -59,18 +59,23 @@ def _exporter_backend_pids(cluster: LocalCluster) -> list[int]:
     return [r[0] for r in rows]
 
 
-def test_reserved_role_and_login_check_through_saturation(exporter_for) -> None:
+@pytest.mark.parametrize("major", ALL_MAJORS)
+def test_reserved_role_and_login_check_through_saturation(major: str, exporter_for) -> None:
     """On 16+, a monitoring role granted pg_use_reserved_connections gets back in while ordinary
-    roles are refused; the login check (as an ordinary role) sees the refusal."""
-    cluster = new_cluster(
-        "18", max_connections=8, superuser_reserved_connections=1, reserved_connections=2
-    )
-    try:
-        cluster.execute(
-            "CREATE ROLE app LOGIN",
+    roles are refused; before 16 only superusers have reserved slots, so there the monitoring
+    role must be one. The login check (as an ordinary role) sees the refusal."""
+    if int(major) >= 16:
+        reserved = {"superuser_reserved_connections": 1, "reserved_connections": 2}
+        monitor = [
             "CREATE ROLE monitor LOGIN",
             "GRANT pg_monitor, pg_use_reserved_connections TO monitor",
-        )
+        ]
+    else:
+        reserved = {"superuser_reserved_connections": 3}
+        monitor = ["CREATE ROLE monitor LOGIN SUPERUSER"]
+    cluster = new_cluster(major, max_connections=8, **reserved)
+    try:
+        cluster.execute("CREATE ROLE app LOGIN", *monitor)
         running = exporter_for(
             {
                 "targets": [
@@ -94,7 +99,8 @@ def test_reserved_role_and_login_check_through_saturation(exporter_for) -> None:
         assert s.value("pg_connections_login_check_duration_seconds", target="main") > 0
         with Workload(cluster.dsn()) as w:
             opened = _fill_ordinary_slots(w, cluster, "app")
-            # 8 slots: 1 superuser-reserved, 2 reserved, 1 held by the exporter.
+            # 8 slots: 3 reserved (16+: 1 for superusers, 2 for pg_use_reserved_connections),
+            # 1 held by the exporter.
             assert opened == 4
             s = running.scrape_until(
                 lambda s: s.value("pg_connections_login_check_success", target="main") == 0,
@@ -138,8 +144,9 @@ def test_reserved_role_and_login_check_through_saturation(exporter_for) -> None:
         cluster.stop()
 
 
-def test_login_check_defaults_to_the_target_dsn_once_a_minute(exporter_for) -> None:
-    cluster = new_cluster("18", max_connections=20)
+@pytest.mark.parametrize("major", ALL_MAJORS)
+def test_login_check_defaults_to_the_target_dsn_once_a_minute(major: str, exporter_for) -> None:
+    cluster = new_cluster(major, max_connections=20)
     try:
         running = exporter_for(
             {

@@ -39,6 +39,12 @@ HEADER = (
 _DURATION = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$")
 _UNIT = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
 
+# The pooling advisor's alerts: tickets, never pages (why the slots are full, not that they are).
+ADVISORY_ALERTS = (
+    "PostgresConnectionsMostlyIdle",
+    "PostgresConnectionChurnHigh",
+    "PostgresSessionsAbandoned",
+)
 # Every alert, in the order of the rule file.
 ALERTS = (
     "PostgresConnectionsExporterDown",
@@ -59,6 +65,7 @@ ALERTS = (
     "PgBouncerClientsWaitingTooLong",
     "PgBouncerClientConnectionsNearLimit",
     "PgBouncerPoolSaturated",
+    *ADVISORY_ALERTS,
 )
 
 
@@ -488,7 +495,143 @@ def render_groups(t: Mapping[str, Any]) -> list[dict[str, Any]]:
             """,
         ),
     ]
+    records += advisor_records(t)
+    alerts += advisory_alerts(t, alert)
     return [{"name": t["name"], "rules": records + alerts}]
+
+
+# Session states in which a session needs a server connection of its own: what a transaction
+# pooler has to serve (idle sessions need none).
+BUSY_STATES = "active|idle in transaction.*|fastpath function call"
+BUSY = "target:pg_connections_busy:avg"
+BUSY_SAMPLED = "target:pg_connections_busy:sampled"
+BUSY_COUNTED = "target:pg_sessions_busy:rate"
+BUSY_BY_DATABASE = "target:pg_sessions_busy_by_database:rate"
+BUSY_RATIO = "target:pg_connections_busy:ratio"
+POOLER_SIZE = "target:pg_connections_pooler_size:peak"
+CHURN = "target:pg_sessions:rate"
+ENDED = "target:pg_sessions_ended:rate"
+
+
+def advisor_records(t: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The pooling advisor: slots held against sessions busy, and the pool a transaction-mode
+    pooler would need. Busy sessions are the larger of two estimates over `busy_window`: the
+    time the server counted in active and idle-in-transaction states (PostgreSQL 14+; exact,
+    but a statement is counted only when it ends) and the average of the sampled states (every
+    version; catches long statements, misses what happens between scrapes). The names carry no
+    window, so that the dashboards need not know the thresholds."""
+    sel = f'job="{t["job"]}"'
+    advisor = t["advisor"]
+    bw, peak = duration(advisor["busy_window"]), duration(advisor["peak_window"])
+    on = "on(job, instance, target)"
+    return [
+        {
+            "record": BUSY_SAMPLED,
+            "expr": f'sum without (state) (pg_connections{{{sel}, state=~"{BUSY_STATES}"}})\n',
+        },
+        {
+            "record": BUSY_BY_DATABASE,
+            "expr": _block(f"""
+                rate(pg_sessions_active_seconds_total{{{sel}}}[{bw}])
+                + rate(pg_sessions_idle_in_transaction_seconds_total{{{sel}}}[{bw}])
+            """),
+        },
+        {
+            "record": BUSY_COUNTED,
+            "expr": f"sum without (datname) ({BUSY_BY_DATABASE}{{{sel}}})\n",
+        },
+        {
+            "record": BUSY,
+            "expr": _block(f"""
+                {BUSY_COUNTED}{{{sel}}}
+                >= {on}
+                avg_over_time({BUSY_SAMPLED}{{{sel}}}[{bw}])
+                or {on}
+                avg_over_time({BUSY_SAMPLED}{{{sel}}}[{bw}])
+            """),
+        },
+        {
+            "record": BUSY_RATIO,
+            "expr": _block(f"""
+                {BUSY}{{{sel}}}
+                / {on} group_left()
+                (avg_over_time(pg_connections_used{{{sel}}}[{bw}]) > 0)
+            """),
+        },
+        {
+            # The pool a transaction-mode pooler needs: the peak of the averaged busy sessions.
+            "record": POOLER_SIZE,
+            "expr": f"ceil(max_over_time({BUSY}{{{sel}}}[{peak}]))\n",
+        },
+        {
+            "record": CHURN,
+            "expr": f"sum without (datname) (rate(pg_sessions_total{{{sel}}}[{bw}]))\n",
+        },
+        {
+            "record": ENDED,
+            "expr": f"sum without (datname) (rate(pg_sessions_ended_total{{{sel}}}[{bw}]))\n",
+        },
+    ]
+
+
+def advisory_alerts(t: Mapping[str, Any], alert: Any) -> list[dict[str, Any]]:
+    """Tickets (warning) that say why the slots are full and what would free them."""
+    sel = f'job="{t["job"]}"'
+    a = t["alerts"]
+    where = "{{ $labels.target }} ({{ $labels.instance }})"
+    idle, churn, abandoned = (a[name] for name in ADVISORY_ALERTS)
+    smoothing = duration(idle["smoothing"])
+    cwin, awin = duration(churn["window"]), duration(abandoned["window"])
+    return [
+        alert(
+            "PostgresConnectionsMostlyIdle",
+            f"""
+            {BUSY_RATIO}{{{sel}}} < {idle["busy_ratio"]}
+            and on(job, instance, target)
+            avg_over_time(pg_connections_utilization_ratio{{{sel}}}[{smoothing}])
+              > {idle["utilization"]}
+            """,
+            "warning",
+            "PostgreSQL slots are mostly held by idle sessions: a pooler would free them.",
+            f"""
+            {where}: only {{{{ $value | humanizePercentage }}}} of the connections held are
+            busy (active or idle in a transaction; under {pct(idle["busy_ratio"])}) while over
+            {pct(idle["utilization"])} of the slots are in use: the applications hold idle
+            connections. A transaction-mode pooler (PgBouncer) or smaller application pools
+            would serve the same work with far fewer slots (see {POOLER_SIZE}).
+            """,
+        ),
+        alert(
+            "PostgresConnectionChurnHigh",
+            f"""
+            sum without (datname) (rate(pg_sessions_total{{{sel}}}[{cwin}]))
+              > {churn["per_second"]}
+            """,
+            "warning",
+            "Applications open PostgreSQL connections at a high rate instead of reusing them.",
+            f"""
+            {where}: {{{{ $value | humanize }}}} new connections per second over {cwin} (over
+            {churn["per_second"]}/s): each costs a process start and authentication, and the
+            application behind it likely opens a connection per request. See which application's
+            connections are young (pg_connections_young_by_application).
+            """,
+        ),
+        alert(
+            "PostgresSessionsAbandoned",
+            f"""
+            sum without (datname, outcome) (
+              increase(pg_sessions_ended_total{{{sel}, outcome="abandoned"}}[{awin}])
+            ) > {abandoned["sessions"]}
+            """,
+            "warning",
+            "PostgreSQL sessions are being abandoned by their clients.",
+            f"""
+            {where}: {{{{ $value | humanize }}}} sessions ended without the client closing them
+            in the last {awin} (over {abandoned["sessions"]}): clients crash, are killed, or
+            time out and drop their connections, often while the server was too slow or full.
+            """,
+        ),
+    ]
 
 
 class _Dumper(yaml.SafeDumper):

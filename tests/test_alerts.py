@@ -49,6 +49,10 @@ EXPECTED = {
     "PgBouncerClientsWaitingTooLong": {"warning", "critical"},
     "PgBouncerClientConnectionsNearLimit": {"warning", "critical"},
     "PgBouncerPoolSaturated": {"warning"},
+    # The pooling advisor: tickets, never pages.
+    "PostgresConnectionsMostlyIdle": {"warning"},
+    "PostgresConnectionChurnHigh": {"warning"},
+    "PostgresSessionsAbandoned": {"warning"},
 }
 
 

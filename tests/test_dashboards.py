@@ -370,7 +370,8 @@ def test_histogram_is_a_heatmap_of_buckets() -> None:
     assert heatmaps, "no heatmap panel"
     for p in heatmaps:
         for t in p["targets"]:
-            assert "pg_connections_state_duration_seconds_bucket" in t["expr"], p["title"]
+            histograms = ("pg_connections_state_duration_seconds", "pg_connections_age_seconds")
+            assert any(f"{h}_bucket" in t["expr"] for h in histograms), p["title"]
             assert t["format"] == "heatmap" and "by (le)" in t["expr"], p["title"]
         assert p["options"]["calculate"] is False, p["title"]
 

@@ -666,8 +666,9 @@ def why_so_many_rows(L: Layout) -> None:
             "Slots held and sessions busy",
             "Connections held (pg_connections_used) against the sessions that need one "
             "(active or idle in a transaction): the advisor's figure "
-            "(target:pg_connections_busy:avg, the larger of the time the server counted in "
-            "those states and the sampled states, over alerts/thresholds.yaml's busy_window) "
+            "(target:pg_connections_busy:avg over alerts/thresholds.yaml's busy_window: the "
+            "time the server counted in those states plus the sessions in them for longer, "
+            "PostgreSQL 14+; the sampled states before) "
             "and the sampled states now; and the pool a transaction-mode pooler would need "
             "(target:pg_connections_pooler_size:peak, the peak of the advisor's figure over "
             "peak_window). The advisor's series need the shipped recording rules.",

@@ -506,6 +506,8 @@ BUSY_STATES = "active|idle in transaction.*|fastpath function call"
 BUSY = "target:pg_connections_busy:avg"
 BUSY_SAMPLED = "target:pg_connections_busy:sampled"
 BUSY_COUNTED = "target:pg_sessions_busy:rate"
+BUSY_LONG = "target:pg_connections_busy:long"
+CONNECTIONS_QUERIES = REPO / "exporter" / "queries" / "connections.yaml"
 BUSY_BY_DATABASE = "target:pg_sessions_busy_by_database:rate"
 BUSY_RATIO = "target:pg_connections_busy:ratio"
 POOLER_SIZE = "target:pg_connections_pooler_size:peak"
@@ -513,21 +515,46 @@ CHURN = "target:pg_sessions:rate"
 ENDED = "target:pg_sessions_ended:rate"
 
 
+def state_duration_bound(window: str) -> str:
+    """The `le` of pg_connections_state_duration_seconds equal to `window`: the advisor's busy
+    window must be one of the histogram's bounds (collectors.params.connections.
+    duration_buckets, whose defaults are read here)."""
+    data = yaml.safe_load(CONNECTIONS_QUERIES.read_text(encoding="utf-8"))
+    (query,) = [q for q in data["queries"] if q["name"] == "connections"]
+    bounds = [float(b) for b in query["params"]["duration_buckets"]]
+    if seconds(window) not in bounds:
+        raise ValueError(
+            f"advisor.busy_window {window}: must be one of the bounds of "
+            f"pg_connections_state_duration_seconds ({', '.join(f'{b:g}s' for b in bounds)})"
+        )
+    return repr(seconds(window) * 1.0)
+
+
 def advisor_records(t: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The pooling advisor: slots held against sessions busy, and the pool a transaction-mode
-    pooler would need. Busy sessions are the larger of two estimates over `busy_window`: the
-    time the server counted in active and idle-in-transaction states (PostgreSQL 14+; exact,
-    but a statement is counted only when it ends) and the average of the sampled states (every
-    version; catches long statements, misses what happens between scrapes). The names carry no
-    window, so that the dashboards need not know the thresholds."""
+    pooler would need. Busy sessions over `busy_window`, where the server counts them
+    (PostgreSQL 14+): the time it counted in active and idle-in-transaction states, which it
+    adds when a session leaves the state, plus the sessions in such a state since before the
+    window (none of whose time is counted yet); elsewhere the average of the sampled states
+    (misses what happens between scrapes). The names carry no window, so that the dashboards
+    need not know the thresholds."""
     sel = f'job="{t["job"]}"'
     advisor = t["advisor"]
     bw, peak = duration(advisor["busy_window"]), duration(advisor["peak_window"])
+    le = state_duration_bound(bw)
     on = "on(job, instance, target)"
+    busy_buckets = f'pg_connections_state_duration_seconds_bucket{{{sel}, state=~"{BUSY_STATES}"'
     return [
         {
             "record": BUSY_SAMPLED,
             "expr": f'sum without (state) (pg_connections{{{sel}, state=~"{BUSY_STATES}"}})\n',
+        },
+        {
+            "record": BUSY_LONG,
+            "expr": _block(f"""
+                sum without (state, le) ({busy_buckets}, le="+Inf"}})
+                - sum without (state, le) ({busy_buckets}, le="{le}"}})
+            """),
         },
         {
             "record": BUSY_BY_DATABASE,
@@ -544,8 +571,8 @@ def advisor_records(t: Mapping[str, Any]) -> list[dict[str, Any]]:
             "record": BUSY,
             "expr": _block(f"""
                 {BUSY_COUNTED}{{{sel}}}
-                >= {on}
-                avg_over_time({BUSY_SAMPLED}{{{sel}}}[{bw}])
+                + {on}
+                ({BUSY_LONG}{{{sel}}} or {on} {BUSY_COUNTED}{{{sel}}} * 0)
                 or {on}
                 avg_over_time({BUSY_SAMPLED}{{{sel}}}[{bw}])
             """),

@@ -467,9 +467,10 @@ def check_why_so_many(r: Result, elapsed: float, settings: dict[str, int]) -> No
     check(held, "A", lambda v: v == [USED])
     check(held, "C", lambda v: v == [busy_states])
     # Sessions that stay active or idle in a transaction add no counted time until they leave
-    # the state: the advisor's figure is the sampled one, averaged since they opened.
-    check(held, "B", lambda v: len(v) == 1 and 0 < v[0] <= busy_states)
-    check(held, "D", lambda v: len(v) == 1 and 1 <= v[0] <= busy_states)
+    # the state: the advisor counts those in it for longer than its window (5 s here), so
+    # between none and all of them by now, plus the exporter's own statements' counted time.
+    check(held, "B", lambda v: len(v) == 1 and 0 <= v[0] <= busy_states + 0.5)
+    check(held, "D", lambda v: len(v) == 1 and 0 <= v[0] <= busy_states + 1)
     check("Pool a transaction pooler would need", "B", lambda v: v == [USED])
     check(
         "Pool a transaction pooler would need",
@@ -479,7 +480,7 @@ def check_why_so_many(r: Result, elapsed: float, settings: dict[str, int]) -> No
     check(
         "Busy share of the connections held",
         "A",
-        lambda v: len(v) == 1 and 0 < v[0] <= busy_states / USED + 1e-9,
+        lambda v: len(v) == 1 and 0 <= v[0] <= (busy_states + 0.5) / USED,
     )
     check("New connections per second", "A", lambda v: len(v) == 1 and v[0] >= 0)
     outcomes = {"abandoned", "fatal", "killed"}

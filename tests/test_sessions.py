@@ -211,6 +211,7 @@ def test_churn_rate_and_young_connections_through_prometheus(
             rate = prom.query(f'rate(pg_sessions_total{{datname="{db}"}}[{window}s])', end)
             ((_, value),) = [(s["metric"], float(s["value"][1])) for s in rate["data"]["result"]]
             truth = churn.opened_between(end - window, end) / window
+            print(f"churn: Prometheus {value:.2f}/s, the client {truth:.2f}/s")
             assert abs(truth - CHURN_PER_SECOND) <= 1, f"the churn fell behind: {truth}/s"
             assert value == pytest.approx(truth, rel=0.10), (value, truth)
 
@@ -260,12 +261,12 @@ def duty_cycle(dsn: str, stop: threading.Event, errors: list[BaseException]) -> 
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(240)
 def test_pooling_advisor_on_a_known_duty_cycle(
     tmp_path: Path, pg: LocalCluster, exporter_for
 ) -> None:
     """20 sessions each busy 25% of the time: the advisor's busy sessions are within 20% of 5
-    (both the server's counted time and the sampled states), and the pooler size it suggests
+    (from the server's counted time; the sampled states too), and the pooler size it suggests
     is the peak of that, far under the 20 slots held."""
     db = new_database(pg)
     with psycopg.connect(pg.dsn(dbname=db), autocommit=True) as conn:
@@ -281,7 +282,7 @@ def test_pooling_advisor_on_a_known_duty_cycle(
         )
         for _ in range(SESSIONS)
     ]
-    busy_window = 30
+    busy_window, sampled_window = 30, 60
     try:
         with prometheus_with_advisor(
             tmp_path, running.exporter.port, busy_window=f"{busy_window}s", peak_window="20s"
@@ -303,23 +304,30 @@ def test_pooling_advisor_on_a_known_duty_cycle(
             counted = only(
                 prom.vector(f'target:pg_sessions_busy_by_database:rate{{{sel}, datname="{db}"}}')
             )
-            sampled = only(
-                prom.vector(
-                    f"avg_over_time(target:pg_connections_busy:sampled{{{sel}}}[{busy_window}s])"
-                )
-            )
             busy = only(prom.vector(f"target:pg_connections_busy:avg{{{sel}}}"))
+            print(f"busy: counted {counted:.2f}, advisor {busy:.2f}")
             assert counted == pytest.approx(want, rel=0.2), counted
-            assert sampled == pytest.approx(want, rel=0.2), sampled
+            # No session stays busy longer than the window: the advisor takes the count.
+            assert only(prom.vector(f"target:pg_connections_busy:long{{{sel}}}")) == 0
             assert busy == pytest.approx(want, rel=0.2), busy
-            assert busy >= max(counted, sampled) - 0.5  # the larger of the two, a moment later
             held = only(prom.vector(f"pg_connections_used{{{sel}}}"))
             assert held == SESSIONS + 1  # the exporter's own too
             ratio = only(prom.vector(f"target:pg_connections_busy:ratio{{{sel}}}"))
             assert ratio == pytest.approx(want / held, rel=0.25)
             size = only(prom.vector(f"target:pg_connections_pooler_size:peak{{{sel}}}"))
+            print(f"pooler size {size:g}, slots held {held:g}")
             assert math.ceil(want * 0.8) <= size <= math.ceil(want * 1.2) + 1, size
             assert size < held / 2
+            # The sampled states (what the advisor uses before 14) estimate the same 5, more
+            # noisily: a sample a second, averaged over a minute.
+            time.sleep(sampled_window - busy_window)
+            sampled = only(
+                prom.vector(
+                    f"avg_over_time(target:pg_connections_busy:sampled{{{sel}}}[{sampled_window}s])"
+                )
+            )
+            print(f"busy: sampled {sampled:.2f}")
+            assert sampled == pytest.approx(want, rel=0.2), sampled
     finally:
         stop.set()
         for thread in threads:

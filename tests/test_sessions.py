@@ -25,7 +25,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from exporter.config import builtin_queries
+from exporter.config import ConfigError, builtin_queries, parse_config
 from exporter.localpg import LocalCluster
 from tests.conftest import require_program
 from tests.helpers import RunningExporter, load_render_alerts, wait_until
@@ -337,6 +337,22 @@ def test_pooling_advisor_on_a_known_duty_cycle(
 def only(samples: list[tuple[dict[str, str], float]]) -> float:
     assert len(samples) == 1, samples
     return samples[0][1]
+
+
+def test_a_non_numeric_young_seconds_is_a_config_error() -> None:
+    config = {
+        "targets": [{"name": TARGET, "dsn": "host=localhost"}],
+        "collectors": {"params": {"connection_age": {"young_seconds": "1m"}}},
+    }
+    with pytest.raises(ConfigError) as err:
+        parse_config(config, "exporter.yaml")
+    assert err.value.problems == [
+        "exporter.yaml: collectors.params.connection_age.young_seconds: expected a number "
+        "(default 60), got '1m'"
+    ]
+    config["collectors"]["params"]["connection_age"]["young_seconds"] = 5
+    (query,) = [q for q in parse_config(config, "x").queries if q.name == "connection_age"]
+    assert query.params["young_seconds"] == 5
 
 
 def test_builtin_gates() -> None:

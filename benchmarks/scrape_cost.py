@@ -43,6 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import yaml
@@ -431,6 +432,94 @@ def interleaved(
             measure_block(results[name], per_round, one, pid, postmaster, skip)
 
 
+class QuerySet:
+    """Built-in queries run as the exporter runs a scrape's: prepared (after the first run), in
+    one read-only transaction, on a warm connection of the monitoring role."""
+
+    def __init__(self, dsn: str, queries: Sequence[QuerySpec]) -> None:
+        self.queries = list(queries)
+        self.conn = psycopg.connect(dsn, autocommit=True, prepare_threshold=0)
+
+    def get(self) -> float:
+        start = time.perf_counter()
+        with self.conn.transaction():
+            self.conn.execute("SET TRANSACTION READ ONLY")
+            for query in self.queries:
+                self.conn.execute(query.sql, query.params or None).fetchall()  # type: ignore[arg-type]
+        return time.perf_counter() - start
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def run_added_queries(
+    n: int, cluster: LocalCluster, workload: BenchWorkload, names: Sequence[str], args: Any
+) -> dict[str, Series]:
+    """What `names` add to a scrape at N sessions: the scrape's built-in queries without them
+    (before) and with them (after), and each one added alone, in interleaved rounds (A/B in
+    one run)."""
+    workload.grow_to(n)
+    queries = {q.name: q for q in builtin_queries() if q.target_kind == "postgres"}
+    unknown = set(names) - set(queries)
+    if unknown:
+        raise SystemExit(f"--added-queries: no built-in query {', '.join(sorted(unknown))}")
+    before = [q for name, q in queries.items() if name not in names]
+    sets = {"before": before, "after": list(queries.values())}
+    # Each one added to the others in their transaction: it may share their read of the
+    # backends (PostgreSQL keeps it for the transaction).
+    sets |= {f"before + {name}": [*before, queries[name]] for name in names}
+    monitor = cluster.dsn(user=MONITOR_ROLE, host="127.0.0.1")
+    results = {label: Series() for label in sets}
+    postmaster = _postmaster(cluster)
+    with contextlib.ExitStack() as stack:
+        runners = {label: QuerySet(monitor, qs) for label, qs in sets.items()}
+        for runner in runners.values():
+            stack.callback(runner.close)
+            for _ in range(max(args.warmup, 2)):
+                runner.get()
+
+        def run(label: str) -> None:
+            results[label].latencies.append(runners[label].get())
+
+        interleaved(
+            {label: (partial(run, label), None) for label in sets},
+            args.scrapes,
+            args.rounds,
+            results,
+            postmaster,
+            set(workload.pids),
+        )
+    return results
+
+
+def added_queries_table(n: int, results: dict[str, Series]) -> list[str]:
+    before, after = results["before"], results["after"]
+    lines = [
+        f"N = {n} client sessions; {before.n} runs each, interleaved",
+        "",
+        "| Queries | median ms | p99 ms | server CPU ms/run |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for label, series in results.items():
+        lines.append(
+            f"| {label} | {series.median_ms():.2f} | {series.p99_ms():.2f} "
+            f"| {series.server_cpu_ms():.2f} |"
+        )
+    lines += [
+        "",
+        f"Added by the new queries: {after.median_ms() - before.median_ms():+.2f} ms median, "
+        f"{after.server_cpu_ms() - before.server_cpu_ms():+.2f} ms server CPU per scrape.",
+    ]
+    for label, series in results.items():
+        if label.startswith("before + "):
+            lines.append(
+                f"{label.removeprefix('before + ')}: "
+                f"{series.median_ms() - before.median_ms():+.2f} ms median, "
+                f"{series.server_cpu_ms() - before.server_cpu_ms():+.2f} ms server CPU."
+            )
+    return lines
+
+
 # --- scenarios ---------------------------------------------------------------------------------
 
 
@@ -808,6 +897,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--profile", type=Path, help="py-spy raw profile of the exporter at max N")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a check that it works")
     parser.add_argument(
+        "--added-queries",
+        help="only measure what these built-in queries (comma-separated) add to a scrape's "
+        "queries at each size, A/B in the same rounds",
+    )
+    parser.add_argument(
         "--baseline",
         type=Path,
         help="another build's pg-connections-exporter script, measured in the same rounds",
@@ -862,6 +956,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         workload = BenchWorkload(cluster)
         stack.callback(workload.close)
         print(_versions(cluster), f"max_connections={max_connections}", flush=True)
+        if args.added_queries:
+            names = [name.strip() for name in args.added_queries.split(",") if name.strip()]
+            for n in args.sizes:
+                print(f"N = {n}: opening sessions and measuring {', '.join(names)}", flush=True)
+                result = run_added_queries(n, cluster, workload, names, args)
+                print("\n".join(added_queries_table(n, result)), flush=True)
+            return 0
         targets = None
         if args.targets:
             workload.grow_to(args.sizes[0])

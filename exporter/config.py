@@ -499,6 +499,22 @@ def read_yaml(text: str, source: str) -> Any:
         raise ConfigError([f"{source}: {where}: invalid YAML: {problem}"]) from None
 
 
+def _numeric_param_problems(
+    query: QuerySpec, overrides: Mapping[str, Any], where: str
+) -> list[str]:
+    """A parameter that is a number by default (a threshold such as young_seconds) must stay
+    one: otherwise the query would fail on every scrape instead of the config failing once."""
+    problems = []
+    for key, value in overrides.items():
+        default = query.params.get(key)
+        is_number = isinstance(default, int | float) and not isinstance(default, bool)
+        if is_number and (isinstance(value, bool) or not isinstance(value, int | float)):
+            problems.append(
+                f"{where}.{query.name}.{key}: expected a number (default {default}), got {value!r}"
+            )
+    return problems
+
+
 def builtin_queries() -> list[QuerySpec]:
     """The queries shipped in `exporter/queries/*.yaml`, validated by the user schema."""
     problems: list[str] = []
@@ -652,6 +668,11 @@ def _select_queries(
                     f"{source}: collectors.params.{name}.{key}: query {name} has no "
                     f"parameter {key!r}"
                 )
+            problems += _numeric_param_problems(
+                query,
+                {k: v for k, v in overrides.items() if not k.endswith("_age")},
+                f"{source}: collectors.params",
+            )
             overrides = _seconds_params(
                 query.params, overrides, f"{source}: collectors.params.{name}", problems
             )

@@ -39,6 +39,12 @@ HEADER = (
 _DURATION = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$")
 _UNIT = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
 
+# The pooling advisor's alerts: tickets, never pages (why the slots are full, not that they are).
+ADVISORY_ALERTS = (
+    "PostgresConnectionsMostlyIdle",
+    "PostgresConnectionChurnHigh",
+    "PostgresSessionsAbandoned",
+)
 # Every alert, in the order of the rule file.
 ALERTS = (
     "PostgresConnectionsExporterDown",
@@ -60,6 +66,7 @@ ALERTS = (
     "PgBouncerClientsWaitingTooLong",
     "PgBouncerClientConnectionsNearLimit",
     "PgBouncerPoolSaturated",
+    *ADVISORY_ALERTS,
 )
 
 
@@ -669,7 +676,170 @@ def render_groups(t: Mapping[str, Any]) -> list[dict[str, Any]]:
             """,
         ),
     ]
+    records += advisor_records(t)
+    alerts += advisory_alerts(t, alert)
     return [{"name": t["name"], "rules": records + alerts}]
+
+
+# Session states in which a session needs a server connection of its own: what a transaction
+# pooler has to serve (idle sessions need none).
+BUSY_STATES = "active|idle in transaction.*|fastpath function call"
+BUSY = "target:pg_connections_busy:avg"
+BUSY_SAMPLED = "target:pg_connections_busy:sampled"
+BUSY_COUNTED = "target:pg_sessions_busy:rate"
+BUSY_LONG = "target:pg_connections_busy:long"
+CONNECTIONS_QUERIES = REPO / "exporter" / "queries" / "connections.yaml"
+BUSY_BY_DATABASE = "target:pg_sessions_busy_by_database:rate"
+BUSY_RATIO = "target:pg_connections_busy:ratio"
+POOLER_SIZE = "target:pg_connections_pooler_size:peak"
+CHURN = "target:pg_sessions:rate"
+ENDED = "target:pg_sessions_ended:rate"
+
+
+def state_duration_bound(window: str) -> str:
+    """The `le` of pg_connections_state_duration_seconds equal to `window`: the advisor's busy
+    window must be one of the histogram's bounds (collectors.params.connections.
+    duration_buckets, whose defaults are read here)."""
+    data = yaml.safe_load(CONNECTIONS_QUERIES.read_text(encoding="utf-8"))
+    (query,) = [q for q in data["queries"] if q["name"] == "connections"]
+    bounds = [float(b) for b in query["params"]["duration_buckets"]]
+    if seconds(window) not in bounds:
+        raise ValueError(
+            f"advisor.busy_window {window}: must be one of the bounds of "
+            f"pg_connections_state_duration_seconds ({', '.join(f'{b:g}s' for b in bounds)})"
+        )
+    return repr(seconds(window) * 1.0)
+
+
+def advisor_records(t: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The pooling advisor: slots held against sessions busy, and the pool a transaction-mode
+    pooler would need. Busy sessions over `busy_window`, where the server counts them
+    (PostgreSQL 14+): the time it counted in active and idle-in-transaction states, which it
+    adds when a session leaves the state, plus the sessions in such a state since before the
+    window (none of whose time is counted yet); elsewhere the average of the sampled states
+    (misses what happens between scrapes). The names carry no window, so that the dashboards
+    need not know the thresholds."""
+    sel = f'job="{t["job"]}"'
+    advisor = t["advisor"]
+    bw, peak = duration(advisor["busy_window"]), duration(advisor["peak_window"])
+    le = state_duration_bound(bw)
+    on = "on(job, instance, target)"
+    busy_buckets = f'pg_connections_state_duration_seconds_bucket{{{sel}, state=~"{BUSY_STATES}"'
+    return [
+        {
+            "record": BUSY_SAMPLED,
+            "expr": f'sum without (state) (pg_connections{{{sel}, state=~"{BUSY_STATES}"}})\n',
+        },
+        {
+            "record": BUSY_LONG,
+            "expr": _block(f"""
+                sum without (state, le) ({busy_buckets}, le="+Inf"}})
+                - sum without (state, le) ({busy_buckets}, le="{le}"}})
+            """),
+        },
+        {
+            "record": BUSY_BY_DATABASE,
+            "expr": _block(f"""
+                rate(pg_sessions_active_seconds_total{{{sel}}}[{bw}])
+                + rate(pg_sessions_idle_in_transaction_seconds_total{{{sel}}}[{bw}])
+            """),
+        },
+        {
+            "record": BUSY_COUNTED,
+            "expr": f"sum without (datname) ({BUSY_BY_DATABASE}{{{sel}}})\n",
+        },
+        {
+            "record": BUSY,
+            "expr": _block(f"""
+                {BUSY_COUNTED}{{{sel}}}
+                + {on}
+                ({BUSY_LONG}{{{sel}}} or {on} {BUSY_COUNTED}{{{sel}}} * 0)
+                or {on}
+                avg_over_time({BUSY_SAMPLED}{{{sel}}}[{bw}])
+            """),
+        },
+        {
+            "record": BUSY_RATIO,
+            "expr": _block(f"""
+                {BUSY}{{{sel}}}
+                / {on} group_left()
+                (avg_over_time(pg_connections_used{{{sel}}}[{bw}]) > 0)
+            """),
+        },
+        {
+            # The pool a transaction-mode pooler needs: the peak of the averaged busy sessions.
+            "record": POOLER_SIZE,
+            "expr": f"ceil(max_over_time({BUSY}{{{sel}}}[{peak}]))\n",
+        },
+        {
+            "record": CHURN,
+            "expr": f"sum without (datname) (rate(pg_sessions_total{{{sel}}}[{bw}]))\n",
+        },
+        {
+            "record": ENDED,
+            "expr": f"sum without (datname) (rate(pg_sessions_ended_total{{{sel}}}[{bw}]))\n",
+        },
+    ]
+
+
+def advisory_alerts(t: Mapping[str, Any], alert: Any) -> list[dict[str, Any]]:
+    """Tickets (warning) that say why the slots are full and what would free them."""
+    sel = f'job="{t["job"]}"'
+    a = t["alerts"]
+    where = "{{ $labels.target }} ({{ $labels.instance }})"
+    idle, churn, abandoned = (a[name] for name in ADVISORY_ALERTS)
+    smoothing = duration(idle["smoothing"])
+    cwin, awin = duration(churn["window"]), duration(abandoned["window"])
+    return [
+        alert(
+            "PostgresConnectionsMostlyIdle",
+            f"""
+            {BUSY_RATIO}{{{sel}}} < {idle["busy_ratio"]}
+            and on(job, instance, target)
+            avg_over_time(pg_connections_utilization_ratio{{{sel}}}[{smoothing}])
+              > {idle["utilization"]}
+            """,
+            "warning",
+            "PostgreSQL slots are mostly held by idle sessions: a pooler would free them.",
+            f"""
+            {where}: only {{{{ $value | humanizePercentage }}}} of the connections held are
+            busy (active or idle in a transaction; under {pct(idle["busy_ratio"])}) while over
+            {pct(idle["utilization"])} of the slots are in use: the applications hold idle
+            connections. A transaction-mode pooler (PgBouncer) or smaller application pools
+            would serve the same work with far fewer slots (see {POOLER_SIZE}).
+            """,
+        ),
+        alert(
+            "PostgresConnectionChurnHigh",
+            f"""
+            sum without (datname) (rate(pg_sessions_total{{{sel}}}[{cwin}]))
+              > {churn["per_second"]}
+            """,
+            "warning",
+            "Applications open PostgreSQL connections at a high rate instead of reusing them.",
+            f"""
+            {where}: {{{{ $value | humanize }}}} new connections per second over {cwin} (over
+            {churn["per_second"]}/s): each costs a process start and authentication, and the
+            application behind it likely opens a connection per request. See which application's
+            connections are young (pg_connections_young_by_application).
+            """,
+        ),
+        alert(
+            "PostgresSessionsAbandoned",
+            f"""
+            sum without (datname, outcome) (
+              increase(pg_sessions_ended_total{{{sel}, outcome="abandoned"}}[{awin}])
+            ) > {abandoned["sessions"]}
+            """,
+            "warning",
+            "PostgreSQL sessions are being abandoned by their clients.",
+            f"""
+            {where}: {{{{ $value | humanize }}}} sessions ended without the client closing them
+            in the last {awin} (over {abandoned["sessions"]}): clients crash, are killed, or
+            time out and drop their connections, often while the server was too slow or full.
+            """,
+        ),
+    ]
 
 
 class _Dumper(yaml.SafeDumper):

@@ -50,6 +50,10 @@ EXPECTED = {
     "PgBouncerClientsWaitingTooLong": {"warning", "critical"},
     "PgBouncerClientConnectionsNearLimit": {"warning", "critical"},
     "PgBouncerPoolSaturated": {"warning"},
+    # The pooling advisor: tickets, never pages.
+    "PostgresConnectionsMostlyIdle": {"warning"},
+    "PostgresConnectionChurnHigh": {"warning"},
+    "PostgresSessionsAbandoned": {"warning"},
 }
 
 
@@ -262,3 +266,20 @@ def test_saturation_alerts_name_the_holders(name: str) -> None:
     description = rule["annotations"]["description"]
     for needle in ("\nApps: ", "\nUsers: ", "\nClients: ", "\nBlocking: ", "step 2).", "step 3)."):
         assert needle in description, (name, needle)
+
+
+def test_advisor_busy_window_must_be_a_state_duration_bound() -> None:
+    """The advisor adds the sessions busy for longer than its window from the state-duration
+    histogram, so the window must be one of its bounds: anything else is a clear error."""
+    renderer = load_render_alerts()
+    thresholds = renderer.load_thresholds()
+    thresholds["advisor"]["busy_window"] = "2m"
+    with pytest.raises(ValueError, match=r"advisor.busy_window 2m: must be one of the bounds"):
+        renderer.render_groups(thresholds)
+    thresholds["advisor"]["busy_window"] = "10m"
+    long_busy = next(
+        r
+        for r in renderer.render_groups(thresholds)[0]["rules"]
+        if r.get("record") == "target:pg_connections_busy:long"
+    )
+    assert 'le="600.0"' in long_busy["expr"]

@@ -31,6 +31,9 @@ NO_TARGET_LABEL = {
     "pg_connections_exporter_web_config_last_reload_successful",
 }
 TARGET_ONLY = {"ALERTS", "ALERTS_FOR_STATE"}
+# Another exporter's series, joined to a target by the target's node_instance label rather than
+# selected by the dashboard's variables (node_exporter has its own job and instance).
+JOINED_BY_LABEL = {"node_memory_MemTotal_bytes"}
 # Metrics the brief asks the dashboards to show; each must be in some panel's query.
 REQUIRED_METRICS = {
     OVERVIEW_UID: {
@@ -81,6 +84,18 @@ REQUIRED_METRICS = {
         "pgbouncer_server_connections",
         "pgbouncer_stats_queries_total",
         "pgbouncer_stats_client_wait_seconds_total",
+        # Why so many connections (issue: churn, session outcomes, pooling advisor, memory).
+        "target:pg_connections_busy:avg",
+        "target:pg_connections_busy:ratio",
+        "target:pg_connections_pooler_size:peak",
+        "pg_sessions_total",
+        "pg_sessions_ended_total",
+        "pg_sessions_active_seconds_total",
+        "pg_sessions_idle_in_transaction_seconds_total",
+        "pg_connections_young_by_application",
+        "pg_connections_age_seconds_bucket",
+        "pg_connections_memory_setting_bytes",
+        "node_memory_MemTotal_bytes",
     },
     FLEET_UID: {
         "pg_connections_utilization_ratio",
@@ -294,6 +309,8 @@ def test_every_query_filters_by_the_variables() -> None:
                     del wanted["target"]
                 if s.metric in TARGET_ONLY:
                     wanted = {"target": "$target"}
+                if s.metric in JOINED_BY_LABEL:
+                    wanted = {}
                 for label, var in wanted.items():
                     if s.matchers.get(label) != ("=~", var):
                         problems.append(f'{at}: {s.metric} lacks {label}=~"{var}"')
@@ -365,7 +382,8 @@ def test_histogram_is_a_heatmap_of_buckets() -> None:
     assert heatmaps, "no heatmap panel"
     for p in heatmaps:
         for t in p["targets"]:
-            assert "pg_connections_state_duration_seconds_bucket" in t["expr"], p["title"]
+            histograms = ("pg_connections_state_duration_seconds", "pg_connections_age_seconds")
+            assert any(f"{h}_bucket" in t["expr"] for h in histograms), p["title"]
             assert t["format"] == "heatmap" and "by (le)" in t["expr"], p["title"]
         assert p["options"]["calculate"] is False, p["title"]
 

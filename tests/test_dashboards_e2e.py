@@ -18,7 +18,7 @@ import pytest
 
 from exporter.workload import SessionSpec, Workload
 from tests.conftest import new_cluster, require_program
-from tests.helpers import wait_until
+from tests.helpers import load_render_alerts, wait_until
 from tests.prometheus_server import PrometheusServer
 from tests.test_dashboards import FLEET_UID, OVERVIEW_UID, iter_panels, load_dashboards
 
@@ -46,6 +46,34 @@ RULES = {
         }
     ]
 }
+# The host the busy target runs on, as node_exporter would report it: the memory panels join its
+# RAM through the target's node_instance label. A stand-in series, as no node_exporter runs here.
+NODE_INSTANCE = "db-host:9100"
+HOST_RAM = 8 * 1024**3
+RULES["groups"].append(
+    {
+        "name": "node-exporter-stand-in",
+        "rules": [
+            {
+                "record": "node_memory_MemTotal_bytes",
+                "expr": f"vector({HOST_RAM})",
+                "labels": {"job": "node", "instance": NODE_INSTANCE},
+            }
+        ],
+    }
+)
+
+
+def advisor_records() -> dict[str, Any]:
+    """The pooling advisor's recording rules as shipped (scripts/render_alerts.py), selecting
+    this test's job, with the busy window shortened to seconds (the panels read them)."""
+    renderer = load_render_alerts()
+    thresholds = renderer.load_thresholds()
+    thresholds["job"] = JOB
+    thresholds["advisor"].update(busy_window="5s", peak_window="1m")
+    return {"name": "advisor", "rules": renderer.advisor_records(thresholds)}
+
+
 BROKEN_QUERY = {
     "name": "custom_broken",
     "sql": "SELECT 1/0 AS v",
@@ -86,8 +114,9 @@ def fill(expr: str, target: str, instance: str, interval: str = "1s") -> str:
         assert name in values, f"unknown variable ${name} in {expr}"
         return values[name]
 
-    out = re.sub(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)", sub, expr)
-    assert "$" not in out, out
+    # $1 is label_replace's group reference, not a variable (Grafana leaves it as it is).
+    out = re.sub(r"\$\{([a-zA-Z_]\w*)(?::\w+)?\}|\$([a-zA-Z_]\w*)", sub, expr)
+    assert not re.search(r"\$(?!\d)", out), out
     return out
 
 
@@ -136,7 +165,12 @@ def test_every_panel_against_prometheus(exporter_for, pgbouncer_for) -> None:
             {
                 "targets": [
                     # One login check, at the first scrape: the panels show its result.
-                    {"name": "busy", "dsn": busy.dsn(), "login_check": {"interval": "1h"}},
+                    {
+                        "name": "busy",
+                        "dsn": busy.dsn(),
+                        "login_check": {"interval": "1h"},
+                        "labels": {"node_instance": NODE_INSTANCE},
+                    },
                     {"name": "quiet", "dsn": quiet.dsn()},
                     {"name": "bouncer", "kind": "pgbouncer", "dsn": bouncer.dsn()},
                 ],
@@ -146,7 +180,8 @@ def test_every_panel_against_prometheus(exporter_for, pgbouncer_for) -> None:
             }
         )
         instance = f"127.0.0.1:{running.exporter.port}"
-        prometheus = PrometheusServer(prometheus_bin, [instance], job=JOB, rules=RULES).start()
+        rules = {"groups": [*RULES["groups"], advisor_records()]}
+        prometheus = PrometheusServer(prometheus_bin, [instance], job=JOB, rules=rules).start()
         with Workload(busy.dsn()) as workload:
             run_checks(prometheus, workload, instance)
     finally:
@@ -218,6 +253,7 @@ def run_checks(prom: PrometheusServer, workload: Workload, instance: str) -> Non
     assert not problems, "\n".join(problems)
 
     check_overview(results[OVERVIEW_UID], elapsed)
+    check_why_so_many(results[OVERVIEW_UID], elapsed, memory_settings(workload))
     check_overview_pgbouncer(results[OVERVIEW_UID])
     check_fleet(results[FLEET_UID], elapsed)
     check_reclaimable(results[OVERVIEW_UID], elapsed)
@@ -384,6 +420,7 @@ def check_overview(r: Result, elapsed: float) -> None:
     eq("Target up", "B", [1])
     between("Scrape and query durations", "A", 0, 10)
     queries = {"connections", "connection_slots", "connection_limits", "connection_settings"}
+    queries |= {"session_statistics", "connection_age", "memory_settings"}
     expect(
         r,
         uid,
@@ -401,6 +438,105 @@ def check_overview(r: Result, elapsed: float) -> None:
             or _fail()
         ),
     )
+
+
+def memory_settings(workload: Workload) -> dict[str, int]:
+    """The busy server's shared_buffers and work_mem in bytes, read with SHOW's text."""
+    conn = workload.connect(SessionSpec("idle", application_name="settings"))
+    try:
+        return {
+            name: int(
+                conn.execute(f"SELECT pg_size_bytes(current_setting('{name}'))").fetchone()[0]
+            )
+            for name in ("shared_buffers", "work_mem")
+        }
+    finally:
+        conn.close()
+
+
+def check_why_so_many(r: Result, elapsed: float, settings: dict[str, int]) -> None:
+    """The row "Why so many connections": the advisor's recording rules, churn, session ends,
+    connection age, and the guide's memory arithmetic with the stand-in host RAM."""
+    uid = OVERVIEW_UID
+    busy_states = BY_STATE["active"] + BY_STATE["idle in transaction"]
+    busy_states += BY_STATE["idle in transaction (aborted)"]
+
+    def values(title: str, ref: str) -> list[float]:
+        return [v for _m, v in r[(title, ref)]]
+
+    def check(title: str, ref: str, ok: Callable[[list[float]], bool]) -> None:
+        expect(r, uid, title, ref, lambda s: ok([v for _m, v in s]) or _fail())
+
+    held = "Slots held and sessions busy"
+    check(held, "A", lambda v: v == [USED])
+    check(held, "C", lambda v: v == [busy_states])
+    # Sessions that stay active or idle in a transaction add no counted time until they leave
+    # the state: the advisor counts those in it for longer than its window (5 s here), so
+    # between none and all of them by now, plus the exporter's own statements' counted time.
+    check(held, "B", lambda v: len(v) == 1 and 0 <= v[0] <= busy_states + 0.5)
+    check(held, "D", lambda v: len(v) == 1 and 0 <= v[0] <= busy_states + 1)
+    check("Pool a transaction pooler would need", "B", lambda v: v == [USED])
+    check(
+        "Pool a transaction pooler would need",
+        "A",
+        lambda v: v == values(held, "D"),
+    )
+    check(
+        "Busy share of the connections held",
+        "A",
+        lambda v: len(v) == 1 and 0 <= v[0] <= (busy_states + 0.5) / USED,
+    )
+    check("New connections per second", "A", lambda v: len(v) == 1 and v[0] >= 0)
+    outcomes = {"abandoned", "fatal", "killed"}
+    expect(
+        r,
+        uid,
+        "Sessions ended badly per minute",
+        "A",
+        lambda s: set(by(s, "outcome")) == outcomes or _fail(),
+    )
+    expect(
+        r,
+        uid,
+        "Connection churn by database",
+        "A",
+        lambda s: {"postgres", "shop"} <= set(by(s, "datname")) or _fail(),
+    )
+    expect(
+        r,
+        uid,
+        "Busy sessions by database (counted)",
+        "B",
+        lambda s: {"postgres", "shop"} <= set(by(s, "datname")) or _fail(),
+    )
+    apps = {"web": 9, "batch": 7, "reporting": 3, "locker": 1, "waiter": 1}
+    if elapsed < 55:  # all opened within young_seconds (60 s)
+        expect(
+            r,
+            uid,
+            "Young connections by application",
+            "A",
+            lambda s: by(s, "application_name") == apps or _fail(),
+        )
+    expect(
+        r,
+        uid,
+        "Connection age",
+        "A",
+        # Every client connection (not the exporter's), all opened within this test.
+        lambda s: by(s, "le")["+Inf"] == by(s, "le")["300.0"] == USED - 1 or _fail(),
+    )
+    shared, work_mem = settings["shared_buffers"], settings["work_mem"]
+    per_connection = 3 * work_mem + 10 * 1024 * 1024
+    memory = "Memory: the guide's arithmetic"
+    check(memory, "A", lambda v: v == [shared + 30 * per_connection])
+    check(memory, "B", lambda v: v == [shared + USED * per_connection])
+    check(memory, "C", lambda v: v == [shared])
+    check(memory, "D", lambda v: v == [HOST_RAM])
+    allowed = "max_connections the host's RAM allows"
+    check(allowed, "A", lambda v: v == [(HOST_RAM - shared) // (3 * work_mem)])
+    check(allowed, "B", lambda v: v == [HOST_RAM // (10 * 1024 * 1024)])
+    check(allowed, "C", lambda v: v == [30])
 
 
 def check_overview_pgbouncer(r: Result) -> None:

@@ -39,6 +39,11 @@ def test_every_guide_query_has_an_answer_in_the_readme() -> None:
         "Connections by client IP",
         "Long-running queries",
         "Alert at 80%",
+        # The guide's pooling and application-side sections (the pooling advisor).
+        "Use Connection Pooling",
+        "transaction pooling mode",
+        "Application-Side Fixes",
+        "Each connection uses ~5-10MB RAM",
     ]:
         assert needle in table, needle
     metric_names = {m.name for q in builtin_queries() for m in q.metrics}

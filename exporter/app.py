@@ -89,17 +89,24 @@ class Exporter:
             try:
                 config = self._load_config()
             except ConfigError as exc:
-                self._reload_status = ReloadStatus(False, self._reload_status.last_success_at)
-                log.error(
-                    "configuration refused, the previous one keeps running",
-                    extra={"problems": "; ".join(exc.problems)},
-                )
-                return exc.problems
+                return self._refuse(exc.problems)
+            except Exception as exc:
+                # A bug in reading a config must cost the reload, never the running exporter.
+                log.exception("reading the configuration failed")
+                return self._refuse([f"internal error reading the configuration: {exc!r}"])
             self.scraper.reload(config)
             self.config = config
             self._reload_status = ReloadStatus(True, time.time())
         log.info("configuration reloaded", extra={"targets": len(config.targets)})
         return []
+
+    def _refuse(self, problems: list[str]) -> list[str]:
+        self._reload_status = ReloadStatus(False, self._reload_status.last_success_at)
+        log.error(
+            "configuration refused, the previous one keeps running",
+            extra={"problems": "; ".join(problems)},
+        )
+        return problems
 
     def run(self) -> None:
         """Serve until SIGTERM or SIGINT, reloading on SIGHUP, then close every connection."""

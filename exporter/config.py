@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import psycopg.conninfo
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -368,13 +367,10 @@ def validation_problems(err: ValidationError, source: str, prefix: str = "") -> 
 
 
 def read_yaml(text: str, source: str) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(parse)"
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([f"{source}: {where}: invalid YAML: {problem}"]) from None
+    """One YAML document, bounded in nesting and alias expansion (exporter.safeyaml)."""
+    from exporter.safeyaml import parse_yaml  # safeyaml raises this module's ConfigError
+
+    return parse_yaml(text, source)
 
 
 def builtin_queries() -> list[QuerySpec]:
@@ -442,10 +438,15 @@ def _with_password(
     """The DSN with the password read from `password_file`, or None (a problem) if unreadable."""
     if password_file is None:
         return conninfo
+    from exporter.safeyaml import MAX_SECRET_BYTES, read_text
+
     try:
-        password = password_file.read_text(encoding="utf-8").rstrip("\r\n")
-    except OSError as exc:
-        problems.append(f"{where}: cannot read {password_file}: {exc.strerror}")
+        password = read_text(password_file, where, MAX_SECRET_BYTES, secret=True).rstrip("\r\n")
+    except ConfigError as exc:
+        problems += exc.problems
+        return None
+    if "\0" in password:
+        problems.append(f"{where}: {password_file}: a password cannot contain a NUL byte")
         return None
     return psycopg.conninfo.make_conninfo(conninfo, password=password)
 
@@ -544,12 +545,10 @@ def parse_config(data: Any, source: str) -> Config:
 
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and validate a configuration file."""
+    from exporter.safeyaml import load_yaml_file
+
     source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"{source}: cannot read: {exc.strerror}"]) from None
-    return parse_config(read_yaml(text, source), source)
+    return parse_config(load_yaml_file(path, source), source)
 
 
 def single_target_config(dsn: str, source: str) -> Config:

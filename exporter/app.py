@@ -18,6 +18,7 @@ from prometheus_client.registry import CollectorRegistry
 from exporter.collector import ExporterCollector, ReloadStatus
 from exporter.config import Config, ConfigError
 from exporter.http import WebApp, make_server, serve_in_thread
+from exporter.httpserver import HTTPLimits
 from exporter.scrape import Scraper
 from exporter.webconfig import WatchedWebConfig
 
@@ -36,6 +37,7 @@ class Exporter:
         telemetry_path: str = "/metrics",
         load_config: Callable[[], Config] | None = None,
         web_config: WatchedWebConfig | None = None,
+        http_limits: HTTPLimits | None = None,
     ) -> None:
         self.config = config
         self.scraper = Scraper(config)
@@ -52,7 +54,7 @@ class Exporter:
             self.reload if load_config else None,
             web_config,
         )
-        self.server = make_server(self.web, listen_host, listen_port)
+        self.server = make_server(self.web, listen_host, listen_port, http_limits)
 
     @property
     def port(self) -> int:

@@ -272,6 +272,10 @@ class Settings(StrictModel):
     scrape_timeout: Duration = 10.0
     query_timeout: Duration = 5.0
     lock_timeout: Duration = 1.0
+    # Targets scraped at once, on as many threads: the exporter's threads do not grow with its
+    # targets. A target waiting for its connection holds none; beyond this many targets whose
+    # servers are slow at once, the others queue.
+    scrape_concurrency: int = Field(default=32, ge=1, le=1024)
 
 
 class CollectorSettings(StrictModel):

@@ -7,15 +7,21 @@ from __future__ import annotations
 
 import http.client
 import socket
+import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from exporter.app import Exporter
+from exporter.config import parse_config
+from exporter.httpserver import HTTPLimits
 from exporter.localpg import LocalCluster
+from exporter.webconfig import WatchedWebConfig
 from tests.conftest import new_cluster
 from tests.helpers import Samples, wait_until
+from tests.test_webconfig import pki  # noqa: F401 - the fixture
 
 
 @pytest.fixture(scope="module")
@@ -159,3 +165,37 @@ def test_idle_sockets_cost_no_threads(cluster: LocalCluster, exporter_process) -
     finally:
         for sock in idle:
             sock.close()
+
+
+def test_tls_silent_clients_dropped_and_keep_alive_kept(
+    cluster: LocalCluster,
+    pki: Path,  # noqa: F811 - the fixture imported above
+    tmp_path: Path,
+) -> None:
+    """Over TLS the handshake is part of the header time, done without a thread."""
+    web = tmp_path / "web.yml"
+    web.write_text(
+        f"tls_server_config:\n  cert_file: {pki}/server.crt\n  key_file: {pki}/server.key\n"
+    )
+    config = parse_config({"targets": [{"name": "pg", "dsn": cluster.dsn()}]}, "test config")
+    limits = HTTPLimits(header_timeout=1.0, idle_timeout=30.0)
+    exporter = Exporter(
+        config, "127.0.0.1", 0, web_config=WatchedWebConfig(str(web)), http_limits=limits
+    )
+    exporter.start()
+    try:
+        silent = socket.create_connection(("127.0.0.1", exporter.port), timeout=30)
+        trusted = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        conn = http.client.HTTPSConnection("127.0.0.1", exporter.port, timeout=30, context=trusted)
+        for _ in range(2):
+            conn.request("GET", "/healthz")
+            response = conn.getresponse()
+            assert (response.status, response.read()) == (200, b"ok\n")
+            sock = conn.sock
+            time.sleep(1.5)  # past the header timeout: a kept connection is idle, not timed out
+        assert conn.sock is sock
+        wait_until(lambda: _closed_by_peer(silent), 20, what="the silent TLS client dropped")
+        conn.close()
+        silent.close()
+    finally:
+        exporter.stop()

@@ -215,8 +215,11 @@ class BoundedHTTPServer:
                 sock, address = self.socket.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # EMFILE and the like: try again on the next wakeup
+            except OSError as exc:
+                # EMFILE and the like: the listener stays readable, so pause a little rather
+                # than spin, then try again.
                 log.warning("cannot accept a connection", extra={"error": exc.strerror})
+                time.sleep(0.05)
                 return
             if len(self._conns) >= self.max_connections:
                 self._refuse(sock)
@@ -272,7 +275,10 @@ class BoundedHTTPServer:
         if _head_complete(conn.buffer):
             self._selector.unregister(conn.sock)
             conn.deadline = float("inf")  # a worker has it
-            self._workers.submit(self._serve, conn)
+            try:
+                self._workers.submit(self._serve, conn)
+            except RuntimeError:  # stopping: the workers are gone
+                self._close(conn)
         elif len(conn.buffer) > self.limits.max_header_bytes:
             self._answer_and_close(conn, _TOO_LARGE)
 

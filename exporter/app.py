@@ -18,6 +18,7 @@ from prometheus_client.registry import CollectorRegistry
 from exporter.collector import ExporterCollector, ReloadStatus
 from exporter.config import Config, ConfigError
 from exporter.http import WebApp, make_server, serve_in_thread
+from exporter.httpserver import HTTPLimits
 from exporter.landing import LandingPage, slot_figures
 from exporter.probe import Probes, ProbeSelfCollector
 from exporter.scrape import Scraper
@@ -40,6 +41,7 @@ class Exporter:
         telemetry_path: str = "/metrics",
         load_config: Callable[[], Config] | None = None,
         web_config: WatchedWebConfig | None = None,
+        http_limits: HTTPLimits | None = None,
     ) -> None:
         self.config = config
         self.scraper = Scraper(config)
@@ -71,7 +73,7 @@ class Exporter:
                 "/sessions": SessionsPage(lambda: self.config, lambda: self.scraper.targets),
             },
         )
-        self.server = make_server(self.web, listen_host, listen_port)
+        self.server = make_server(self.web, listen_host, listen_port, http_limits)
 
     @property
     def port(self) -> int:
@@ -113,17 +115,24 @@ class Exporter:
             try:
                 config = self._load_config()
             except ConfigError as exc:
-                self._reload_status = ReloadStatus(False, self._reload_status.last_success_at)
-                log.error(
-                    "configuration refused, the previous one keeps running",
-                    extra={"problems": "; ".join(exc.problems)},
-                )
-                return exc.problems
+                return self._refuse(exc.problems)
+            except Exception as exc:
+                # A bug in reading a config must cost the reload, never the running exporter.
+                log.exception("reading the configuration failed")
+                return self._refuse([f"internal error reading the configuration: {exc!r}"])
             self.scraper.reload(config)
             self.config = config
             self._reload_status = ReloadStatus(True, time.time())
         log.info("configuration reloaded", extra={"targets": len(config.targets)})
         return []
+
+    def _refuse(self, problems: list[str]) -> list[str]:
+        self._reload_status = ReloadStatus(False, self._reload_status.last_success_at)
+        log.error(
+            "configuration refused, the previous one keeps running",
+            extra={"problems": "; ".join(problems)},
+        )
+        return problems
 
     def run(self) -> None:
         """Serve until SIGTERM or SIGINT, reloading on SIGHUP, then close every connection."""

@@ -6,9 +6,17 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 
 from exporter import __version__
-from exporter.config import Config, ConfigError, load_config, single_target_config
+from exporter.config import (
+    Config,
+    ConfigError,
+    load_config,
+    parse_duration,
+    single_target_config,
+)
+from exporter.httpserver import HTTPLimits
 from exporter.logsetup import setup_logging
 from exporter.webconfig import WatchedWebConfig
 
@@ -72,6 +80,32 @@ def add_web_flags(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="exporter-toolkit web config: TLS and basic auth for every HTTP path",
     )
+    limits = HTTPLimits()
+    parser.add_argument(
+        "--web.max-connections",
+        dest="max_connections",
+        type=int,
+        default=limits.max_connections,
+        metavar="N",
+        help="open HTTP connections at most; beyond, 503 at once "
+        f"(default {limits.max_connections})",
+    )
+    parser.add_argument(
+        "--web.read-header-timeout",
+        dest="header_timeout",
+        default=f"{limits.header_timeout:g}s",
+        metavar="DURATION",
+        help="time for a request's headers to arrive, TLS handshake included (default "
+        f"{limits.header_timeout:g}s)",
+    )
+    parser.add_argument(
+        "--web.idle-timeout",
+        dest="idle_timeout",
+        default=f"{limits.idle_timeout / 60:g}m",
+        metavar="DURATION",
+        help="how long a keep-alive connection may wait for its next request (default "
+        f"{limits.idle_timeout / 60:g}m)",
+    )
     parser.add_argument(
         "--log.level", dest="log_level", default="info", choices=["debug", "info", "warn", "error"]
     )
@@ -86,6 +120,22 @@ def parse_listen_address(value: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"--web.listen-address {value!r}: expected [HOST]:PORT")
     return host.strip("[]"), int(port)
+
+
+def http_limits(args: argparse.Namespace) -> HTTPLimits:
+    """The HTTP limits of the --web.* flags; ValueError names a bad one."""
+    values = {}
+    for flag, dest in (
+        ("--web.read-header-timeout", "header_timeout"),
+        ("--web.idle-timeout", "idle_timeout"),
+    ):
+        try:
+            values[dest] = parse_duration(getattr(args, dest))
+        except ValueError as exc:
+            raise ValueError(f"{flag}: {exc}") from None
+    if args.max_connections < 1:
+        raise ValueError("--web.max-connections: must be at least 1")
+    return replace(HTTPLimits(), max_connections=args.max_connections, **values)
 
 
 def resolve_config(args: argparse.Namespace) -> Config:
@@ -108,6 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(level, args.log_format)
     try:
         host, port = parse_listen_address(args.listen_address)
+        limits = http_limits(args)
     except ValueError as exc:
         print(f"pg-connections-exporter: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -142,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             + (f"; {args.web_config_file}: valid" if web_config else "")
         )
         return 0
-    return serve(args, config, host, port, web_config)
+    return serve(args, config, host, port, web_config, limits)
 
 
 def serve(
@@ -151,13 +202,20 @@ def serve(
     host: str,
     port: int,
     web_config: WatchedWebConfig | None,
+    limits: HTTPLimits | None = None,
 ) -> int:
     """Run the exporter until it is asked to stop; SIGHUP re-reads the same sources."""
     from exporter.app import Exporter
 
     try:
         exporter = Exporter(
-            config, host, port, args.telemetry_path, lambda: resolve_config(args), web_config
+            config,
+            host,
+            port,
+            args.telemetry_path,
+            lambda: resolve_config(args),
+            web_config,
+            limits,
         )
     except OSError as exc:
         print(

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import psycopg.conninfo
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -293,6 +292,10 @@ class Settings(StrictModel):
     lock_timeout: Duration = 1.0
     # How often the target_files globs are looked at for a change.
     target_files_refresh: Duration = 10.0
+    # Targets scraped at once, on as many threads: the exporter's threads do not grow with its
+    # targets. A target waiting for its connection holds none; beyond this many targets whose
+    # servers are slow at once, the others queue.
+    scrape_concurrency: int = Field(default=32, ge=1, le=1024)
 
 
 class CollectorSettings(StrictModel):
@@ -490,13 +493,10 @@ def validation_problems(err: ValidationError, source: str, prefix: str = "") -> 
 
 
 def read_yaml(text: str, source: str) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(parse)"
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([f"{source}: {where}: invalid YAML: {problem}"]) from None
+    """One YAML document, bounded in nesting and alias expansion (exporter.safeyaml)."""
+    from exporter.safeyaml import parse_yaml  # safeyaml raises this module's ConfigError
+
+    return parse_yaml(text, source)
 
 
 def _numeric_param_problems(
@@ -583,13 +583,10 @@ def _resolve_auth_modules(
     for name, m in spec.auth_modules.items():
         password = m.userpass.password
         if m.password_file is not None:
-            try:
-                password = m.password_file.read_text(encoding="utf-8").rstrip("\r\n")
-            except OSError as exc:
-                problems.append(
-                    f"{source}: auth_modules.{name}.password_file: cannot read "
-                    f"{m.password_file}: {exc.strerror}"
-                )
+            password = _read_password(
+                m.password_file, f"{source}: auth_modules.{name}.password_file", problems
+            )
+            if password is None:
                 continue
         modules[name] = AuthModule(
             name,
@@ -609,12 +606,26 @@ def _with_password(
     """The DSN with the password read from `password_file`, or None (a problem) if unreadable."""
     if password_file is None:
         return conninfo
-    try:
-        password = password_file.read_text(encoding="utf-8").rstrip("\r\n")
-    except OSError as exc:
-        problems.append(f"{where}: cannot read {password_file}: {exc.strerror}")
+    password = _read_password(password_file, where, problems)
+    if password is None:
         return None
     return psycopg.conninfo.make_conninfo(conninfo, password=password)
+
+
+def _read_password(password_file: Path, where: str, problems: list[str]) -> str | None:
+    """A password file's first line, bounded and strictly UTF-8 (its bytes never quoted), or
+    None with the problem added."""
+    from exporter.safeyaml import MAX_SECRET_BYTES, read_text
+
+    try:
+        password = read_text(password_file, where, MAX_SECRET_BYTES, secret=True).rstrip("\r\n")
+    except ConfigError as exc:
+        problems += exc.problems
+        return None
+    if "\0" in password:
+        problems.append(f"{where}: {password_file}: a password cannot contain a NUL byte")
+        return None
+    return password
 
 
 def _pgbouncer_conninfo(conninfo: str, where: str, problems: list[str]) -> str:
@@ -762,12 +773,10 @@ def parse_config(data: Any, source: str, base_dir: Path | None = None) -> Config
 
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and validate a configuration file."""
+    from exporter.safeyaml import load_yaml_file
+
     source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"{source}: cannot read: {exc.strerror}"]) from None
-    return parse_config(read_yaml(text, source), source, Path(path).parent)
+    return parse_config(load_yaml_file(path, source), source, Path(path).parent)
 
 
 def single_target_config(dsn: str, source: str) -> Config:

@@ -1,8 +1,10 @@
 """The one connection the exporter holds per target.
 
-A psycopg-pool of exactly one connection: opened once, kept between scrapes (no recycling, so a
-slot once held is never given up while the server is full), checked before each use and
-re-opened in the background when lost, with at most one connect attempt in flight.
+Opened once, kept between scrapes (no recycling, so a slot once held is never given up while the
+server is full), checked before each use and re-opened in the background when lost, with at
+most one connect attempt in flight. Connect attempts of every target run on one small shared
+pool of threads (`_Connector`), not a thread or two per target as a connection pool each would
+take: the exporter's threads do not grow with its targets.
 
 A PgBouncer admin console speaks only the simple query protocol and has no statement_timeout:
 there the connection uses client-side parameter binding, and a query is bounded by a watchdog
@@ -27,7 +29,7 @@ import threading
 import time
 import weakref
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -35,17 +37,12 @@ from typing import Any
 import psycopg
 import psycopg.conninfo
 from psycopg.pq import TransactionStatus
-from psycopg_pool import ConnectionPool
 
 from exporter.config import Target
 from exporter.failures import classify
 from exporter.redact import describe_conninfo
 
 APPLICATION_NAME = "pg-connections-exporter"
-# A held connection is never recycled on a timer: giving up the slot on a full server could
-# mean never getting it back.
-_NEVER = 10 * 365 * 24 * 3600.0
-
 # psycopg prepares a statement after this many runs: never, unless asked for.
 _NEVER_BY_COUNT = 1 << 62
 # What a server without our prepared statements answers (a transaction-pooling PgBouncer in
@@ -75,19 +72,8 @@ class ConnectFailure:
     message: str
 
 
-class _RecordingPool(ConnectionPool):
-    """A pool that remembers why its last connection attempt failed."""
-
-    def __init__(self, *args: Any, on_connect_error: Any, **kwargs: Any) -> None:
-        self._on_connect_error = on_connect_error
-        super().__init__(*args, **kwargs)
-
-    def _connect(self, timeout: float | None = None) -> Any:
-        try:
-            return super()._connect(timeout)
-        except psycopg.Error as exc:
-            self._on_connect_error(exc)
-            raise
+class NotConnected(Exception):
+    """No connection to the target within the time given (the reason is in last_failure)."""
 
 
 class TargetConnection:
@@ -123,28 +109,101 @@ class TargetConnection:
         }
         if target.kind == "pgbouncer":
             kwargs["cursor_factory"] = psycopg.ClientCursor
-        self.pool = _RecordingPool(
-            target.conninfo,
-            kwargs=kwargs,
-            min_size=1,
-            max_size=1,
-            open=False,
-            configure=self._configure,
-            check=self._check_pgbouncer if target.kind == "pgbouncer" else _check_postgres,
-            name=f"target-{target.name}",
-            max_lifetime=_NEVER,
-            max_idle=_NEVER,
-            reconnect_timeout=max(5.0, 2 * target.connect_timeout),
-            num_workers=1,
-            on_connect_error=self._record_failure,
-        )
+        self._connect_kwargs = kwargs
+        self._check = self._check_pgbouncer if target.kind == "pgbouncer" else _check_postgres
+        # The held connection, and the state of connecting it (guarded by _state).
+        self._conn: psycopg.Connection[Any] | None = None
+        self._state = threading.Condition()
+        self._connecting = False
+        self._closed = True
+        self._failures_in_a_row = 0
+        self._next_attempt = 0.0
+        self._waiters: list[Callable[[], None]] = []
+        # One user at a time (concurrent scrapes share one run, so this is rarely contended).
+        self._in_use = threading.Lock()
 
     def open(self) -> None:
         """Start connecting in the background; a down server does not block start-up."""
-        self.pool.open(wait=False)
+        with self._state:
+            self._closed = False
+            self._start_attempt()
 
     def close(self, timeout: float = 5.0) -> None:
-        self.pool.close(timeout=timeout)
+        """Close the connection, once its user (if any) is done with it or `timeout` passed."""
+        with self._state:
+            self._closed = True
+            waiters, self._waiters = self._waiters, []
+            self._state.notify_all()
+        for waiter in waiters:
+            waiter()
+        acquired = self._in_use.acquire(timeout=timeout)
+        try:
+            with self._state:
+                conn, self._conn = self._conn, None
+            if conn is not None:
+                conn.close()
+        finally:
+            if acquired:
+                self._in_use.release()
+
+    @property
+    def connected(self) -> bool:
+        conn = self._conn
+        return conn is not None and not conn.closed and not conn.broken
+
+    def when_ready(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once there is a connection to use, or once connecting has failed
+        for now: at once if either is already so, else from the attempt's thread. So that a
+        scrape of a target still connecting does not hold a thread while it waits."""
+        with self._state:
+            if not (self.connected or self._closed) and self._start_attempt():
+                self._waiters.append(callback)
+                return
+        callback()
+
+    def _start_attempt(self) -> bool:
+        """With _state held: an attempt in flight, or queued now; False if none will be made
+        yet (the last failed less than its backoff ago)."""
+        if self._connecting:
+            return True
+        if self._closed or time.monotonic() < self._next_attempt:
+            return False
+        self._connecting = True
+        _CONNECTOR.submit(self._failures_in_a_row, self._attempt)
+        return True
+
+    def _attempt(self) -> None:
+        with self._state:
+            closed = self._closed
+        conn = None
+        if not closed:
+            try:
+                conn = psycopg.Connection.connect(self.target.conninfo, **self._connect_kwargs)
+                self._configure(conn)
+            except psycopg.Error as exc:
+                if conn is not None:
+                    conn.close()
+                    conn = None
+                self._record_failure(exc)
+            except Exception:  # a bug must not leave the target connecting forever
+                log.exception("connecting failed", extra={"target": self.target.name})
+        with self._state:
+            self._connecting = False
+            if conn is not None and self._closed:
+                conn.close()
+            elif conn is not None:
+                self._conn = conn
+                self._failures_in_a_row = 0
+                self._next_attempt = 0.0
+            else:
+                # At most one attempt a second, backing off to one every 10 s while it fails.
+                self._failures_in_a_row += 1
+                backoff = min(10.0, 2.0 ** (self._failures_in_a_row - 1))
+                self._next_attempt = time.monotonic() + backoff
+            waiters, self._waiters = self._waiters, []
+            self._state.notify_all()
+        for waiter in waiters:
+            waiter()
 
     def _record_failure(self, exc: psycopg.Error) -> None:
         message = " ".join(str(exc).split()) or type(exc).__name__
@@ -178,9 +237,61 @@ class TargetConnection:
 
     @contextmanager
     def connection(self, timeout: float) -> Iterator[psycopg.Connection[Any]]:
-        """The held connection, waiting at most `timeout` seconds for it to be (re)opened."""
-        with self.pool.connection(timeout=max(timeout, 0.001)) as conn:
-            yield conn
+        """The held connection, waiting at most `timeout` seconds for it to be (re)opened;
+        NotConnected if it is not there by then."""
+        deadline = time.monotonic() + max(timeout, 0.001)
+        if not self._in_use.acquire(timeout=max(timeout, 0.001)):
+            raise NotConnected
+        try:
+            conn = self._usable(deadline)
+            try:
+                yield conn
+            finally:
+                self._after_use(conn)
+        finally:
+            self._in_use.release()
+
+    def _usable(self, deadline: float) -> psycopg.Connection[Any]:
+        """With _in_use held: the held connection if it passes its check, else a new one."""
+        conn = self._conn
+        if conn is not None:
+            try:
+                self._check(conn)
+                return conn
+            except (psycopg.Error, OSError):
+                self._discard(conn)
+        with self._state:
+            self._start_attempt()
+            while self._conn is None and self._connecting and not self._closed:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._state.wait(remaining)
+            if self._conn is None:
+                raise NotConnected
+            return self._conn
+
+    def _after_use(self, conn: psycopg.Connection[Any]) -> None:
+        """A connection left broken, or inside a transaction it cannot end, is replaced in
+        the background now, so that the next scrape finds a new one ready."""
+        if not (conn.closed or conn.broken):
+            status = conn.info.transaction_status
+            if status == TransactionStatus.IDLE:
+                return
+            if status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
+                with contextlib.suppress(psycopg.Error):
+                    conn.rollback()
+                    return
+        self._discard(conn)
+        with self._state:
+            self._start_attempt()
+
+    def _discard(self, conn: psycopg.Connection[Any]) -> None:
+        with self._state:
+            if self._conn is conn:
+                self._conn = None
+        with contextlib.suppress(psycopg.Error, OSError):
+            conn.close()
 
     def set_statement_timeout(self, conn: psycopg.Connection[Any], seconds: float) -> None:
         """Give the next statement `seconds` to run; a round trip only when the value changes."""
@@ -235,8 +346,8 @@ class TargetConnection:
             self._session_timeout[conn] = timeout
 
     def _check_pgbouncer(self, conn: psycopg.Connection[Any]) -> None:
-        """The pool's liveness check, bounded: the admin console refuses the empty query of
-        psycopg-pool's own check."""
+        """The liveness check before each use, bounded: the admin console refuses the empty
+        query of PostgreSQL's check."""
         with self.watchdog(conn, self.statement_timeout):
             conn.execute("SHOW VERSION")
 
@@ -244,7 +355,7 @@ class TargetConnection:
     def watchdog(self, conn: psycopg.Connection[Any], seconds: float) -> Iterator[Watchdog]:
         """Bound what runs inside to `seconds` on the client side: on expiry the socket is shut
         down, the blocked read fails at once and the connection is closed (its protocol state
-        is unknown); the pool opens a new one in the background."""
+        is unknown); a new one is opened in the background."""
         dog = Watchdog(conn)
         _EXPIRIES.add(time.monotonic() + seconds, dog)
         try:
@@ -299,7 +410,7 @@ class ScrapeTransaction:
             self._owner._reverted(self._conn, self._timeout_at_begin)
         if self._conn.broken or self._conn.closed:
             return
-        # On failure the connection is gone: the pool checks it before its next use.
+        # On failure the connection is gone: its check before the next use replaces it.
         with contextlib.suppress(psycopg.Error):
             self._conn.execute(command)
 
@@ -377,18 +488,63 @@ class _Expiries:
 _EXPIRIES = _Expiries()
 
 
+class _Connector:
+    """Runs every target's connect attempts on at most `size` threads, started as needed and
+    ended when idle. Attempts are served by how many times their target has failed in a row,
+    fewest first: a target that just lost its connection is not kept waiting behind the
+    attempts of targets that have been down for a while."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._queue: list[tuple[int, int, Callable[[], None]]] = []
+        self._order = itertools.count()
+        self._wake = threading.Condition()
+        self._threads = 0
+        self._idle = 0
+
+    def submit(self, priority: int, job: Callable[[], None]) -> None:
+        with self._wake:
+            heapq.heappush(self._queue, (priority, next(self._order), job))
+            if self._idle:
+                self._wake.notify()
+            elif self._threads < self.size:
+                self._threads += 1
+                threading.Thread(target=self._run, name="connect", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._queue:
+                    self._idle += 1
+                    woken = self._wake.wait(60.0)
+                    self._idle -= 1
+                    if not woken and not self._queue:
+                        self._threads -= 1
+                        return
+                job = heapq.heappop(self._queue)[2]
+            try:
+                job()
+            except Exception:
+                log.exception("connect attempt failed")
+
+
+# Connect attempts in flight at once, for all targets together.
+CONNECT_THREADS = 8
+_CONNECTOR = _Connector(CONNECT_THREADS)
+
+
 def _check_postgres(conn: psycopg.Connection[Any]) -> None:
-    """The pool's liveness check, without a round trip while nothing has arrived: a server
+    """The liveness check before each use, without a round trip while nothing has arrived: a server
     that ended the session (restart, pg_terminate_backend, idle_session_timeout) sends its
     goodbye and closes the socket, which makes it readable; an idle session's socket has
-    nothing to read. Anything readable goes to psycopg-pool's own check, whose empty query
-    reads it and fails on a closed session (the pool then opens a new one)."""
+    nothing to read. Anything readable is read by an empty query, which
+    reads it and fails on a closed session (a new one is opened then)."""
     if conn.closed or conn.broken:
         raise psycopg.OperationalError("the connection is closed")
     poller = select.poll()  # not select(): a descriptor may be above FD_SETSIZE
     poller.register(conn.fileno(), select.POLLIN)
     if poller.poll(0):
-        ConnectionPool.check_connection(conn)
+        conn.execute("")
 
 
 @functools.lru_cache(maxsize=1024)

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import gzip
 import html
 import logging
-import socket
-import ssl
 import threading
 from collections.abc import Callable, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -26,6 +23,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from exporter import __version__
 from exporter.collector import scrape_timeout
 from exporter.exposition import choose_encoder
+from exporter.httpserver import BoundedHTTPServer, HTTPLimits
 from exporter.probe import ProbeRefused
 from exporter.webconfig import NO_WEB_CONFIG, WatchedWebConfig, WebConfig
 
@@ -33,8 +31,6 @@ log = logging.getLogger(__name__)
 
 # Part of Prometheus's scrape timeout kept for encoding and the network.
 SCRAPE_TIMEOUT_MARGIN = 0.5
-# A client gets this long to finish a TLS handshake, in its own thread.
-HANDSHAKE_TIMEOUT = 10.0
 
 # Reloads the configuration; returns the problems that made it refuse one (empty: reloaded).
 Reload = Callable[[], list[str]]
@@ -75,49 +71,25 @@ class WebApp:
         return self._web_config.get() if self._web_config is not None else NO_WEB_CONFIG
 
 
-class _TLSServer(ThreadingHTTPServer):
-    """Does each TLS handshake in the request's own thread, so a slow client holds only it,
-    with the certificate of the web config in force (a rotated one from the next handshake)."""
-
-    web: WebApp
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        request.settimeout(HANDSHAKE_TIMEOUT)
-        context = self.web.web_config.ssl_context
-        assert context is not None  # a change that turns TLS off is refused
-        try:
-            tls = context.wrap_socket(request, server_side=True)
-        except (ssl.SSLError, OSError) as exc:
-            log.debug("tls handshake failed", extra={"client": client_address[0], "error": exc})
-            return
-        try:
-            tls.settimeout(None)
-            super().finish_request(tls, client_address)
-        finally:
-            with contextlib.suppress(OSError):
-                tls.shutdown(socket.SHUT_RDWR)
-            tls.close()
-
-
-def make_server(app: WebApp, host: str, port: int) -> ThreadingHTTPServer:
-    """A threading HTTP(S) server bound to host:port serving `app`."""
+def make_server(
+    app: WebApp, host: str, port: int, limits: HTTPLimits | None = None
+) -> BoundedHTTPServer:
+    """An HTTP(S) server bound to host:port serving `app`, within `limits`
+    (exporter.httpserver: no thread per connection, header and idle timeouts, a cap)."""
 
     class Handler(_Handler):
         web = app
 
-    context = app.web_config.ssl_context
-    server_class = _TLSServer if context is not None else ThreadingHTTPServer
-    if ":" in host:
-        server_class = type("V6" + server_class.__name__, (server_class,), {})
-        server_class.address_family = socket.AF_INET6
-    server = server_class((host, port), Handler)
-    if context is not None:
-        server.web = app  # type: ignore[attr-defined]
-    server.daemon_threads = True
-    return server
+    tls = app.web_config.ssl_context is not None  # a change that turns TLS off is refused
+    return BoundedHTTPServer(
+        (host, port),
+        Handler,
+        limits or HTTPLimits(),
+        (lambda: app.web_config.ssl_context) if tls else None,
+    )
 
 
-def serve_in_thread(server: ThreadingHTTPServer) -> threading.Thread:
+def serve_in_thread(server: BoundedHTTPServer) -> threading.Thread:
     thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
     thread.start()
     return thread

@@ -2,7 +2,7 @@
 
 The held connection cannot tell that the server refuses new clients: it is already in. So, at
 most once per interval, a scrape also logs in afresh (as the configured role), and reports
-whether it was let in and how long that took. The check runs in its own thread: a scrape waits
+whether it was let in and how long that took. The check runs on a shared thread: a scrape waits
 for it only as long as its deadline allows, and otherwise reports the previous result.
 """
 
@@ -25,6 +25,11 @@ from exporter.redact import describe_conninfo
 APPLICATION_NAME = "pg-connections-exporter-login-check"
 
 log = logging.getLogger(__name__)
+
+# Login checks of every target share these threads (a check is one login, bounded by its
+# timeout), so that threads do not grow with targets.
+LOGIN_CHECK_THREADS = 4
+_LOGIN_CHECKS = ThreadPoolExecutor(LOGIN_CHECK_THREADS, thread_name_prefix="login-check")
 
 
 @dataclass(frozen=True)
@@ -49,7 +54,6 @@ class LoginChecker:
         self._running: Future[LoginResult] | None = None
         # Re-entrant: a done callback may run inside start_if_due().
         self._lock = threading.RLock()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="login-check")
 
     def start_if_due(self) -> Future[LoginResult] | None:
         """Start an attempt if the interval has passed and none is running; return the one
@@ -58,7 +62,7 @@ class LoginChecker:
             now = time.monotonic()
             if self._running is None and now >= self._next_due:
                 self._next_due = now + self.check.interval
-                self._running = self._executor.submit(self._attempt)
+                self._running = _LOGIN_CHECKS.submit(self._attempt)
                 self._running.add_done_callback(self._finished)
             return self._running
 
@@ -73,7 +77,9 @@ class LoginChecker:
         return self.last
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            if self._running is not None:
+                self._running.cancel()  # if it has not started yet
 
     def _finished(self, attempt: Future[LoginResult]) -> None:
         with self._lock:

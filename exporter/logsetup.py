@@ -52,5 +52,3 @@ def setup_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # psycopg-pool repeats connection errors that the exporter already reports once, redacted.
-    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)

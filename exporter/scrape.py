@@ -1,9 +1,13 @@
 """Scrapes every target at once, within one deadline, sharing work between concurrent scrapes.
 
-Each target runs in its own worker, so a slow or dead target never delays the others. A
-scrape that arrives while a target's run is still in flight joins that run instead of starting
-another: two Prometheus replicas and a curious human cost the server one set of queries, and
-the held connection is never asked for twice.
+Target runs share a bounded pool of threads (`settings.scrape_concurrency`), so the exporter's
+threads do not grow with its targets. A target is handed to the pool only once it has a
+connection (or has failed to get one for now), so a dead or still-connecting target holds no
+thread while others wait; a run is bounded by the deadline, and a server that stops answering
+has its connection cut (target.SILENT_SERVER_GRACE). A scrape that arrives while a target's run
+is still in flight joins that run instead of starting another: two Prometheus replicas and a
+curious human cost the server one set of queries, and the held connection is never asked for
+twice.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ class Scraper:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.targets = [TargetScraper(t, config.queries, config.settings) for t in config.targets]
-        self._executor = _executor(len(self.targets))
+        self._executor = _executor(config)
         self._inflight: dict[str, Future[TargetResult]] = {}
         self._lock = threading.Lock()
 
@@ -51,7 +55,7 @@ class Scraper:
             ]
             old_executor, old_runs = self._executor, self._inflight
             self.config, self.targets = config, targets
-            self._executor = _executor(len(targets))
+            self._executor = _executor(config)
             self._inflight = {}
         for target in targets:
             if target.connection is not getattr(old.get(target.target.name), "connection", None):
@@ -62,12 +66,8 @@ class Scraper:
             # An old scraper is closed only once its run in flight (if any) has ended: a
             # scrape waiting for that run must get its answer, not a closed pool.
             def close(_run: object = None, scraper: TargetScraper = scraper) -> None:
-                threading.Thread(
-                    target=scraper.close,
-                    args=(successors.get(scraper.target.name),),
-                    name=f"close-{scraper.target.name}",
-                    daemon=True,
-                ).start()
+                # Quick (a connection's close sends one message): no thread of its own.
+                scraper.close(successors.get(scraper.target.name))
 
             run = old_runs.get(name)
             if run is not None:
@@ -96,7 +96,19 @@ class Scraper:
     def _join_or_start(self, target: TargetScraper, deadline: float) -> Future[TargetResult]:
         run = self._inflight.get(target.target.name)
         if run is None or run.done():
-            run = self._executor.submit(target.scrape, deadline)
+            run = Future()
+            executor = self._executor
+
+            def start(run: Future[TargetResult] = run) -> None:
+                # Once the target has a connection, or has failed to get one for now.
+                try:
+                    inner = executor.submit(target.scrape, deadline)
+                except RuntimeError:  # the pool was shut down (a reload or stop)
+                    run.set_result(TargetResult(target.target, False, 0.0, error="stopped"))
+                    return
+                inner.add_done_callback(lambda done: _copy(done, run, target))
+
+            target.connection.when_ready(start)
             self._inflight[target.target.name] = run
         return run
 
@@ -112,5 +124,16 @@ class Scraper:
             return TargetResult(target.target, False, 0.0, error="internal error (see the log)")
 
 
-def _executor(targets: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=max(1, targets), thread_name_prefix="scrape")
+def _executor(config: Config) -> ThreadPoolExecutor:
+    workers = min(config.settings.scrape_concurrency, max(1, len(config.targets)))
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scrape")
+
+
+def _copy(done: Future[TargetResult], run: Future[TargetResult], target: TargetScraper) -> None:
+    """The result of a target's run on the pool, to the run scrapes wait for."""
+    if done.cancelled():
+        run.set_result(TargetResult(target.target, False, 0.0, error="stopped"))
+    elif (exc := done.exception()) is not None:
+        run.set_exception(exc)
+    else:
+        run.set_result(done.result())

@@ -20,9 +20,9 @@ from typing import Any
 from urllib.parse import parse_qs, quote
 
 import psycopg
-from psycopg_pool import PoolTimeout
 
 from exporter.config import Config
+from exporter.connection import NotConnected
 from exporter.diagnose import Criteria, Report, analyze, format_bytes, format_seconds, gather
 from exporter.target import TargetScraper
 from exporter.webpage import HEADERS, HTML, bar, esc, page, table
@@ -94,7 +94,7 @@ class SessionsPage:
         name = target.target.name
         try:
             facts = _borrow_and_gather(target, settings.timeout, settings.query_text)
-        except PoolTimeout:
+        except NotConnected:
             failure = target.connection.last_failure
             error = (
                 f"no connection to the target ({failure.reason})"

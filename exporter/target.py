@@ -21,10 +21,9 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg_pool import PoolTimeout
 
 from exporter.config import QuerySpec, Settings, Target
-from exporter.connection import ScrapeTransaction, TargetConnection, Watchdog
+from exporter.connection import NotConnected, ScrapeTransaction, TargetConnection, Watchdog
 from exporter.engine import MetricSamples, build_samples, metric_missing_columns, missing_columns
 from exporter.logincheck import LoginChecker, LoginResult
 
@@ -157,7 +156,7 @@ class TargetScraper:
                 with self._guard(conn, deadline) as guard:
                     outcomes = tuple(self._run_all(conn, version, deadline, guard))
                 up = not conn.broken and not conn.closed
-        except PoolTimeout:
+        except NotConnected:
             # The reason only: the server's full message names hosts and ports, and goes to
             # the log instead (the landing page shows this).
             failure = self.connection.last_failure

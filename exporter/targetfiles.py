@@ -20,6 +20,9 @@ from typing import Any
 
 import yaml
 
+from exporter.config import ConfigError
+from exporter.safeyaml import decode_utf8, read_bytes
+
 log = logging.getLogger(__name__)
 
 MAX_FILE_BYTES = 1 << 20
@@ -80,19 +83,11 @@ def read_target_files(
 
 
 def _read(path: str, problems: list[str]) -> list[Any]:
+    # Bounded, regular files only (a FIFO would block the read), strictly UTF-8.
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        problems.append(f"{path}: cannot read: {exc.strerror}")
-        return []
-    if len(raw) > MAX_FILE_BYTES:
-        problems.append(f"{path}: larger than {MAX_FILE_BYTES} bytes; not a target file")
-        return []
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        problems.append(f"{path}: not UTF-8 text (byte {raw[exc.start]:#04x} at {exc.start})")
+        text = decode_utf8(read_bytes(path, path, MAX_FILE_BYTES), path)
+    except ConfigError as exc:
+        problems += exc.problems
         return []
     try:
         data = yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader

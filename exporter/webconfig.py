@@ -22,7 +22,8 @@ from typing import Literal
 import bcrypt
 from pydantic import Field, ValidationError, model_validator
 
-from exporter.config import ConfigError, StrictModel, read_yaml, validation_problems
+from exporter.config import ConfigError, StrictModel, validation_problems
+from exporter.safeyaml import load_yaml_file
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,8 @@ _CLIENT_AUTH = {
     "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
 }
 TLSVersion = Literal["TLS10", "TLS11", "TLS12", "TLS13"]
+# A web config is a few lines: anything near this is a wrong path.
+MAX_WEB_CONFIG_BYTES = 1 << 20
 
 
 class TLSServerConfig(StrictModel):
@@ -120,11 +123,7 @@ NO_WEB_CONFIG = WebConfig()  # without --web.config.file: plain HTTP, no auth
 def load_web_config(path: str) -> WebConfig:
     """Read and check a web config file; one `ConfigError` names every problem."""
     source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"{source}: cannot read: {exc.strerror}"]) from None
-    data = read_yaml(text, source) or {}
+    data = load_yaml_file(path, source, MAX_WEB_CONFIG_BYTES) or {}
     if not isinstance(data, dict):
         raise ConfigError([f"{source}: (top level): expected a mapping"])
     try:

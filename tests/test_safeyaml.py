@@ -124,6 +124,40 @@ def test_hostile_password_file(content: bytes, expected: str, tmp_path: Path) ->
     assert "0xe9" not in result.stderr and "s3cr" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [(b"s3cr\xe9t\n", "not valid UTF-8"), (b"pass\x00word\n", "NUL byte")],
+)
+def test_hostile_auth_module_password_file(content: bytes, expected: str, tmp_path: Path) -> None:
+    """/probe's auth modules read their password_file with the same bounds as a target's."""
+    secret = tmp_path / "password"
+    secret.write_bytes(content)
+    config = tmp_path / "config.yml"
+    config.write_text(
+        "auth_modules: {fleet: {type: userpass, userpass: {username: mon}, "
+        f"password_file: '{secret}'}}}}\n"
+        "probe: {allowed_hosts: ['127.0.0.1/32']}\n"
+    )
+    result = _check_config("--config.file", str(config))
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "auth_modules.fleet.password_file" in result.stderr and expected in result.stderr
+    assert "0xe9" not in result.stderr and "s3cr" not in result.stderr
+
+
+def test_a_fifo_among_the_target_files_is_passed_over_without_waiting(tmp_path: Path) -> None:
+    """Only regular files are target files (a FIFO's open would wait for a writer): matched
+    by the glob, it is left out, and a file read is opened without blocking in any case."""
+    (tmp_path / "sd").mkdir()
+    os.mkfifo(tmp_path / "sd" / "targets.yml")  # opening it for reading would wait for a writer
+    config = tmp_path / "config.yml"
+    config.write_text(f"target_files: ['{tmp_path}/sd/*.yml']\n")
+    result = _check_config("--config.file", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "valid: 0 target(s)" in result.stdout, result.stdout
+    assert "Traceback" not in result.stderr
+
+
 # --- property-based fuzzing of the loaders ---------------------------------------------------
 
 # Characters that steer YAML's grammar, so that generated text reaches the parser's corners.

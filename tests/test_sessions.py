@@ -360,3 +360,26 @@ def test_builtin_gates() -> None:
     gates = {q.name: q.min_version for q in builtin_queries()}
     assert gates["session_statistics"] == 140000
     assert gates["connection_age"] == gates["memory_settings"] == 100000
+
+
+def test_session_counters_on_both_sides_of_their_gate(
+    pg_any_major: LocalCluster, exporter_for
+) -> None:
+    """On every major: the pg_stat_database session counters from 14 on, and on 12 and 13
+    simply absent (the query is skipped, not failed); connection age and the memory settings
+    everywhere."""
+    running = exporter_for({"targets": [{"name": TARGET, "dsn": pg_any_major.dsn()}]})
+    scraped = running.scrape()
+    assert scraped.value("pg_up", target=TARGET) == 1
+    counters = [row for row in scraped.rows if row[0].startswith("pg_sessions_")]
+    success = scraped.get("pg_connections_exporter_query_success", query="session_statistics")
+    if pg_any_major.version_num >= 140000:
+        assert success == 1
+        assert scraped.series("pg_sessions_total")
+        assert scraped.series("pg_sessions_ended_total")
+    else:
+        assert success is None, "a gated query neither runs nor fails"
+        assert not counters, counters
+    for query in ("connection_age", "memory_settings"):
+        assert scraped.value("pg_connections_exporter_query_success", query=query) == 1, query
+    assert scraped.series("pg_connections_memory_setting_bytes")

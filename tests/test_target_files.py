@@ -74,7 +74,7 @@ def test_target_files_followed_without_restart(
     # Hostile files: refused with the file named, the running targets stay.
     bad = files / "c.yml"
     for content, problem in [
-        (b"\xff\xfe\x00binary", "not UTF-8 text"),
+        (b"\xff\xfe\x00binary", "not valid UTF-8"),
         (b"- &a [x, x]\n- &b [*a, *a]\n- [*b, *b]\n", "aliases (*name) are not allowed"),
         (b"{targets: [", "invalid YAML"),
         (b"- {name: c, dsn: 'host=/tmp', colour: red}\n", "colour: Extra inputs"),

@@ -688,3 +688,19 @@ def format_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" or n == int(n) else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TB"
+
+
+def session_cells(row: dict[str, Any], age: str) -> list[Any]:
+    """A session's cells as the report's session tables show them (terminal and page alike):
+    pid, user, application, client, state, how long (`age`: a column of the row), whom it
+    blocks and who blocks it."""
+    return [
+        row["pid"],
+        row["user"] or "?",
+        row["application"] or "-",
+        row["client"],
+        row["state"],
+        format_seconds(row[age] or 0),
+        " ".join(map(str, row["blocks"])) or "-",
+        " ".join(map(str, row["blocked_by"])) or "-",
+    ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from exporter.diagnose import Report, format_bytes, format_seconds
+from exporter.diagnose import Report, format_bytes, format_seconds, session_cells
 
 # Rows shown per list; the rest are counted ("... and 12 more"). JSON has them all.
 MAX_ROWS = 20
@@ -168,16 +168,7 @@ def _sessions(rows: Sequence[dict[str, Any]], age: str, age_title: str, max_rows
         header.append("query")
     table = []
     for r in rows:
-        row = [
-            r["pid"],
-            r["user"] or "?",
-            r["application"] or "-",
-            r["client"],
-            r["state"],
-            format_seconds(r[age] or 0),
-            " ".join(map(str, r["blocks"])) or "-",
-            " ".join(map(str, r["blocked_by"])) or "-",
-        ]
+        row = session_cells(r, age)
         if with_query:
             row.append(" ".join((r["query"] or "").split())[:80])
         table.append(row)

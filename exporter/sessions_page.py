@@ -23,7 +23,15 @@ import psycopg
 
 from exporter.config import Config
 from exporter.connection import NotConnected
-from exporter.diagnose import Criteria, Report, analyze, format_bytes, format_seconds, gather
+from exporter.diagnose import (
+    Criteria,
+    Report,
+    analyze,
+    format_bytes,
+    format_seconds,
+    gather,
+    session_cells,
+)
 from exporter.target import TargetScraper
 from exporter.webpage import HEADERS, HTML, bar, esc, page, table
 
@@ -267,16 +275,7 @@ def _sessions(rows: Sequence[dict[str, Any]], age: str, query_text: bool) -> str
         header.append("query")
     body = []
     for r in rows:
-        row = [
-            r["pid"],
-            r["user"] or "?",
-            r["application"] or "-",
-            r["client"],
-            r["state"],
-            format_seconds(r[age] or 0),
-            " ".join(map(str, r["blocks"])) or "-",
-            " ".join(map(str, r["blocked_by"])) or "-",
-        ]
+        row = session_cells(r, age)
         if query_text:
             row.append(r["query"] or "")
         body.append(row)

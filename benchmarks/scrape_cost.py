@@ -452,22 +452,49 @@ class QuerySet:
         self.conn.close()
 
 
+def builtin_queries_at(rev: str) -> list[QuerySpec]:
+    """The built-in queries of exporter/queries/*.yaml at git revision `rev`, in load order."""
+
+    def git(*argv: str) -> str:
+        return subprocess.run(
+            ["git", *argv], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout
+
+    files = sorted(git("ls-tree", "--name-only", rev, "exporter/queries/").split())
+    return [
+        QuerySpec.model_validate(raw)
+        for path in files
+        if path.endswith(".yaml")
+        for raw in (yaml.safe_load(git("show", f"{rev}:{path}")) or {}).get("queries", [])
+    ]
+
+
+def added_query_sets(queries: Sequence[QuerySpec], names: Sequence[str]) -> dict[str, list]:
+    """The scrape's built-in queries without `names` (before), with them (after), and with each
+    one added alone."""
+    by_name = {q.name: q for q in queries if q.target_kind == "postgres"}
+    unknown = set(names) - set(by_name)
+    if unknown:
+        raise SystemExit(f"--added-queries: no built-in query {', '.join(sorted(unknown))}")
+    before = [q for name, q in by_name.items() if name not in names]
+    sets = {"before": before, "after": list(by_name.values())}
+    # Each one added to the others in their transaction: it may share their read of the
+    # backends (PostgreSQL keeps it for the transaction).
+    sets |= {f"before + {name}": [*before, by_name[name]] for name in names}
+    return sets
+
+
 def run_added_queries(
     n: int, cluster: LocalCluster, workload: BenchWorkload, names: Sequence[str], args: Any
 ) -> dict[str, Series]:
     """What `names` add to a scrape at N sessions: the scrape's built-in queries without them
     (before) and with them (after), and each one added alone, in interleaved rounds (A/B in
-    one run)."""
+    one run); with --added-baseline, the same sets of the queries at that git revision too."""
     workload.grow_to(n)
-    queries = {q.name: q for q in builtin_queries() if q.target_kind == "postgres"}
-    unknown = set(names) - set(queries)
-    if unknown:
-        raise SystemExit(f"--added-queries: no built-in query {', '.join(sorted(unknown))}")
-    before = [q for name, q in queries.items() if name not in names]
-    sets = {"before": before, "after": list(queries.values())}
-    # Each one added to the others in their transaction: it may share their read of the
-    # backends (PostgreSQL keeps it for the transaction).
-    sets |= {f"before + {name}": [*before, queries[name]] for name in names}
+    sets = added_query_sets(builtin_queries(), names)
+    if args.added_baseline:
+        at_rev = added_query_sets(builtin_queries_at(args.added_baseline), names)
+        sets |= {f"{label} ({args.added_baseline})": qs for label, qs in at_rev.items()}
     monitor = cluster.dsn(user=MONITOR_ROLE, host="127.0.0.1")
     results = {label: Series() for label in sets}
     postmaster = _postmaster(cluster)
@@ -511,11 +538,24 @@ def added_queries_table(n: int, results: dict[str, Series]) -> list[str]:
         f"{after.server_cpu_ms() - before.server_cpu_ms():+.2f} ms server CPU per scrape.",
     ]
     for label, series in results.items():
+        if label.startswith("after ("):  # the same at the --added-baseline revision
+            rev = label.removeprefix("after ")
+            base = results[f"before {rev}"]
+            lines.append(
+                f"Added at {rev}: {series.median_ms() - base.median_ms():+.2f} ms median, "
+                f"{series.server_cpu_ms() - base.server_cpu_ms():+.2f} ms server CPU per scrape."
+                f" The whole scrape, against {rev}: "
+                f"{after.median_ms() - series.median_ms():+.2f} ms median, "
+                f"{after.server_cpu_ms() - series.server_cpu_ms():+.2f} ms server CPU."
+            )
+    for label, series in results.items():
         if label.startswith("before + "):
+            _, _, rev = label.removeprefix("before + ").partition(" ")
+            base = results[f"before {rev}".strip()]
             lines.append(
                 f"{label.removeprefix('before + ')}: "
-                f"{series.median_ms() - before.median_ms():+.2f} ms median, "
-                f"{series.server_cpu_ms() - before.server_cpu_ms():+.2f} ms server CPU."
+                f"{series.median_ms() - base.median_ms():+.2f} ms median, "
+                f"{series.server_cpu_ms() - base.server_cpu_ms():+.2f} ms server CPU."
             )
     return lines
 
@@ -900,6 +940,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--added-queries",
         help="only measure what these built-in queries (comma-separated) add to a scrape's "
         "queries at each size, A/B in the same rounds",
+    )
+    parser.add_argument(
+        "--added-baseline",
+        metavar="REV",
+        help="with --added-queries: the built-in queries at this git revision too, in the "
+        "same rounds",
     )
     parser.add_argument(
         "--baseline",

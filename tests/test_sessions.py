@@ -359,7 +359,7 @@ def test_builtin_gates() -> None:
     """Every new query runs on every version the exporter supports but the 14+ counters."""
     gates = {q.name: q.min_version for q in builtin_queries()}
     assert gates["session_statistics"] == 140000
-    assert gates["connection_age"] == gates["memory_settings"] == 100000
+    assert gates["connection_age"] == gates["memory_settings"] == 120000
 
 
 def test_session_counters_on_both_sides_of_their_gate(

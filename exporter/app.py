@@ -65,7 +65,6 @@ class Exporter:
             self.reload if load_config else None,
             web_config,
             probe=self.probes.collector,
-            notes=self.probes.summary,
             pages={
                 "/": LandingPage(
                     lambda: self.config, self.status, telemetry_path, self.probes.summary

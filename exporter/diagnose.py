@@ -704,3 +704,16 @@ def session_cells(row: dict[str, Any], age: str) -> list[Any]:
         " ".join(map(str, row["blocks"])) or "-",
         " ".join(map(str, row["blocked_by"])) or "-",
     ]
+
+
+def holder_cells(holder: dict[str, Any]) -> list[Any]:
+    """A holder's cells as the report's holders tables show them (terminal and page alike):
+    sessions, user, application, database, sessions by state, longest in its state."""
+    return [
+        holder["count"],
+        holder["user"],
+        holder["application"] or "-",
+        holder["database"],
+        ", ".join(f"{k} {v}" for k, v in holder["states"].items()),
+        format_seconds(holder["longest_in_state_seconds"]),
+    ]

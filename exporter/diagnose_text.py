@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from exporter.diagnose import Report, format_bytes, format_seconds, session_cells
+from exporter.diagnose import Report, format_bytes, format_seconds, holder_cells, session_cells
 
 # Rows shown per list; the rest are counted ("... and 12 more"). JSON has them all.
 MAX_ROWS = 20
@@ -54,17 +54,7 @@ def render_text(report: Report, target: str, max_rows: int = MAX_ROWS) -> str:
     out.append("== Holders (user, application, database), biggest first ==")
     out += _table(
         ["sessions", "user", "application", "database", "states", "longest in state"],
-        [
-            [
-                r["count"],
-                r["user"],
-                r["application"] or "-",
-                r["database"],
-                ", ".join(f"{k} {v}" for k, v in r["states"].items()),
-                format_seconds(r["longest_in_state_seconds"]),
-            ]
-            for r in report.holders
-        ],
+        [holder_cells(r) for r in report.holders],
         max_rows,
     )
     for name, title in (

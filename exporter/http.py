@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import binascii
 import gzip
-import html
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -53,7 +52,6 @@ class WebApp:
         web_config: WatchedWebConfig | None = None,
         pages: Mapping[str, Page] | None = None,
         probe: Probe | None = None,
-        notes: Callable[[], list[str]] | None = None,
     ) -> None:
         self.registry = registry
         self.pages = dict(pages or {})
@@ -62,8 +60,6 @@ class WebApp:
         self.reload = reload
         self._web_config = web_config
         self.probe = probe
-        # Landing-page lines under the targets table.
-        self.notes = notes
 
     @property
     def web_config(self) -> WebConfig:
@@ -117,8 +113,6 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(*page(url.query))
         elif path == "/probe" and self.web.probe is not None:
             self._probe()
-        elif path == "/":
-            self._send(200, "text/html; charset=utf-8", self._landing().encode())
         elif path == "/healthz":
             self._send(200, "text/plain; charset=utf-8", b"ok\n")
         elif path == "/-/reload":
@@ -209,26 +203,6 @@ class _Handler(BaseHTTPRequestHandler):
     @property
     def registry(self) -> CollectorRegistry:
         return self.web.registry
-
-    def _landing(self) -> str:
-        rows = "".join(
-            f"<tr><td>{html.escape(t['name'])}</td>"
-            f"<td>{html.escape(t['state'])}</td><td>{html.escape(t['detail'])}</td></tr>"
-            for t in self.web.status()
-        )
-        path = html.escape(self.web.telemetry_path)
-        return (
-            "<!doctype html><html><head><meta charset='utf-8'>"
-            "<title>pg-connections-exporter</title></head><body>"
-            f"<h1>pg-connections-exporter {html.escape(__version__)}</h1>"
-            "<p>PostgreSQL connection saturation for Prometheus.</p>"
-            f"<p><a href='{path}'>Metrics</a> &middot; <a href='/healthz'>Health</a></p>"
-            "<h2>Targets</h2><table border='1' cellpadding='4'>"
-            "<tr><th>Target</th><th>State</th><th>Detail</th></tr>"
-            f"{rows}</table>"
-            + "".join(f"<p>{html.escape(line)}</p>" for line in (self.web.notes or list)())
-            + "</body></html>"
-        )
 
     def _send(
         self, code: int, content_type: str, body: bytes, headers: dict[str, str] | None = None

@@ -30,6 +30,7 @@ from exporter.diagnose import (
     format_bytes,
     format_seconds,
     gather,
+    holder_cells,
     session_cells,
 )
 from exporter.target import TargetScraper
@@ -190,17 +191,7 @@ def render(report: Report, query_text: bool) -> str:
         "<div id='holders'>"
         + table(
             ["sessions", "user", "application", "database", "states", "longest"],
-            [
-                [
-                    h["count"],
-                    h["user"],
-                    h["application"] or "-",
-                    h["database"],
-                    ", ".join(f"{k} {v}" for k, v in h["states"].items()),
-                    format_seconds(h["longest_in_state_seconds"]),
-                ]
-                for h in report.holders
-            ],
+            [holder_cells(h) for h in report.holders],
             numeric=[0],
         )
         + "</div>"

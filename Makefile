@@ -15,7 +15,7 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	bash scripts/install-system-deps.sh
-	$(PY) -m exporter.pgmajors install
+	$(PY) -m harness.pgmajors install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest $(PYTEST_ARGS)

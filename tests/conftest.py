@@ -107,6 +107,27 @@ def pg_any_major(
     return _shared(_shared_clusters, request.param)
 
 
+# tests/unit: fast tests of the exporter's own logic, no server. Every other test is marked
+# `integration` here, so `pytest -m "not integration"` (make test-fast) runs only the fast ones.
+UNIT_TESTS = Path(__file__).resolve().parent / "unit"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if not item.path.is_relative_to(UNIT_TESTS):
+            item.add_marker(pytest.mark.integration)
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Under exactly `-m "not integration"`, the modules outside tests/unit (all of them
+    integration) are not even imported: collecting them costs more than the fast tests."""
+    if (config.option.markexpr or "").strip() != "not integration":
+        return None
+    if collection_path.suffix == ".py" and collection_path.name.startswith("test_"):
+        return not collection_path.is_relative_to(UNIT_TESTS)
+    return None
+
+
 # What ran on each major, for the summary at the end of the run (CI's proof of coverage).
 _MAJOR_PARAMS = ("pg_any_major", "pg", "major", "version")
 _results_by_major: defaultdict[str, Counter[str]] = defaultdict(Counter)

@@ -156,7 +156,9 @@ def demo(host: str, port: int, telemetry_path: str) -> int:
     try:
         from harness.demo import run_demo
         from harness.localpg import embedded_bindir
-    except ImportError:
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("harness", "harness.demo", "harness.localpg"):
+            raise  # a bug, not a missing harness
         print(f"pg-connections-exporter: {DEMO_NEEDS}", file=sys.stderr)
         return 1
     if embedded_bindir() is None:

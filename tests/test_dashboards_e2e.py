@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from exporter.workload import SessionSpec, Workload
+from harness.workload import SessionSpec, Workload
 from tests.conftest import new_cluster, require_program
 from tests.helpers import load_render_alerts, wait_until
 from tests.prometheus_server import PrometheusServer

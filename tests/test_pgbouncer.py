@@ -13,8 +13,8 @@ import pytest
 
 from exporter.config import Target, builtin_queries
 from exporter.connection import APPLICATION_NAME, TargetConnection
-from exporter.localpg import LocalCluster
-from exporter.workload import SessionSpec, Workload
+from harness.localpg import LocalCluster
+from harness.workload import SessionSpec, Workload
 from tests.helpers import Samples
 from tests.pgbouncer_server import ADMIN_USER, PgBouncer
 

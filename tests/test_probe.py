@@ -18,7 +18,7 @@ import pytest
 
 from exporter.config import parse_config
 from exporter.connection import APPLICATION_NAME
-from exporter.localpg import LocalCluster
+from harness.localpg import LocalCluster
 from tests.conftest import new_cluster
 from tests.helpers import Samples, http_get, wait_until
 

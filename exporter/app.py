@@ -17,7 +17,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from exporter.collector import ExporterCollector, ReloadStatus
 from exporter.config import Config, ConfigError
-from exporter.http import WebApp, make_server, serve_in_thread
+from exporter.webapp import WebApp, make_server, serve_in_thread
 from exporter.httpserver import HTTPLimits
 from exporter.landing import LandingPage, slot_figures
 from exporter.probe import Probes, ProbeSelfCollector

@@ -17,13 +17,13 @@ from prometheus_client.registry import CollectorRegistry
 
 from exporter.collector import ExporterCollector, ReloadStatus
 from exporter.config import Config, ConfigError
-from exporter.webapp import WebApp, make_server, serve_in_thread
 from exporter.httpserver import HTTPLimits
 from exporter.landing import LandingPage, slot_figures
 from exporter.probe import Probes, ProbeSelfCollector
 from exporter.scrape import Scraper
 from exporter.sessions_page import SessionsPage
 from exporter.targetfiles import TargetFilesWatcher
+from exporter.webapp import WebApp, make_server, serve_in_thread
 from exporter.webconfig import WatchedWebConfig
 
 log = logging.getLogger(__name__)

@@ -542,7 +542,8 @@ def builtin_queries() -> list[QuerySpec]:
 def merge_rows_from_params(queries: list[QuerySpec]) -> list[QuerySpec]:
     """Each query that others read the rows of (rows_from), with their params added to its
     own: its SQL computes their columns, with the parameters that are theirs to document and
-    override. A reader disabled or not, its parameters are there for the SQL to take."""
+    override (so a reader's parameters are named unlike its source's). A built-in reader
+    disabled or not, its parameters are there for the SQL to take."""
     added: dict[str, dict[str, Any]] = {}
     for query in queries:
         if query.rows_from is not None:
@@ -690,8 +691,8 @@ def _select_queries(
             )
     selected = []
     for name, query in builtins.items():
-        if name in spec.collectors.disable:
-            continue
+        if name in spec.collectors.disable or query.rows_from in spec.collectors.disable:
+            continue  # a built-in reading a disabled one's rows goes with it
         overrides = spec.collectors.params.get(name)
         if overrides:
             unknown = set(overrides) - set(query.params)
@@ -715,7 +716,6 @@ def _select_queries(
             except ValidationError as err:
                 problems += validation_problems(err, source, f"collectors.params.{name}")
         selected.append(query)
-    selected = merge_rows_from_params(selected)  # with the readers' overridden params
     for name in spec.collectors.params:
         if name not in builtins:
             problems.append(f"{source}: collectors.params.{name}: no built-in query named {name!r}")
@@ -726,6 +726,7 @@ def _select_queries(
                 "name; pick another"
             )
         selected.append(query)
+    selected = merge_rows_from_params(selected)  # with the readers' overridden params
     _check_unique_metrics(selected, targets, source, problems)
     _check_rows_from(selected, source, problems)
     return selected
@@ -741,8 +742,7 @@ def _check_rows_from(queries: list[QuerySpec], source: str, problems: list[str])
             if source_query is None or source_query.rows_from is not None:
                 problems.append(
                     f"{source}: query {query.name} reads the rows of {read!r}, which is not a "
-                    "query with SQL that runs before it (disabled in collectors.disable? then "
-                    "disable this one too)"
+                    "query with SQL listed before it"
                 )
             elif (source_query.target_kind, source_query.cache) != (query.target_kind, None):
                 problems.append(

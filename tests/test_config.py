@@ -373,14 +373,10 @@ def test_a_rows_from_query_gets_no_sql_and_lends_its_params_to_its_source() -> N
 
 
 def test_a_rows_from_query_needs_its_source_before_it() -> None:
-    with pytest.raises(ConfigError) as err:
-        _parse({"collectors": {"disable": ["connections"]}})
-    assert err.value.problems == [
-        "exporter.yaml: query connection_age reads the rows of 'connections', which is not a "
-        "query with SQL that runs before it (disabled in collectors.disable? then disable this "
-        "one too)"
-    ]
-    _parse({"collectors": {"disable": ["connections", "connection_age"]}})
+    # A built-in one goes with its source (configs disabling connections stay valid).
+    names = {q.name for q in _parse({"collectors": {"disable": ["connections"]}}).queries}
+    assert "connections" not in names and "connection_age" not in names
+    assert "connection_slots" in names
     metric = {"name": "my_n", "help": "n.", "value": "n"}
     later = [
         {"name": "reader", "rows_from": "source", "metrics": [metric]},
@@ -394,6 +390,10 @@ def test_a_rows_from_query_needs_its_source_before_it() -> None:
         _parse({"queries": cached})
     assert "must be for the same target kind and not cached" in str(err.value)
     assert [q.name for q in _parse({"queries": later[::-1]}).queries][-2:] == ["source", "reader"]
+    # The reader's params go to its source's SQL.
+    later[1]["sql"], later[0]["params"] = "SELECT %(k)s AS n", {"k": 3}
+    queries = _parse({"queries": later[::-1]}).queries
+    assert queries[-2].params == {"k": 3}
 
 
 @pytest.mark.parametrize(

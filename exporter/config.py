@@ -187,7 +187,10 @@ class QuerySpec(StrictModel):
 
     name: str
     help: str = ""
-    sql: str = Field(min_length=1)
+    sql: str = ""
+    # A query that runs before this one in the scrape: this one has no SQL, its metrics read
+    # that query's rows, whose SQL takes this one's params too (see merge_rows_from_params).
+    rows_from: str | None = None
     target_kind: KindName = "postgres"
     min_version: ServerVersion | None = None
     max_version: MaxServerVersion | None = None
@@ -207,6 +210,8 @@ class QuerySpec(StrictModel):
     def _consistent(self) -> QuerySpec:
         if self.min_version and self.max_version and self.min_version > self.max_version:
             raise ValueError("min_version is above max_version")
+        if bool(self.sql.strip()) == bool(self.rows_from):
+            raise ValueError("a query has either sql or rows_from (another query's rows)")
         names = [m.name for m in self.metrics]
         if len(set(names)) != len(names):
             raise ValueError("two metrics of this query share a name")
@@ -541,7 +546,24 @@ def builtin_queries() -> list[QuerySpec]:
                 queries.append(query)
     if problems:
         raise ConfigError(problems)
-    return queries
+    return merge_rows_from_params(queries)
+
+
+def merge_rows_from_params(queries: list[QuerySpec]) -> list[QuerySpec]:
+    """Each query that others read the rows of (rows_from), with their params added to its
+    own: its SQL computes their columns, with the parameters that are theirs to document and
+    override (so a reader's parameters are named unlike its source's). A built-in reader
+    disabled or not, its parameters are there for the SQL to take."""
+    added: dict[str, dict[str, Any]] = {}
+    for query in queries:
+        if query.rows_from is not None:
+            added.setdefault(query.rows_from, {}).update(query.params)
+    return [
+        query.model_copy(update={"params": {**query.params, **added[query.name]}})
+        if query.name in added
+        else query
+        for query in queries
+    ]
 
 
 def _resolve_targets(specs: list[tuple[str, TargetSpec]], problems: list[str]) -> list[Target]:
@@ -665,8 +687,8 @@ def _select_queries(
             )
     selected = []
     for name, query in builtins.items():
-        if name in spec.collectors.disable:
-            continue
+        if name in spec.collectors.disable or query.rows_from in spec.collectors.disable:
+            continue  # a built-in reading a disabled one's rows goes with it
         overrides = spec.collectors.params.get(name)
         if overrides:
             unknown = set(overrides) - set(query.params)
@@ -700,8 +722,30 @@ def _select_queries(
                 "name; pick another"
             )
         selected.append(query)
+    selected = merge_rows_from_params(selected)  # with the readers' overridden params
     _check_unique_metrics(selected, targets, source, problems)
+    _check_rows_from(selected, source, problems)
     return selected
+
+
+def _check_rows_from(queries: list[QuerySpec], source: str, problems: list[str]) -> None:
+    """A query reading another's rows needs that one to run before it, on the same targets."""
+    earlier: dict[str, QuerySpec] = {}
+    for query in queries:
+        read = query.rows_from
+        if read is not None:
+            source_query = earlier.get(read)
+            if source_query is None or source_query.rows_from is not None:
+                problems.append(
+                    f"{source}: query {query.name} reads the rows of {read!r}, which is not a "
+                    "query with SQL listed before it"
+                )
+            elif (source_query.target_kind, source_query.cache) != (query.target_kind, None):
+                problems.append(
+                    f"{source}: query {query.name} reads the rows of {read!r}, which must be "
+                    "for the same target kind and not cached"
+                )
+        earlier[query.name] = query
 
 
 def _check_unique_metrics(

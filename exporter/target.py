@@ -25,7 +25,13 @@ from psycopg.rows import dict_row
 
 from exporter.config import QuerySpec, Settings, Target
 from exporter.connection import NotConnected, ScrapeTransaction, TargetConnection, Watchdog
-from exporter.engine import MetricSamples, build_samples, metric_missing_columns, missing_columns
+from exporter.engine import (
+    MetricSamples,
+    Row,
+    build_samples,
+    metric_missing_columns,
+    missing_columns,
+)
 from exporter.kinds import kind_of
 from exporter.logincheck import LoginChecker, LoginResult
 
@@ -62,6 +68,10 @@ class TargetResult:
     queries: tuple[QueryOutcome, ...] = ()
     error: str | None = None
     login: LoginResult | None = None
+
+
+# A query's rows and result columns.
+_Read = tuple[Sequence[Row], tuple[str, ...]]
 
 
 @dataclass
@@ -183,6 +193,7 @@ class TargetScraper:
         guard: Watchdog | None = None,
     ) -> list[QueryOutcome]:
         outcomes = []
+        read: dict[str, _Read] = {}  # each query's rows and columns, for the rows_from ones
         tx = self.kind.scrape_transaction(self.connection, conn)
         # Ended whatever happens: the connection goes back to the pool outside a transaction.
         try:
@@ -191,6 +202,9 @@ class TargetScraper:
                     query.max_version and version > query.max_version
                 ):
                     self._log_version_skip(query, version)
+                    continue
+                if query.rows_from is not None:
+                    outcomes.append(self._from_rows(query, read.get(query.rows_from)))
                     continue
                 entry = self._cache.get(query.name)
                 now = time.monotonic()
@@ -201,7 +215,7 @@ class TargetScraper:
                 if conn.broken or conn.closed:
                     outcomes.append(self._failed(query, 0.0, "connection", "connection lost"))
                     continue
-                outcome = self._run(conn, query, deadline, tx, guard)
+                outcome = self._run(conn, query, deadline, tx, guard, read=read)
                 if tx is not None:
                     tx.after_query()
                 if outcome.error is None and query.cache:
@@ -220,6 +234,7 @@ class TargetScraper:
         tx: ScrapeTransaction | None = None,
         guard: Watchdog | None = None,
         retry: bool = True,
+        read: dict[str, _Read] | None = None,
     ) -> QueryOutcome:
         start = time.monotonic()
         remaining = deadline - DEADLINE_MARGIN - start
@@ -254,7 +269,7 @@ class TargetScraper:
                 # The server lacked our prepared statement, or its plan went stale: once more
                 # (unprepared, or prepared anew) in a new transaction, this one being aborted.
                 tx.after_query()
-                return self._run(conn, query, deadline, tx, guard, retry=False)
+                return self._run(conn, query, deadline, tx, guard, retry=False, read=read)
             if dog is not None and dog.fired:
                 reason, message = "timeout", f"no answer within {timeout:.3g}s"
             else:
@@ -262,6 +277,21 @@ class TargetScraper:
                 message = str(exc)
             return self._failed(query, time.monotonic() - start, reason, message)
         duration = time.monotonic() - start
+        if read is not None:
+            read[query.name] = (rows, columns)
+        return self._samples(query, rows, columns, duration)
+
+    def _from_rows(self, query: QuerySpec, read: _Read | None) -> QueryOutcome:
+        """A rows_from query: its metrics from the rows its source read in this scrape."""
+        if read is None:
+            return self._failed(
+                query, 0.0, "error", f"query {query.rows_from} read no rows in this scrape"
+            )
+        return self._samples(query, *read, 0.0)
+
+    def _samples(
+        self, query: QuerySpec, rows: Sequence[Row], columns: tuple[str, ...], duration: float
+    ) -> QueryOutcome:
         skip: frozenset[str] = frozenset()
         if self.kind.tolerates_missing_columns:
             skip = self._unavailable(query, columns)

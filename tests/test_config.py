@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 
 from exporter.config import (
+    Config,
     ConfigError,
     builtin_queries,
     load_config,
+    parse_config,
     parse_duration,
     parse_max_server_version,
 )
@@ -345,3 +347,64 @@ def test_pgbouncer_problems_name_file_and_key(tmp_path: Path) -> None:
 )
 def test_max_version_covers_every_release_of_what_it_names(text: object, last: int) -> None:
     assert parse_max_server_version(text) == last
+
+
+def _parse(extra: dict) -> Config:
+    return parse_config({"targets": [{"name": "t", "dsn": "host=db"}], **extra}, "exporter.yaml")
+
+
+def test_a_rows_from_query_gets_no_sql_and_lends_its_params_to_its_source() -> None:
+    """connection_age's metrics read the rows of connections, whose SQL takes
+    connection_age's parameters, overridden where connection_age's are."""
+    queries = {q.name: q for q in _parse({}).queries}
+    assert queries["connection_age"].rows_from == "connections"
+    assert queries["connection_age"].sql == ""
+    assert queries["connections"].params["young_seconds"] == 60
+    overrides = {"connection_age": {"young_seconds": 5, "age_buckets": [5, 3600]}}
+    queries = {q.name: q for q in _parse({"collectors": {"params": overrides}}).queries}
+    assert queries["connections"].params["young_seconds"] == 5
+    assert queries["connections"].params["age_buckets"] == [5, 3600]
+    assert queries["connections"].params["reclaimable_idle_age"] == 600
+    assert queries["connection_age"].params["young_seconds"] == 5
+    # Disabled, its parameters are still there for the SQL of connections.
+    queries = {q.name: q for q in _parse({"collectors": {"disable": ["connection_age"]}}).queries}
+    assert "connection_age" not in queries
+    assert queries["connections"].params["age_buckets"][0] == 1
+
+
+def test_a_rows_from_query_needs_its_source_before_it() -> None:
+    # A built-in one goes with its source (configs disabling connections stay valid).
+    names = {q.name for q in _parse({"collectors": {"disable": ["connections"]}}).queries}
+    assert "connections" not in names and "connection_age" not in names
+    assert "connection_slots" in names
+    metric = {"name": "my_n", "help": "n.", "value": "n"}
+    later = [
+        {"name": "reader", "rows_from": "source", "metrics": [metric]},
+        {"name": "source", "sql": "SELECT 1 AS n", "metrics": [{**metric, "name": "my_m"}]},
+    ]
+    with pytest.raises(ConfigError) as err:
+        _parse({"queries": later})
+    assert "query reader reads the rows of 'source', which is not a query" in str(err.value)
+    cached = [{**later[1], "cache": "30s"}, later[0]]
+    with pytest.raises(ConfigError) as err:
+        _parse({"queries": cached})
+    assert "must be for the same target kind and not cached" in str(err.value)
+    assert [q.name for q in _parse({"queries": later[::-1]}).queries][-2:] == ["source", "reader"]
+    # The reader's params go to its source's SQL.
+    later[1]["sql"], later[0]["params"] = "SELECT %(k)s AS n", {"k": 3}
+    queries = _parse({"queries": later[::-1]}).queries
+    assert queries[-2].params == {"k": 3}
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"name": "both", "sql": "SELECT 1 AS n", "rows_from": "connections"},
+        {"name": "neither"},
+    ],
+)
+def test_a_query_has_sql_or_rows_from(query: dict) -> None:
+    query["metrics"] = [{"name": "my_n", "help": "n.", "value": "n"}]
+    with pytest.raises(ConfigError) as err:
+        _parse({"queries": [query]})
+    assert "a query has either sql or rows_from (another query's rows)" in str(err.value)

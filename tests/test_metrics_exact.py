@@ -228,6 +228,52 @@ def test_duration_histogram_buckets(
         assert buckets[("idle", "+Inf")] - buckets[("idle", "2.0")] >= 3
 
 
+def test_connection_ages_match_pg_stat_activity(
+    workload_cluster: LocalCluster, observer: psycopg.Connection[Any], exporter_for
+) -> None:
+    """The young connections by application and the age histogram, against the ages read
+    independently (backend_start), with no session near a bound: the old ones are past it
+    before the new ones open."""
+    young = 5
+    config = {
+        "targets": [{"name": "t", "dsn": workload_cluster.dsn()}],
+        "collectors": {
+            "params": {"connection_age": {"young_seconds": young, "age_buckets": [young, 3600]}}
+        },
+    }
+
+    def ages() -> list[dict[str, Any]]:
+        rows = truth(observer)["others"]
+        now = observer.execute("SELECT now() AS now").fetchone()["now"]
+        return [{**r, "age": (now - r["backend_start"]).total_seconds()} for r in rows]
+
+    with Workload(workload_cluster.dsn()) as w:
+        open_mixed_workload(w)
+        running = exporter_for(config)
+        running.scrape()  # the exporter's own backend now exists
+        wait_until(
+            lambda: min(r["age"] for r in ages()) > young + 1, 30, 0.2, "sessions past young"
+        )
+        w.open_many(
+            [SessionSpec("idle", application_name="reconnector")] * 3
+            + [SessionSpec("idle in transaction", application_name="web")]
+        )
+        s = running.scrape()
+        rows = ages()
+        new = [r for r in rows if r["age"] < young]
+        assert len(new) == 4 and max(r["age"] for r in new) < young - 1, "too slow to tell"
+        expected = Counter({r["application_name"]: 0 for r in rows})
+        expected.update(r["application_name"] for r in new)
+        assert s.by("pg_connections_young_by_application", "application_name") == expected
+        assert expected["reconnector"] == 3 and expected["web"] == 1 and expected["batch"] == 0
+        assert s.value("pg_connections_young_age_seconds") == young
+        buckets = s.by("pg_connections_age_seconds_bucket", "le")
+        assert buckets == {"5.0": 4, "3600.0": len(rows), "+Inf": len(rows)}
+        total_age = sum(r["age"] for r in rows)  # read after the scrape: a little more
+        got = s.value("pg_connections_age_seconds_gsum")
+        assert total_age - 2 * len(rows) <= got <= total_age
+
+
 def test_role_without_pg_monitor_is_told_not_zeros(
     pg: LocalCluster,
     observer: psycopg.Connection[Any],

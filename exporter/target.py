@@ -234,7 +234,7 @@ class TargetScraper:
         try:
             with bound as dog:
                 if tx is not None:
-                    tx.begin()
+                    tx.begin(timeout)
                 self.connection.set_statement_timeout(conn, timeout)
                 with conn.cursor(row_factory=dict_row) as cur:
                     cur.execute(

@@ -117,7 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         per = 1000 * statistics.median(total) / args.targets
         print(f"  total     median {statistics.median(total):.3f} s  ({per:.2f} ms/target)")
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(f"  RSS {status['VmRSS']:.0f} MiB, peak {peak:.0f} MiB, threads {status['threads']:.0f}")
+        rss, threads = status["VmRSS"], status["threads"]
+        print(f"  RSS {rss:.0f} MiB, peak {peak:.0f} MiB, threads {threads:.0f}")
         scraper.close()
     finally:
         for server in servers:

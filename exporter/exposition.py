@@ -169,8 +169,10 @@ class _Unsupported(Exception):
 
 def _render_openmetrics(metrics: Iterable[Any], escaping: str) -> bytes:
     utf8 = escaping == om.ALLOWUTF8
-    out = []
+    out: list[str] = []
+    written = _Written()
     for metric in metrics:
+        written.take(out)
         name = _metric_name(metric.name, escaping)
         out.append(f"# HELP {name} {_escape_value(metric.documentation)}\n")
         out.append(f"# TYPE {name} {metric.type}\n")
@@ -188,8 +190,29 @@ def _render_openmetrics(metrics: Iterable[Any], escaping: str) -> bytes:
             timestamp = f" {s.timestamp}" if s.timestamp is not None else ""
             out.append(f"{prefix}{value}{timestamp}\n")
     out.append("# EOF\n")
-    _forget_gone_series(_om_prefixes, len(out))
-    return "".join(out).encode("utf-8")
+    _forget_gone_series(_om_prefixes, written.lines + len(out))
+    return written.end(out)
+
+
+class _Written:
+    """The body so far, encoded a batch of lines at a time: the lines of 1,000 targets (~30 MB)
+    are never held as strings, one joined string and its bytes all at once."""
+
+    BATCH = 16384
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.lines = 0
+
+    def take(self, out: list[str]) -> None:
+        if len(out) >= self.BATCH:
+            self.lines += len(out)
+            self.chunks.append("".join(out).encode("utf-8"))
+            out.clear()
+
+    def end(self, out: list[str]) -> bytes:
+        self.chunks.append("".join(out).encode("utf-8"))
+        return b"".join(self.chunks)
 
 
 def _text(registry: Collector, escaping: str, library: Encoder) -> bytes:
@@ -209,8 +232,10 @@ def _text_line(s: Sample, escaping: str) -> str:
 
 
 def _render_text(metrics: Iterable[Any], escaping: str) -> bytes:
-    out = []
+    out: list[str] = []
+    written = _Written()
     for metric in metrics:
+        written.take(out)
         mname, mtype = metric.name, metric.type
         # prometheus_client's munging of OpenMetrics types into the text format.
         if mtype == "counter":
@@ -244,8 +269,8 @@ def _render_text(metrics: Iterable[Any], escaping: str) -> bytes:
             name = _metric_name(metric.name + suffix, escaping)
             out.append(f"# HELP {name} {doc}\n# TYPE {name} gauge\n")
             out.extend(lines)
-    _forget_gone_series(_text_prefixes, len(out))
-    return "".join(out).encode("utf-8")
+    _forget_gone_series(_text_prefixes, written.lines + len(out))
+    return written.end(out)
 
 
 # Row families (exporter.families): rendered from their rows, no Sample or label dict made.

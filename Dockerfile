@@ -17,6 +17,9 @@ RUN python -m venv /opt/pg-connections-exporter
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY exporter ./exporter
+# Not the exporter: the demo's harness, which the wheel carries for `demo` and the compose
+# stack's load generator (scripts/loadgen.py) imports.
+COPY harness ./harness
 # psycopg[binary] brings its own libpq: nothing to compile, no apt packages.
 RUN /opt/pg-connections-exporter/bin/pip install --no-cache-dir . \
     && /opt/pg-connections-exporter/bin/pg-connections-exporter --version

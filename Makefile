@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint format clean
+.PHONY: demo test test-fast lint format clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -15,10 +15,14 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	bash scripts/install-system-deps.sh
-	$(PY) -m exporter.pgmajors install
+	$(PY) -m harness.pgmajors install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The unit tests alone (tests/unit: no server, seconds), for quick feedback while editing.
+test-fast: $(VENV)/.installed
+	$(BIN)/pytest -m "not integration" -p no:hypothesispytest -q $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

@@ -33,8 +33,8 @@ sys.path.insert(0, str(REPO))
 from exporter.app import Exporter  # noqa: E402
 from exporter.config import parse_config  # noqa: E402
 from exporter.diagnose import Criteria, analyze, gather  # noqa: E402
-from exporter.localpg import LocalCluster, embedded_bindir  # noqa: E402
-from exporter.workload import SessionSpec, Workload  # noqa: E402
+from harness.localpg import LocalCluster, embedded_bindir  # noqa: E402
+from harness.workload import SessionSpec, Workload  # noqa: E402
 
 
 def _get(url: str) -> tuple[float, int]:

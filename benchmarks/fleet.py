@@ -50,8 +50,8 @@ from scrape_cost import (  # noqa: E402
     start_peer,
 )
 
-from exporter.localpg import LocalCluster, debian_bindir, embedded_bindir  # noqa: E402
-from exporter.processes import cpu_seconds, proc_status  # noqa: E402
+from harness.localpg import LocalCluster, debian_bindir, embedded_bindir  # noqa: E402
+from harness.processes import cpu_seconds, proc_status  # noqa: E402
 
 PER_SERVER = 60
 OURS_APP = "pg-connections-exporter"

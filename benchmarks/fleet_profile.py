@@ -36,8 +36,8 @@ from fleet import PER_SERVER, address, start_servers  # noqa: E402
 from exporter.collector import ExporterCollector, self_families, target_families  # noqa: E402
 from exporter.config import parse_config  # noqa: E402
 from exporter.exposition import choose_encoder  # noqa: E402
-from exporter.processes import proc_status  # noqa: E402
 from exporter.scrape import Scraper  # noqa: E402
+from harness.processes import proc_status  # noqa: E402
 
 ACCEPT = (
     "application/openmetrics-text;version=1.0.0,application/openmetrics-text;"

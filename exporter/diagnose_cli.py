@@ -24,6 +24,7 @@ from exporter.config import ConfigError, load_config, parse_duration
 from exporter.diagnose import IDLE_STATES, Criteria, Report, analyze, gather
 from exporter.diagnose_text import render_text
 from exporter.failures import classify
+from exporter.kinds import kind_of
 from exporter.redact import describe_conninfo, scrub
 
 APPLICATION_NAME = "pg-connections-exporter-diagnose"
@@ -170,7 +171,7 @@ def _source(args: argparse.Namespace) -> Source:
                 f"(known: {', '.join(names)})",
                 EXIT_USAGE,
             )
-        if target.kind != "postgres":
+        if not kind_of(target.kind).offers_sessions:
             raise DiagnoseError(
                 f"--target {args.target!r} is a {target.kind} target: diagnose needs PostgreSQL",
                 EXIT_USAGE,

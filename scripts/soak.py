@@ -62,9 +62,9 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from exporter.localpg import LocalCluster, debian_bindir, embedded_bindir, free_port  # noqa: E402
-from exporter.processes import log_tail, proc_status, sigterm_as_interrupt  # noqa: E402
-from exporter.workload import SessionSpec, Workload, close_quietly  # noqa: E402
+from harness.localpg import LocalCluster, debian_bindir, embedded_bindir, free_port  # noqa: E402
+from harness.processes import log_tail, proc_status, sigterm_as_interrupt  # noqa: E402
+from harness.workload import SessionSpec, Workload, close_quietly  # noqa: E402
 from tests.helpers import Samples  # noqa: E402
 
 HELD_APP = "pg-connections-exporter"

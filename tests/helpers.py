@@ -19,23 +19,26 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.app import Exporter
 from exporter.config import parse_config
-from exporter.localpg import free_port
-from exporter.processes import stop_process
 from exporter.webconfig import WatchedWebConfig
+from harness.localpg import free_port
+from harness.processes import stop_process
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
 
 
-def load_render_alerts() -> ModuleType:
-    """scripts/render_alerts.py as a module (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(
-        "render_alerts", REPO / "scripts" / "render_alerts.py"
-    )
+def load_script(name: str) -> ModuleType:
+    """scripts/NAME.py as a module (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_render_alerts() -> ModuleType:
+    """scripts/render_alerts.py as a module."""
+    return load_script("render_alerts")
 
 
 def wait_until(

@@ -19,8 +19,8 @@ from typing import Any
 import psycopg
 import psycopg.conninfo
 
-from exporter.localpg import LocalCluster, free_port
-from exporter.processes import log_tail, stop_process
+from harness.localpg import LocalCluster, free_port
+from harness.processes import log_tail, stop_process
 from tests.helpers import wait_until
 
 ADMIN_USER = "pgb_admin"

@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-from exporter.localpg import free_port
-from exporter.processes import log_tail, stop_process
+from harness.localpg import free_port
+from harness.processes import log_tail, stop_process
 from tests.helpers import http_get, wait_until
 
 

@@ -24,7 +24,7 @@ import yaml
 from exporter.app import Exporter
 from exporter.config import load_config
 from exporter.webconfig import WatchedWebConfig
-from exporter.workload import SessionSpec, Workload
+from harness.workload import SessionSpec, Workload
 from tests.conftest import new_cluster, require_program
 from tests.helpers import REPO, RunningExporter, http_get, load_render_alerts, wait_until
 from tests.prometheus_server import AlertmanagerServer, PrometheusServer, ServerProcess

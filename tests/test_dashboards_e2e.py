@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from exporter.workload import SessionSpec, Workload
+from harness.workload import SessionSpec, Workload
 from tests.conftest import new_cluster, require_program
 from tests.helpers import load_render_alerts, wait_until
 from tests.prometheus_server import PrometheusServer
@@ -152,8 +152,10 @@ def test_every_panel_against_prometheus(exporter_for, pgbouncer_for) -> None:
     pooled = None
     try:
         quiet = new_cluster("18", max_connections=40)
-        bouncer = pgbouncer_for(quiet)
-        # One client through PgBouncer: pool app/postgres with one idle server connection.
+        # One client through PgBouncer: pool app/postgres with one idle server connection. It
+        # stays idle for the whole test: PgBouncer moves a server idle for server_check_delay
+        # (30 s by default, less than this test can take on a loaded machine) to "used".
+        bouncer = pgbouncer_for(quiet, server_check_delay=3600)
         pooled = psycopg.connect(bouncer.dsn("postgres", "app"), autocommit=True)
         pooled.execute("SELECT 1")
         busy.execute(

@@ -18,8 +18,8 @@ import yaml
 
 from exporter.diagnose import Criteria, Facts, Session, analyze, redact_query, terminate_statement
 from exporter.diagnose_cli import APPLICATION_NAME
-from exporter.localpg import LocalCluster, free_port
-from exporter.workload import SessionSpec, Workload
+from harness.localpg import LocalCluster, free_port
+from harness.workload import SessionSpec, Workload
 from tests.conftest import new_cluster
 from tests.helpers import REPO, wait_until
 

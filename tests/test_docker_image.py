@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from exporter.cli import DEFAULT_PORT
-from exporter.localpg import free_port
+from harness.localpg import free_port
 from tests.conftest import require
 from tests.dockerfile import load_dockerfile, pyproject
 from tests.helpers import REPO

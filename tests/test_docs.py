@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 
 from exporter.config import builtin_queries
-from exporter.reference import BEGIN, END, metrics_reference
-from tests.helpers import REPO
+from tests.helpers import REPO, load_script
+
+reference = load_script("render_reference")
+BEGIN, END, metrics_reference = reference.BEGIN, reference.END, reference.metrics_reference
 
 
 def test_readme_metrics_reference_is_current() -> None:
@@ -14,7 +16,8 @@ def test_readme_metrics_reference_is_current() -> None:
     assert BEGIN in readme and END in readme
     current = readme[readme.index(BEGIN) : readme.index(END) + len(END)]
     assert current == metrics_reference(), (
-        "README metrics reference is stale: run python -m exporter.reference --write README.md"
+        "README metrics reference is stale: "
+        "run python scripts/render_reference.py --write README.md"
     )
 
 

@@ -17,8 +17,8 @@ from prometheus_client.core import (
 from prometheus_client.samples import Exemplar
 
 from exporter import exposition, families
-from exporter.localpg import LocalCluster
-from exporter.workload import SessionSpec, Workload
+from harness.localpg import LocalCluster
+from harness.workload import SessionSpec, Workload
 
 ACCEPT = [
     None,

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from exporter.connection import APPLICATION_NAME
-from exporter.localpg import LocalCluster
+from harness.localpg import LocalCluster
 from tests.conftest import new_cluster, require_program
 from tests.helpers import REPO, wait_until
 from tests.prometheus_server import PrometheusServer

@@ -23,7 +23,7 @@ import psycopg
 import pytest
 import yaml
 
-from exporter.workload import SessionSpec, Workload
+from harness.workload import SessionSpec, Workload
 from tests.conftest import new_cluster, require_program
 from tests.helpers import REPO, load_render_alerts, wait_until
 from tests.prometheus_server import AlertmanagerServer, PrometheusServer, ServerProcess

@@ -17,8 +17,8 @@ import pytest
 from exporter.app import Exporter
 from exporter.config import parse_config
 from exporter.httpserver import HTTPLimits
-from exporter.localpg import LocalCluster
 from exporter.webconfig import WatchedWebConfig
+from harness.localpg import LocalCluster
 from tests.conftest import new_cluster
 from tests.helpers import Samples, wait_until
 from tests.test_webconfig import pki  # noqa: F401 - the fixture

@@ -14,8 +14,8 @@ import pytest
 from psycopg.rows import dict_row
 
 from exporter.connection import APPLICATION_NAME
-from exporter.localpg import LocalCluster
-from exporter.workload import SessionSpec, Workload
+from harness.localpg import LocalCluster
+from harness.workload import SessionSpec, Workload
 from tests.conftest import ALL_MAJORS, new_cluster
 from tests.helpers import Samples, wait_until
 

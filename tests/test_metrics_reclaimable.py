@@ -15,8 +15,8 @@ from psycopg.rows import dict_row
 
 from exporter.config import ConfigError, parse_config
 from exporter.connection import APPLICATION_NAME
-from exporter.localpg import LocalCluster
-from exporter.workload import SessionSpec, Workload
+from harness.localpg import LocalCluster
+from harness.workload import SessionSpec, Workload
 from tests.conftest import new_cluster
 from tests.helpers import Samples, wait_until
 

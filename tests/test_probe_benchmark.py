@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.localpg import debian_bindir
+from harness.localpg import debian_bindir
 from tests.conftest import require
 from tests.helpers import REPO
 from tests.test_benchmark import PEER_BINARY, table_rows

@@ -11,8 +11,8 @@ import psycopg
 import pytest
 
 from exporter.connection import APPLICATION_NAME
-from exporter.localpg import LocalCluster
-from exporter.workload import SessionSpec, Workload
+from harness.localpg import LocalCluster
+from harness.workload import SessionSpec, Workload
 from tests.conftest import ALL_MAJORS, new_cluster
 from tests.helpers import Samples, http_get, wait_until
 from tests.test_exporter import exporter_backends

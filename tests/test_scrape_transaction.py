@@ -8,8 +8,8 @@ import sys
 
 import psycopg
 
-from exporter.localpg import LocalCluster
-from exporter.workload import SessionSpec, Workload
+from harness.localpg import LocalCluster
+from harness.workload import SessionSpec, Workload
 from tests.helpers import Samples, wait_until
 
 

@@ -12,7 +12,7 @@ import psycopg.conninfo
 import pytest
 import yaml
 
-from exporter.localpg import LocalCluster, free_port
+from harness.localpg import LocalCluster, free_port
 from tests.conftest import new_cluster
 from tests.helpers import REPO, http_get, wait_until
 

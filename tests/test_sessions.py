@@ -26,7 +26,7 @@ import psycopg
 import pytest
 
 from exporter.config import ConfigError, builtin_queries, parse_config
-from exporter.localpg import LocalCluster
+from harness.localpg import LocalCluster
 from tests.conftest import require_program
 from tests.helpers import RunningExporter, load_render_alerts, wait_until
 from tests.prometheus_server import PrometheusServer

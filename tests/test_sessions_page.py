@@ -17,9 +17,9 @@ import yaml
 
 from exporter.config import DEFAULT_DASHBOARDS, DEFAULT_RUNBOOKS, ConfigError, parse_config
 from exporter.connection import APPLICATION_NAME
-from exporter.localpg import LocalCluster, free_port
 from exporter.webconfig import WatchedWebConfig
-from exporter.workload import SessionSpec, Workload
+from harness.localpg import LocalCluster, free_port
+from harness.workload import SessionSpec, Workload
 from tests.browser import chromium, screenshot
 from tests.conftest import new_cluster
 from tests.helpers import REPO, Samples, http_get, wait_until

@@ -12,7 +12,7 @@ import yaml
 
 from exporter.config import ConfigError, load_config
 from exporter.connection import APPLICATION_NAME
-from exporter.localpg import LocalCluster
+from harness.localpg import LocalCluster
 from tests.conftest import new_cluster
 from tests.helpers import wait_until
 

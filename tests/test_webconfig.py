@@ -17,8 +17,8 @@ import pytest
 
 from exporter.cli import main
 from exporter.config import ConfigError
-from exporter.localpg import LocalCluster
 from exporter.webconfig import WatchedWebConfig, load_web_config
+from harness.localpg import LocalCluster
 from tests.conftest import require_program
 from tests.helpers import Samples, wait_until
 

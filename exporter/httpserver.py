@@ -29,7 +29,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
@@ -71,6 +71,15 @@ class _Conn:
     buffer: bytearray = field(default_factory=bytearray)
     handshaking: bool = False
     idle: bool = False  # between requests: the idle timeout applies until a byte arrives
+
+
+@dataclass(frozen=True)
+class _Deferred:
+    """A request whose answer waits for `answer`; `finish` writes it and says whether the
+    connection is kept."""
+
+    answer: Future[Any]
+    finish: Callable[[], bool]
 
 
 class _Reader:
@@ -318,14 +327,41 @@ class BoundedHTTPServer:
     # --- workers -------------------------------------------------------------------------------
 
     def _serve(self, conn: _Conn) -> None:
-        """One request on a worker: the handler reads it, answers, and says whether the
-        connection is kept."""
+        """One request on a worker: the handler reads it, answers (or defers its answer), and
+        says whether the connection is kept."""
         keep = False
         try:
             conn.sock.settimeout(self.limits.io_timeout)
-            keep = self._handle(conn)
+            outcome = self._handle(conn)
+            if isinstance(outcome, _Deferred):
+                outcome.answer.add_done_callback(lambda _: self._resume(conn, outcome))
+                return  # the worker is free; the answer comes from another when it is due
+            keep = outcome
         except Exception:
             log.exception("http request failed", extra={"client": conn.address[0]})
+        self._hand_back(conn, keep)
+
+    def defer(self, handler: BaseHTTPRequestHandler, answer: Future[Any], finish: Any) -> None:
+        """Called by a handler in its request: answer later, by calling `finish` on a worker
+        once `answer` is done, instead of holding this worker while it waits (a /probe of a
+        slow server). `answer` must be done by a deadline of its own."""
+        handler._deferred = (answer, finish)  # type: ignore[attr-defined]
+
+    def _resume(self, conn: _Conn, deferred: _Deferred) -> None:
+        try:
+            self._workers.submit(self._finish_deferred, conn, deferred)
+        except RuntimeError:  # stopping: the workers are gone
+            self._close_from_worker(conn)
+
+    def _finish_deferred(self, conn: _Conn, deferred: _Deferred) -> None:
+        keep = False
+        try:
+            keep = deferred.finish()
+        except Exception:
+            log.exception("http request failed", extra={"client": conn.address[0]})
+        self._hand_back(conn, keep)
+
+    def _hand_back(self, conn: _Conn, keep: bool) -> None:
         if keep:
             with self._returned_lock:
                 self._returned.append((conn, True))
@@ -333,7 +369,7 @@ class BoundedHTTPServer:
         else:
             self._close_from_worker(conn)
 
-    def _handle(self, conn: _Conn) -> bool:
+    def _handle(self, conn: _Conn) -> bool | _Deferred:
         handler = self.handler.__new__(self.handler)
         reader = _Reader(conn.sock, conn.buffer, 1 << 20)
         handler.request = handler.connection = conn.sock  # type: ignore[attr-defined]
@@ -342,17 +378,33 @@ class BoundedHTTPServer:
         handler.rfile = reader  # type: ignore[assignment]
         handler.wfile = conn.sock.makefile("wb", getattr(handler, "wbufsize", -1) or -1)
         handler.close_connection = True
+        handler._deferred = None  # type: ignore[attr-defined]
+
+        def end(write: Callable[[], None]) -> bool:
+            try:
+                write()
+                handler.wfile.flush()
+            except (OSError, ssl.SSLError) as exc:
+                log.debug("http connection ended", extra={"client": conn.address[0], "error": exc})
+                return False
+            finally:
+                with contextlib.suppress(OSError, ssl.SSLError):
+                    handler.wfile.close()
+            conn.buffer = reader.remaining()
+            return not handler.close_connection
+
         try:
             handler.handle_one_request()
-            handler.wfile.flush()
         except (OSError, ssl.SSLError) as exc:
             log.debug("http connection ended", extra={"client": conn.address[0], "error": exc})
-            return False
-        finally:
             with contextlib.suppress(OSError, ssl.SSLError):
                 handler.wfile.close()
-        conn.buffer = reader.remaining()
-        return not handler.close_connection
+            return False
+        deferred = handler._deferred  # type: ignore[attr-defined]
+        if deferred is not None:
+            answer, finish = deferred
+            return _Deferred(answer, lambda: end(finish))
+        return end(lambda: None)
 
     def _take_returned(self) -> None:
         with self._returned_lock:

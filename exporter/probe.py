@@ -18,7 +18,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
 from prometheus_client.core import Metric
@@ -27,7 +26,7 @@ from prometheus_client.registry import Collector
 from exporter.authmodules import BadTarget, ProbeAddress, parse_probe_target
 from exporter.collector import SELF, SelfMetric, scrape_timeout, self_families, target_families
 from exporter.config import Config, Target
-from exporter.scrape import Scraper
+from exporter.scrape import Scraper, answer_by
 from exporter.target import TargetResult, TargetScraper
 
 log = logging.getLogger(__name__)
@@ -56,32 +55,19 @@ def effective_timeout(config: Config) -> float:
 
 
 class _SingleFlight:
-    """Concurrent probes of one target share one run: the first runs it, the others wait."""
+    """Concurrent probes of one target share one run: the first starts it (on the scrape
+    pool), the others join it."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._run: Future[TargetResult] | None = None
 
-    def run(self, scraper: TargetScraper, timeout: float) -> TargetResult:
-        deadline = time.monotonic() + timeout
+    def start(self, begin: Callable[[], Future[TargetResult]]) -> Future[TargetResult]:
+        """The run in flight, or a new one from `begin`."""
         with self._lock:
-            run = self._run
-            owner = run is None or run.done()
-            if owner:
-                run = self._run = Future()
-        assert run is not None
-        if owner:
-            try:
-                run.set_result(scraper.scrape(deadline))
-            except Exception as exc:
-                log.exception("probe of target failed", extra={"target": scraper.target.name})
-                run.set_exception(exc)
-        try:
-            return run.result(timeout=max(0.0, deadline - time.monotonic()))
-        except FutureTimeout:
-            return TargetResult(scraper.target, False, 0.0, error="scrape deadline exceeded")
-        except Exception:
-            return TargetResult(scraper.target, False, 0.0, error="internal error (see the log)")
+            if self._run is None or self._run.done():
+                self._run = begin()
+            return self._run
 
     @property
     def busy(self) -> bool:
@@ -248,13 +234,25 @@ class _OneTarget:
 
 
 class _ProbeCollector(Collector):
-    """The metrics of one probe: the target's own, then its pg_up and self-metrics."""
+    """The metrics of one probe: the target's own, then its pg_up and self-metrics. `begin`
+    starts the run (on the scrape pool) and gives its answer, due by the deadline, so that the
+    HTTP worker need not wait for it (webapp.py answers when it comes); collect() waits."""
 
-    def __init__(self, run: Callable[[], tuple[TargetScraper, TargetResult]]) -> None:
-        self._run = run
+    def __init__(self, start: Callable[[], tuple[TargetScraper, Future[TargetResult]]]) -> None:
+        self._start = start
+        self._begun: tuple[TargetScraper, Future[TargetResult]] | None = None
+        self._lock = threading.Lock()
+
+    def begin(self) -> Future[TargetResult]:
+        with self._lock:
+            if self._begun is None:
+                self._begun = self._start()
+            return self._begun[1]
 
     def collect(self) -> Iterator[Metric]:
-        scraper, result = self._run()
+        answer = self.begin()
+        assert self._begun is not None
+        scraper, result = self._begun[0], answer.result()  # settled by the deadline
         yield from target_families([result])
         yield from self_families(_OneTarget([scraper]), [result])  # type: ignore[arg-type]
 
@@ -297,21 +295,28 @@ class Probes:
             raise self.dynamic.refuse(404, "unknown_target", _unknown_target(target))
         return _ProbeCollector(lambda: self._configured(target))
 
-    def _configured(self, name: str) -> tuple[TargetScraper, TargetResult]:
+    def _configured(self, name: str) -> tuple[TargetScraper, Future[TargetResult]]:
         timeout = effective_timeout(self.scraper.config)
-        found = self.scraper.scrape_target(name, timeout)
+        found = self.scraper.start_target(name, timeout)
         if found is None:  # removed by a reload since the request was checked
             target = Target(name, "", {}, 0.0)
-            return TargetScraper(target, (), self.scraper.config.settings), TargetResult(
-                target, False, 0.0, error="target removed from the configuration"
+            answer: Future[TargetResult] = Future()
+            answer.set_result(
+                TargetResult(target, False, 0.0, error="target removed from the configuration")
             )
+            return TargetScraper(target, (), self.scraper.config.settings), answer
         return found
 
-    def _dynamic(self, held: _Held) -> tuple[TargetScraper, TargetResult]:
+    def _dynamic(self, held: _Held) -> tuple[TargetScraper, Future[TargetResult]]:
         scraper = held.scraper
-        result = held.flight.run(scraper, effective_timeout(self.scraper.config))
-        held.last_probe = time.monotonic()  # idle from a probe's end, however long it ran
-        return scraper, result
+        deadline = time.monotonic() + effective_timeout(self.scraper.config)
+        run = held.flight.start(lambda: self.scraper.submit(scraper, deadline))
+
+        def probed(_run: object) -> None:
+            held.last_probe = time.monotonic()  # idle from a probe's end, however long it ran
+
+        run.add_done_callback(probed)
+        return scraper, answer_by(scraper, run, deadline)
 
     def status(self) -> list[dict[str, str]]:
         """Landing-page rows of the targets from discovery (no DSN, no password)."""

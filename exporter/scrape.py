@@ -12,13 +12,15 @@ twice.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
 from exporter.config import Config
+from exporter.connection import _EXPIRIES
 from exporter.target import TargetResult, TargetScraper
 
 log = logging.getLogger(__name__)
@@ -93,23 +95,45 @@ class Scraper:
             run = self._join_or_start(target, deadline)
         return target, self._wait(target, run, deadline)
 
+    def start_target(
+        self, name: str, timeout: float
+    ) -> tuple[TargetScraper, Future[TargetResult]] | None:
+        """What scrape_target returns, without waiting: the result comes in the Future, by
+        `timeout` at the latest (see answer_by), so that a caller need not hold a thread."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            target = next((t for t in self.targets if t.target.name == name), None)
+            if target is None:
+                return None
+            run = self._join_or_start(target, deadline)
+        return target, answer_by(target, run, deadline)
+
+    def submit(self, target: TargetScraper, deadline: float) -> Future[TargetResult]:
+        """A run of `target` (one not of this config: /probe's from discovery) on the pool,
+        handed to it once the target has a connection or has failed to get one."""
+        with self._lock:
+            return self._submit(target, deadline)
+
     def _join_or_start(self, target: TargetScraper, deadline: float) -> Future[TargetResult]:
         run = self._inflight.get(target.target.name)
         if run is None or run.done():
-            run = Future()
-            executor = self._executor
+            run = self._inflight[target.target.name] = self._submit(target, deadline)
+        return run
 
-            def start(run: Future[TargetResult] = run) -> None:
-                # Once the target has a connection, or has failed to get one for now.
-                try:
-                    inner = executor.submit(target.scrape, deadline)
-                except RuntimeError:  # the pool was shut down (a reload or stop)
-                    run.set_result(TargetResult(target.target, False, 0.0, error="stopped"))
-                    return
-                inner.add_done_callback(lambda done: _copy(done, run, target))
+    def _submit(self, target: TargetScraper, deadline: float) -> Future[TargetResult]:
+        run: Future[TargetResult] = Future()
+        executor = self._executor
 
-            target.connection.when_ready(start)
-            self._inflight[target.target.name] = run
+        def start() -> None:
+            # Once the target has a connection, or has failed to get one for now.
+            try:
+                inner = executor.submit(target.scrape, deadline)
+            except RuntimeError:  # the pool was shut down (a reload or stop)
+                run.set_result(TargetResult(target.target, False, 0.0, error="stopped"))
+                return
+            inner.add_done_callback(lambda done: _copy(done, run, target))
+
+        target.connection.when_ready(start)
         return run
 
     @staticmethod
@@ -117,11 +141,57 @@ class Scraper:
         try:
             return run.result(timeout=max(0.0, deadline - time.monotonic()))
         except FutureTimeout:
-            return TargetResult(target.target, False, 0.0, error="scrape deadline exceeded")
+            return TargetResult(target.target, False, 0.0, error=DEADLINE)
         except Exception:
             # A bug must cost this target's metrics, never the whole scrape.
             log.exception("scrape of target failed", extra={"target": target.target.name})
             return TargetResult(target.target, False, 0.0, error="internal error (see the log)")
+
+
+class _AnswerBy:
+    """Settles a target's answer at its deadline if its run has not yet: an object of the
+    process's one expiry thread (connection._EXPIRIES), so no thread waits for it."""
+
+    def __init__(self, target: TargetScraper, answer: Future[TargetResult]) -> None:
+        self._target = target
+        self._answer = answer
+
+    @property
+    def finished(self) -> bool:
+        return self._answer.done()
+
+    def expire(self) -> None:
+        _settle(self._answer, TargetResult(self._target.target, False, 0.0, error=DEADLINE))
+
+
+DEADLINE = "scrape deadline exceeded"
+
+
+def answer_by(
+    target: TargetScraper, run: Future[TargetResult], deadline: float
+) -> Future[TargetResult]:
+    """`run`'s result, or by `deadline` a result saying it missed it (as Scraper.scrape
+    reports such a target), in a Future that never raises."""
+    answer: Future[TargetResult] = Future()
+
+    def done(run: Future[TargetResult]) -> None:
+        try:
+            result = run.result()
+        except Exception:
+            # A bug must cost this target's metrics, never the request.
+            log.exception("scrape of target failed", extra={"target": target.target.name})
+            result = TargetResult(target.target, False, 0.0, error="internal error (see the log)")
+        _settle(answer, result)
+
+    run.add_done_callback(done)
+    if not answer.done():
+        _EXPIRIES.add(deadline, _AnswerBy(target, answer))  # type: ignore[arg-type]
+    return answer
+
+
+def _settle(answer: Future[TargetResult], result: TargetResult) -> None:
+    with contextlib.suppress(InvalidStateError):  # the other of run and deadline came first
+        answer.set_result(result)
 
 
 def _executor(config: Config) -> ThreadPoolExecutor:

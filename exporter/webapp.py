@@ -183,7 +183,20 @@ class _Handler(BaseHTTPRequestHandler):
         except ProbeRefused as refused:
             self._send(refused.status, "text/plain; charset=utf-8", f"{refused.message}\n".encode())
             return
-        self._metrics(collector)
+        begin = getattr(collector, "begin", None)
+        defer = getattr(self.server, "defer", None)
+        if begin is None or defer is None:
+            self._metrics(collector)
+            return
+        # The target's run starts on the scrape pool; this worker is free until its answer
+        # (due by the deadline) is there: slow probes cannot take every worker.
+        header = self.headers.get("X-Prometheus-Scrape-Timeout-Seconds")
+        token = scrape_timeout.set(_prometheus_timeout(header))
+        try:
+            answer = begin()
+        finally:
+            scrape_timeout.reset(token)
+        defer(self, answer, lambda: self._metrics(collector))
 
     def _metrics(self, source: Collector | None = None) -> None:
         timeout = _prometheus_timeout(self.headers.get("X-Prometheus-Scrape-Timeout-Seconds"))

@@ -16,7 +16,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.samples import Exemplar
 
-from exporter import exposition
+from exporter import exposition, families
 from harness.localpg import LocalCluster
 from harness.workload import SessionSpec, Workload
 
@@ -164,6 +164,80 @@ def test_line_prefix_cache_keeps_the_series_of_a_render_and_drops_gone_ones() ->
     assert len(exposition._om_prefixes) <= 10
 
 
+def _row_and_library_families() -> tuple[list, list]:
+    """The same series as row families (exporter.families) and as the library's families:
+    label values needing escapes, segments with other label names (targets with other constant
+    labels), label names out of order, no labels, a gauge histogram, values of every kind."""
+    rows, library_families = [], []
+    for kind, library_type in (
+        ("gauge", GaugeMetricFamily),
+        ("counter", CounterMetricFamily),
+        ("gauge_histogram", GaugeHistogramMetricFamily),
+    ):
+        row = families.new_family(
+            kind, f"m_{kind}", 'Help "with" \\ and\nnewline.', ["target", "b"]
+        )
+        lib = library_type(f"m_{kind}", 'Help "with" \\ and\nnewline.', labels=["target", "b"])
+        for i, value in enumerate(VALUES[:8]):
+            labels = [f"t{i}", 'x"y\\z\n' if i % 3 == 0 else "plain"]
+            if kind == "gauge_histogram":
+                buckets = [("1.0", float(i)), ("+Inf", value)]
+                row.add_metric(labels, buckets, 2.5 * i)
+                lib.add_metric(labels, buckets, 2.5 * i)
+            else:
+                row.add_metric(labels, value)
+                lib.add_metric(labels, value)
+        # A target with a constant label: other label names, in the same family.
+        names = ("target", "env", "b")
+        if kind == "gauge_histogram":
+            row.add_rows(names, [(("t9", "prod", "v"), (("1.0", 1.0), ("+Inf", 2.0)), 0.5)])
+            extra = library_type(f"m_{kind}", "", labels=list(names))
+            extra.add_metric(["t9", "prod", "v"], [("1.0", 1.0), ("+Inf", 2.0)], 0.5)
+        else:
+            row.add_rows(names, [(("t9", "prod", "v"), 7.0)])
+            extra = library_type(f"m_{kind}", "", labels=list(names))
+            extra.add_metric(["t9", "prod", "v"], 7.0)
+        lib.samples.extend(extra.samples)
+        rows.append(row)
+        library_families.append(lib)
+    plain_row = families.new_family("gauge", "m_plain", "No labels.", [])
+    plain_row.add_metric([], 3.0)
+    plain_lib = GaugeMetricFamily("m_plain", "No labels.", labels=[])
+    plain_lib.add_metric([], 3.0)
+    empty_row = families.new_family("counter", "m_empty", "No rows.", ["l"])
+    empty_lib = CounterMetricFamily("m_empty", "No rows.", labels=["l"])
+    return [*rows, plain_row, empty_row], [*library_families, plain_lib, empty_lib]
+
+
+@pytest.mark.parametrize("accept", ACCEPT)
+def test_row_families_render_as_the_library_renders_its_own_families(accept: str | None) -> None:
+    rows, library_families = _row_and_library_families()
+    for row, lib in zip(rows, library_families, strict=True):
+        assert row.samples == lib.samples
+    expected_encoder, _ = library.choose_encoder(accept or "")
+    expected = expected_encoder(exposition._Collected(library_families))
+    assert _fast_path(rows, accept) == expected
+    encoder, _ = exposition.choose_encoder(accept)
+    assert encoder(exposition._Collected(rows)) == expected
+    assert b"t9" in expected and b'x\\"y' in expected
+
+
+@pytest.mark.parametrize("accept", ACCEPT)
+def test_row_families_the_fast_path_cannot_render_go_to_the_library(accept: str | None) -> None:
+    """Repeated label names (a dict merges them), a value short of labels (zip drops the
+    name), a histogram with its own `le`: rendered from the Samples the library would hold."""
+    repeated = families.new_family("gauge", "r", "Repeated.", ["a", "a"])
+    repeated.add_metric(["1", "2"], 1.0)
+    short = families.new_family("gauge", "s", "Short.", ["a", "b"])
+    short.add_metric(["1"], 1.0)
+    le = families.new_family("gauge_histogram", "h", "Own le.", ["le"])
+    le.add_metric(["x"], [("+Inf", 1.0)], 1.0)
+    for family in (repeated, short, le):
+        with pytest.raises(exposition._Unsupported):
+            _fast_path([family], accept)
+        _same_as_library([family], accept)
+
+
 def test_the_installed_prometheus_client_is_one_this_reproduces() -> None:
     """Otherwise every test above compares the library with itself."""
     from exporter import exposition as ours
@@ -171,3 +245,14 @@ def test_the_installed_prometheus_client_is_one_this_reproduces() -> None:
     assert ours._REPRODUCIBLE
     encoder, _ = ours.choose_encoder("application/openmetrics-text; version=1.0.0")
     assert getattr(encoder, "func", None) is ours._openmetrics
+
+
+@pytest.mark.parametrize("accept", ACCEPT)
+def test_a_body_encoded_in_batches_is_the_same_body(accept: str | None, monkeypatch) -> None:
+    """The body is encoded a batch of lines at a time (to bound memory at 1,000 targets): with
+    batches of 3 lines, every kind of family still renders as the library renders it."""
+    monkeypatch.setattr(exposition._Written, "BATCH", 3)
+    rows, library_families = _row_and_library_families()
+    expected_encoder, _ = library.choose_encoder(accept or "")
+    expected = expected_encoder(exposition._Collected([*_families(), *library_families]))
+    assert _fast_path([*_families(), *rows], accept) == expected

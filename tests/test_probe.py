@@ -8,6 +8,8 @@ import logging
 import secrets
 import select
 import socket
+import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import yaml
 
 from exporter.config import parse_config
 from exporter.connection import APPLICATION_NAME
@@ -321,3 +324,77 @@ def test_junk_query_strings_get_a_4xx(cluster: LocalCluster, exporter_for, tmp_p
         status, body, _ = http_get(f"{running.url}/probe?{query}")
         assert 400 <= status < 500, (query, status, body)
         assert body.strip(), query
+
+
+class _SilentServer:
+    """A listening socket that accepts every connection and never says a word: a server
+    whose connection attempts hang until their timeout."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0), backlog=128)
+        self.port = self.sock.getsockname()[1]
+        self._held: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        self.sock.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                self._held.append(self.sock.accept()[0])
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for s in [self.sock, *self._held]:
+            s.close()
+
+
+def test_probes_of_a_silent_server_hold_no_http_worker(
+    cluster: LocalCluster, exporter_process, tmp_path: Path
+) -> None:
+    """More slow probes than the HTTP server has workers (8), each of a server that accepts
+    and never answers: /healthz and a /metrics scrape still answer within a second, and every
+    probe answers by its deadline with pg_up 0."""
+    silent = _SilentServer()
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(_config(cluster, tmp_path)))
+    proc = exporter_process("--config.file", str(config))
+    try:
+        proc.wait_ready()
+        proc.scrape()  # warm: the configured target connected
+        probes = 12
+        timeout = {"X-Prometheus-Scrape-Timeout-Seconds": "6"}
+
+        def probe(i: int) -> tuple[int, str, float]:
+            params = {"target": f"127.0.0.1:{silent.port}/db{i}", "auth_module": "mon"}
+            start = time.monotonic()
+            status, body, _ = http_get(
+                f"{proc.url}/probe?{urllib.parse.urlencode(params)}", timeout, timeout=30
+            )
+            return status, body, time.monotonic() - start
+
+        with ThreadPoolExecutor(probes) as pool:
+            running = [pool.submit(probe, i) for i in range(probes)]
+            wait_until(lambda: _held_by_exporter(silent) >= 8, 10, what="the probes connecting")
+            for path in ("/healthz", "/metrics"):
+                start = time.monotonic()
+                status, _, _ = http_get(f"{proc.url}{path}", timeout=10)
+                took = time.monotonic() - start
+                assert status == 200 and took < 1.0, (path, status, took)
+            assert not any(r.done() for r in running)  # they were still waiting meanwhile
+            for r in running:
+                status, body, took = r.result()
+                assert status == 200 and took < 6.0, (status, took)
+                assert Samples(body).value("pg_up") == 0
+    finally:
+        silent.close()
+
+
+def _held_by_exporter(silent: _SilentServer) -> int:
+    return len(silent._held)

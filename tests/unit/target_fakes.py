@@ -80,7 +80,7 @@ class FakeTransaction:
     def __init__(self, log: list[str]) -> None:
         self._log = log
 
-    def begin(self) -> None:
+    def begin(self, statement_timeout: float | None = None) -> None:
         self._log.append("begin")
 
     def after_query(self) -> None:

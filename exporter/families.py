@@ -1,0 +1,127 @@
+"""Metric families that keep their samples as rows of label values until asked for Samples.
+
+prometheus_client's `add_metric` makes a `Sample` with a label dict for every series: at 1,000
+targets that is ~200,000 dicts a scrape, most of the collector's CPU, made only for the encoder
+to take apart again. These families keep `(label values, value)` rows instead, grouped in
+segments that share their label names (targets may carry different constant labels), and
+exposition.py renders them straight from the rows. Anyone else reading `samples` (the
+library's encoder, tests, the registry's helpers) gets exactly the Samples the library's own
+family of that type would hold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeHistogramMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+)
+from prometheus_client.samples import Sample
+
+LabelNames = tuple[str, ...]
+
+
+class _Rows:
+    """The row storage shared by the three family types below."""
+
+    _labelnames: LabelNames
+    name: str
+    type: str
+
+    def _start_rows(self) -> None:
+        # (label names, rows): a gauge's or counter's row is (values, value), a gauge
+        # histogram's (values, buckets, sum).
+        self.segments: list[tuple[LabelNames, list[tuple[Any, ...]]]] = []
+
+    def _rows(self, names: LabelNames) -> list[tuple[Any, ...]]:
+        segments = self.segments
+        if segments and segments[-1][0] == names:
+            return segments[-1][1]
+        rows: list[tuple[Any, ...]] = []
+        segments.append((names, rows))
+        return rows
+
+    def add_rows(self, names: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
+        """Rows whose label values go with `names` (not necessarily this family's own)."""
+        self._rows(tuple(names)).extend(rows)
+
+    # What the library's Metric keeps in `samples`: built on demand from the rows.
+    @property
+    def samples(self) -> list[Sample]:  # type: ignore[override]
+        out: list[Sample] = []
+        for names, rows in getattr(self, "segments", ()):
+            for row in rows:
+                out.extend(self._samples_of(names, row))
+        return out
+
+    @samples.setter
+    def samples(self, value: list[Sample]) -> None:
+        # Metric.__init__ sets an empty list; rows are the only way samples are added here.
+        if value:
+            raise TypeError("row families take rows (add_metric), not samples")
+
+    def _samples_of(self, names: LabelNames, row: tuple[Any, ...]) -> list[Sample]:
+        raise NotImplementedError
+
+
+class RowGauge(_Rows, GaugeMetricFamily):
+    def __init__(self, name: str, documentation: str, labels: Sequence[str]) -> None:
+        self._start_rows()
+        super().__init__(name, documentation, labels=labels)
+
+    def add_metric(self, labels: Sequence[str], value: float) -> None:  # type: ignore[override]
+        self._rows(self._labelnames).append((tuple(labels), value))
+
+    def _samples_of(self, names: LabelNames, row: tuple[Any, ...]) -> list[Sample]:
+        return [Sample(self.name, _labels(names, row[0]), row[1], None)]
+
+
+class RowCounter(_Rows, CounterMetricFamily):
+    def __init__(self, name: str, documentation: str, labels: Sequence[str]) -> None:
+        self._start_rows()
+        super().__init__(name, documentation, labels=labels)
+
+    def add_metric(self, labels: Sequence[str], value: float) -> None:  # type: ignore[override]
+        self._rows(self._labelnames).append((tuple(labels), value))
+
+    def _samples_of(self, names: LabelNames, row: tuple[Any, ...]) -> list[Sample]:
+        return [Sample(self.name + "_total", _labels(names, row[0]), row[1], None, None)]
+
+
+class RowGaugeHistogram(_Rows, GaugeHistogramMetricFamily):
+    def __init__(self, name: str, documentation: str, labels: Sequence[str]) -> None:
+        self._start_rows()
+        super().__init__(name, documentation, labels=labels)
+
+    def add_metric(  # type: ignore[override]
+        self, labels: Sequence[str], buckets: Sequence[tuple[str, float]], gsum_value: float
+    ) -> None:
+        self._rows(self._labelnames).append((tuple(labels), tuple(buckets), gsum_value))
+
+    def _samples_of(self, names: LabelNames, row: tuple[Any, ...]) -> list[Sample]:
+        values, buckets, gsum = row
+        out = [
+            Sample(self.name + "_bucket", {**_labels(names, values), "le": le}, count, None)
+            for le, count in buckets
+        ]
+        out.append(Sample(self.name + "_gcount", _labels(names, values), buckets[-1][1], None))
+        out.append(Sample(self.name + "_gsum", _labels(names, values), gsum, None))
+        return out
+
+
+def _labels(names: LabelNames, values: Sequence[str]) -> dict[str, str]:
+    # As lax as the library's add_metric: zip() stops at the shorter.
+    return dict(zip(names, values, strict=False))
+
+
+def new_family(kind: str, name: str, doc: str, labels: Sequence[str]) -> Metric:
+    """A row family of the query-spec type `kind` (gauge, counter or gauge_histogram)."""
+    if kind == "counter":
+        return RowCounter(name, doc, labels)
+    if kind == "gauge_histogram":
+        return RowGaugeHistogram(name, doc, labels)
+    return RowGauge(name, doc, labels)

@@ -691,11 +691,18 @@ def _select_queries(
             continue  # a built-in reading a disabled one's rows goes with it
         overrides = spec.collectors.params.get(name)
         if overrides:
+            lent = _lent_params(builtins, name)
             unknown = set(overrides) - set(query.params)
             for key in sorted(unknown):
                 problems.append(
                     f"{source}: collectors.params.{name}.{key}: query {name} has no "
                     f"parameter {key!r}"
+                )
+            for key in sorted(set(overrides) & set(lent)):
+                problems.append(
+                    f"{source}: collectors.params.{name}.{key}: a parameter of {lent[key]} "
+                    f"(whose metrics read {name}'s rows): set it under "
+                    f"collectors.params.{lent[key]}.{key}"
                 )
             problems += _numeric_param_problems(
                 query,
@@ -726,6 +733,18 @@ def _select_queries(
     _check_unique_metrics(selected, targets, source, problems)
     _check_rows_from(selected, source, problems)
     return selected
+
+
+def _lent_params(builtins: dict[str, QuerySpec], name: str) -> dict[str, str]:
+    """The parameters query `name` has only for the built-ins that read its rows, each with
+    its reader: overridden under the reader, where they are documented, or they would be
+    overwritten by the reader's value."""
+    return {
+        key: reader.name
+        for reader in builtins.values()
+        if reader.rows_from == name
+        for key in reader.params
+    }
 
 
 def _check_rows_from(queries: list[QuerySpec], source: str, problems: list[str]) -> None:

@@ -102,3 +102,18 @@ def test_a_password_in_a_bad_dsn_is_not_echoed() -> None:
     found = problems({"targets": [{"name": "a", "dsn": "host=x password=hunter2 bogus"}]})
     assert found and "hunter2" not in " ".join(found)
     assert "targets[0].dsn" in found[0]
+
+
+def test_a_readers_parameter_is_refused_under_the_query_it_reads() -> None:
+    """connection_age's young_seconds reaches the connections SQL, but set under connections it
+    would be overwritten by connection_age's own value: an error naming where it belongs."""
+    data = {"targets": [TARGET], "collectors": {"params": {"connections": {"young_seconds": 5}}}}
+    (problem,) = problems(data)
+    assert problem.startswith("conf.yaml: collectors.params.connections.young_seconds: ")
+    assert "collectors.params.connection_age.young_seconds" in problem
+
+
+def test_a_readers_parameter_set_under_the_reader_reaches_the_sql() -> None:
+    data = {"targets": [TARGET], "collectors": {"params": {"connection_age": {"young_seconds": 5}}}}
+    queries = {q.name: q for q in parse_config(data, "conf.yaml").queries}
+    assert queries["connections"].params["young_seconds"] == 5

@@ -7,6 +7,11 @@ samples, so here each name goes through prometheus_client's own escaping functio
 reproduce (exemplars, native histograms, UTF-8 metric names under allow-utf-8) and any error go
 to prometheus_client's encoder with the same metric families, so the output is always the
 library's. tests/test_exposition.py holds the two to the same bytes.
+
+Two helpers are private to prometheus_client (`openmetrics.exposition._escape` with
+`_is_legacy_labelname_rune`, `validation._is_valid_legacy_metric_name`): pyproject.toml pins
+the releases tested with them (0.25 and 0.26), and with any release lacking one of them
+`_REPRODUCIBLE` is false and the library's own encoder runs.
 """
 
 from __future__ import annotations

@@ -32,6 +32,10 @@ class _Rows:
     name: str
     type: str
 
+    def __init__(self, name: str, documentation: str, labels: Sequence[str]) -> None:
+        self._start_rows()
+        super().__init__(name, documentation, labels=labels)  # type: ignore[call-arg]
+
     def _start_rows(self) -> None:
         # (label names, rows): a gauge's or counter's row is (values, value), a gauge
         # histogram's (values, buckets, sum).
@@ -68,35 +72,24 @@ class _Rows:
         raise NotImplementedError
 
 
-class RowGauge(_Rows, GaugeMetricFamily):
-    def __init__(self, name: str, documentation: str, labels: Sequence[str]) -> None:
-        self._start_rows()
-        super().__init__(name, documentation, labels=labels)
+class _ValueRows(_Rows):
+    """A gauge's or counter's rows: one value per series."""
 
     def add_metric(self, labels: Sequence[str], value: float) -> None:  # type: ignore[override]
         self._rows(self._labelnames).append((tuple(labels), value))
 
+
+class RowGauge(_ValueRows, GaugeMetricFamily):
     def _samples_of(self, names: LabelNames, row: tuple[Any, ...]) -> list[Sample]:
         return [Sample(self.name, _labels(names, row[0]), row[1], None)]
 
 
-class RowCounter(_Rows, CounterMetricFamily):
-    def __init__(self, name: str, documentation: str, labels: Sequence[str]) -> None:
-        self._start_rows()
-        super().__init__(name, documentation, labels=labels)
-
-    def add_metric(self, labels: Sequence[str], value: float) -> None:  # type: ignore[override]
-        self._rows(self._labelnames).append((tuple(labels), value))
-
+class RowCounter(_ValueRows, CounterMetricFamily):
     def _samples_of(self, names: LabelNames, row: tuple[Any, ...]) -> list[Sample]:
         return [Sample(self.name + "_total", _labels(names, row[0]), row[1], None, None)]
 
 
 class RowGaugeHistogram(_Rows, GaugeHistogramMetricFamily):
-    def __init__(self, name: str, documentation: str, labels: Sequence[str]) -> None:
-        self._start_rows()
-        super().__init__(name, documentation, labels=labels)
-
     def add_metric(  # type: ignore[override]
         self, labels: Sequence[str], buckets: Sequence[tuple[str, float]], gsum_value: float
     ) -> None:

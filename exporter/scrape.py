@@ -195,8 +195,11 @@ def _settle(answer: Future[TargetResult], result: TargetResult) -> None:
 
 
 def _executor(config: Config) -> ThreadPoolExecutor:
-    workers = min(config.settings.scrape_concurrency, max(1, len(config.targets)))
-    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scrape")
+    # Sized by the setting alone, not the configured targets: /probe's servers from discovery
+    # run here too. The pool starts a thread only when no idle one can take a run.
+    return ThreadPoolExecutor(
+        max_workers=config.settings.scrape_concurrency, thread_name_prefix="scrape"
+    )
 
 
 def _copy(done: Future[TargetResult], run: Future[TargetResult], target: TargetScraper) -> None:

@@ -398,3 +398,42 @@ def test_probes_of_a_silent_server_hold_no_http_worker(
 
 def _held_by_exporter(silent: _SilentServer) -> int:
     return len(silent._held)
+
+
+def test_probes_of_several_servers_run_side_by_side(
+    cluster: LocalCluster, exporter_for, tmp_path: Path
+) -> None:
+    """Four servers from discovery, each scrape taking a second (a slow custom query), probed
+    at once by an exporter with one configured target: each answers in about a second, not
+    one after the other (their runs share the scrape pool, which must not be sized by the
+    configured targets alone)."""
+    config = _config(cluster, tmp_path)
+    config["queries"] = [
+        {
+            "name": "slow",
+            "sql": "SELECT 1 AS v FROM pg_sleep(1)",
+            "metrics": [{"name": "pgce_test_slow", "help": "h", "value": "v"}],
+        }
+    ]
+    running = exporter_for(config)
+    targets = [
+        f"{host}:{cluster.port}/{db}"
+        for host in ("127.0.0.1", "localhost")
+        for db in ("postgres", "shop")
+    ]
+    headers = {"X-Prometheus-Scrape-Timeout-Seconds": "10"}
+
+    def probe(target: str) -> tuple[float, Samples]:
+        query = urllib.parse.urlencode({"target": target, "auth_module": "mon"})
+        start = time.monotonic()
+        status, body, _ = http_get(f"{running.url}/probe?{query}", headers)
+        assert status == 200, body
+        return time.monotonic() - start, Samples(body)
+
+    for target in targets:  # connected, one at a time
+        wait_until(lambda t=target: probe(t)[1].value("pg_up", target=t) == 1, 30, what=target)
+    with ThreadPoolExecutor(len(targets)) as pool:
+        answers = dict(zip(targets, pool.map(probe, targets), strict=True))
+    for target, (took, samples) in answers.items():
+        assert samples.value("pgce_test_slow", target=target) == 1, target
+        assert took < 2.5, f"{target} answered after {took:.2f}s: the probes ran in turn"

@@ -31,7 +31,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 import psycopg.conninfo
@@ -350,7 +350,7 @@ class TargetConnection:
         down, the blocked read fails at once and the connection is closed (its protocol state
         is unknown); a new one is opened in the background."""
         dog = Watchdog(conn)
-        _EXPIRIES.add(time.monotonic() + seconds, dog)
+        EXPIRIES.add(time.monotonic() + seconds, dog)
         try:
             yield dog
         finally:
@@ -455,18 +455,28 @@ class Watchdog:
         return self._finished
 
 
-class _Expiries:
-    """Expires every watchdog of the process on time from one thread: a threading.Timer per
-    guarded scrape or query would start a thread each time. Finished watchdogs are dropped when
-    their time comes (or when they reach the front), not searched for."""
+class Expiring(Protocol):
+    """What the expiry thread expires: a Watchdog, or /probe's answer due by its deadline."""
+
+    @property
+    def finished(self) -> bool: ...
+
+    def expire(self) -> None: ...
+
+
+class Expiries:
+    """Expires every watchdog of the process (and whatever else is due by a time, see
+    Expiring) on time from one thread: a threading.Timer per guarded scrape or query would
+    start a thread each time. Finished ones are dropped when their time comes (or when they
+    reach the front), not searched for."""
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, Watchdog]] = []
+        self._heap: list[tuple[float, int, Expiring]] = []
         self._order = itertools.count()  # ties never compare watchdogs
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
 
-    def add(self, at: float, dog: Watchdog) -> None:
+    def add(self, at: float, dog: Expiring) -> None:
         """Expire `dog` at `at` (a time.monotonic() value) unless it is finished by then."""
         with self._wake:
             heapq.heappush(self._heap, (at, next(self._order), dog))
@@ -493,7 +503,7 @@ class _Expiries:
             dog.expire()
 
 
-_EXPIRIES = _Expiries()
+EXPIRIES = Expiries()
 
 
 class _Connector:

@@ -20,7 +20,7 @@ from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
 from exporter.config import Config
-from exporter.connection import _EXPIRIES
+from exporter.connection import EXPIRIES
 from exporter.target import TargetResult, TargetScraper
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ class Scraper:
 
 class _AnswerBy:
     """Settles a target's answer at its deadline if its run has not yet: an object of the
-    process's one expiry thread (connection._EXPIRIES), so no thread waits for it."""
+    process's one expiry thread (connection.EXPIRIES), so no thread waits for it."""
 
     def __init__(self, target: TargetScraper, answer: Future[TargetResult]) -> None:
         self._target = target
@@ -185,7 +185,7 @@ def answer_by(
 
     run.add_done_callback(done)
     if not answer.done():
-        _EXPIRIES.add(deadline, _AnswerBy(target, answer))  # type: ignore[arg-type]
+        EXPIRIES.add(deadline, _AnswerBy(target, answer))
     return answer
 
 

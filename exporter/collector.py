@@ -80,15 +80,12 @@ def target_families(results: Sequence[TargetResult]) -> Iterator[Metric]:
                 if produced.histograms:
                     family.add_rows(  # type: ignore[attr-defined]
                         names,
-                        [
-                            ((*base_values, *h.labels), h.buckets, h.sum)
-                            for h in produced.histograms
-                        ],
+                        [(h.labels, h.buckets, h.sum) for h in produced.histograms],
+                        base_values,
                     )
                 else:
-                    family.add_rows(  # type: ignore[attr-defined]
-                        names, [((*base_values, *labels), v) for labels, v in produced.samples]
-                    )
+                    # The samples as they are: the target's values go in once, as the base.
+                    family.add_rows(names, produced.samples, base_values)  # type: ignore[attr-defined]
     yield from families.values()
 
 
@@ -211,19 +208,28 @@ def self_families(
     for r in results:
         family[UP.name].add_metric([r.target.name], 1 if r.up else 0)
         family[SCRAPE_DURATION.name].add_metric([r.target.name], r.duration)
-        for q in r.queries:
-            family[QUERY_DURATION.name].add_metric([r.target.name, q.name], q.duration)
-            family[QUERY_SUCCESS.name].add_metric([r.target.name, q.name], 0 if q.error else 1)
+        base = (r.target.name,)
+        family[QUERY_DURATION.name].add_rows(  # type: ignore[attr-defined]
+            QUERY_DURATION.labels, [((q.name,), q.duration) for q in r.queries], base
+        )
+        family[QUERY_SUCCESS.name].add_rows(  # type: ignore[attr-defined]
+            QUERY_SUCCESS.labels, [((q.name,), 0 if q.error else 1) for q in r.queries], base
+        )
         if r.login is not None:
             family[LOGIN_SUCCESS.name].add_metric([r.target.name], 1 if r.login.success else 0)
             family[LOGIN_DURATION.name].add_metric([r.target.name], r.login.duration)
     for t in scraper.targets:
-        for (query, reason), n in sorted(t.query_errors.items()):
-            family[QUERY_ERRORS.name].add_metric([t.target.name, query, reason], n)
+        base = (t.target.name,)
+        family[QUERY_ERRORS.name].add_rows(  # type: ignore[attr-defined]
+            QUERY_ERRORS.labels, sorted(t.query_errors.items()), base
+        )
         # Every reason from 0, so that increase() sees the first failure.
         counts = t.connection.connect_failures
-        for reason in REASONS:
-            family[CONNECT_FAILURES.name].add_metric([t.target.name, reason], counts.get(reason, 0))
+        family[CONNECT_FAILURES.name].add_rows(  # type: ignore[attr-defined]
+            CONNECT_FAILURES.labels,
+            [((reason,), counts.get(reason, 0)) for reason in REASONS],
+            base,
+        )
         if t.login_checker is not None:
             for reason, n in t.login_checker.failures.items():
                 family[LOGIN_FAILURES.name].add_metric([t.target.name, reason], n)

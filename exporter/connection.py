@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import heapq
 import itertools
 import logging
@@ -28,7 +29,7 @@ import threading
 import time
 import weakref
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -41,8 +42,14 @@ from exporter.config import Target
 from exporter.failures import classify
 from exporter.kinds import kind_of
 from exporter.redact import describe_conninfo
+from exporter.statements import execute
 
 APPLICATION_NAME = "pg-connections-exporter"
+# How long past its statement_timeout one of our own statements (BEGIN, COMMIT, a SET) is
+# waited for at most; a watchdog normally cuts a silent server sooner.
+_CONTROL_GRACE = 5.0
+# Query texts kept per target (a config's queries; cleared when reloads pile up more).
+_MAX_TEXTS = 256
 # What a server without our prepared statements answers (a transaction-pooling PgBouncer in
 # front of it hands each transaction another server connection).
 _PREPARED_STATEMENT_ERRORS = (
@@ -88,6 +95,12 @@ class TargetConnection:
         )
         # Sessions where prepared statements failed: they run every statement unprepared.
         self._unprepared: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
+        # The statements each live session has prepared (statements.execute's names).
+        self._prepared_names: weakref.WeakKeyDictionary[psycopg.Connection[Any], set[bytes]] = (
+            weakref.WeakKeyDictionary()
+        )
+        # (sql, params) -> the text sent
+        self._texts: dict[tuple[str, str], bytes] = {}
         self._lock = threading.Lock()
         self.last_failure: ConnectFailure | None = None
         self.connect_failures: Counter[str] = Counter()
@@ -311,6 +324,49 @@ class TargetConnection:
         protocol refuses several)."""
         return self._prepares and conn not in self._unprepared and _single_statement(sql)
 
+    def query(
+        self, conn: psycopg.Connection[Any], sql: str, params: Mapping[str, Any], limit: float
+    ) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
+        """Rows and columns of `sql` with `params` on `conn`: prepared once per session where
+        prepared() says so (exporter.statements; waited for until `limit` at most)."""
+        text = self._text(conn, sql, params)
+        if not self.prepared(conn, sql):
+            return execute(conn, text, limit)
+        name = _statement_name(text)
+        names = self._prepared_names.setdefault(conn, set())
+        result = execute(conn, text, limit, name, prepare=name not in names)
+        names.add(name)
+        return result
+
+    def _text(self, conn: psycopg.Connection[Any], sql: str, params: Mapping[str, Any]) -> bytes:
+        """`sql` as sent: its parameters' values written in (client-side binding, as
+        psycopg's ClientCursor does), so that it is prepared once with no parameters."""
+        key = (sql, repr(sorted(params.items())))
+        text = self._texts.get(key)
+        if text is None:
+            if len(self._texts) >= _MAX_TEXTS:  # queries of configs since reloaded
+                self._texts.clear()
+            cursor = psycopg.ClientCursor(conn)
+            written = cursor.mogrify(sql, params) if params else sql  # type: ignore[arg-type]
+            text = self._texts[key] = written.encode(conn.info.encoding)
+        return text
+
+    def forget_prepared(
+        self, conn: psycopg.Connection[Any], sql: str, params: Mapping[str, Any]
+    ) -> None:
+        """Deallocate `sql`'s statement on `conn` (its plan went stale), so that the next run
+        prepares it anew."""
+        name = _statement_name(self._text(conn, sql, params))
+        names = self._prepared_names.get(conn, set())
+        if name in names and not (conn.closed or conn.broken):
+            names.discard(name)
+            with contextlib.suppress(psycopg.Error):
+                self.control(conn, "DEALLOCATE " + name.decode())
+
+    def control(self, conn: psycopg.Connection[Any], sql: str) -> None:
+        """Run one of our own short statements (BEGIN, COMMIT, DEALLOCATE) on `conn`."""
+        execute(conn, sql.encode(), time.monotonic() + self.statement_timeout + _CONTROL_GRACE)
+
     def stop_preparing(self, conn: psycopg.Connection[Any], exc: psycopg.Error) -> bool:
         """A statement on `conn` failed with `exc`. If the server lost or never had our
         prepared statements (a transaction-pooling PgBouncer before 1.21 in front of it), the
@@ -327,8 +383,8 @@ class TargetConnection:
     @staticmethod
     def stale_plan(exc: psycopg.Error) -> bool:
         """Whether `exc` says a prepared statement's result columns changed (a table it reads
-        gained or lost columns). Rolling back makes psycopg drop its prepared statements, so
-        the statement runs again re-prepared."""
+        gained or lost columns): the statement is deallocated (forget_prepared) and runs again
+        re-prepared."""
         return isinstance(exc, psycopg.errors.FeatureNotSupported) and (
             "cached plan must not change result type" in str(exc)
         )
@@ -390,13 +446,14 @@ class ScrapeTransaction:
             else self._owner._timeout_to_set(self._conn, statement_timeout)
         )
         if timeout is None:
-            self._conn.execute("BEGIN READ ONLY")
+            self._owner.control(self._conn, "BEGIN READ ONLY")
         else:
             # One simple-protocol message, two statements: no parameters, so the value (our
             # own "<digits>ms") is written in.
             assert timeout[:-2].isdigit(), timeout
-            self._conn.execute(
-                f"BEGIN READ ONLY; SELECT set_config('statement_timeout', '{timeout}', false)"
+            self._owner.control(
+                self._conn,
+                f"BEGIN READ ONLY; SELECT set_config('statement_timeout', '{timeout}', false)",
             )
             self._owner._session_timeout[self._conn] = timeout
         self._open = True
@@ -420,7 +477,7 @@ class ScrapeTransaction:
             return
         # On failure the connection is gone: its check before the next use replaces it.
         with contextlib.suppress(psycopg.Error):
-            self._conn.execute(command)
+            self._owner.control(self._conn, command)
 
 
 class Watchdog:
@@ -558,6 +615,12 @@ def _single_statement(sql: str) -> bool:
 
 def _ms(seconds: float) -> str:
     return f"{max(1, round(seconds * 1000))}ms"
+
+
+def _statement_name(text: bytes) -> bytes:
+    """A prepared statement's name, after its text: a reloaded config's changed query never
+    meets the old one's plan on the connection it inherited."""
+    return b"pgce_" + hashlib.blake2b(text, digest_size=10).hexdigest().encode()
 
 
 def _ms_at_most(seconds: float) -> str:

@@ -37,29 +37,33 @@ class _Rows:
         super().__init__(name, documentation, labels=labels)  # type: ignore[call-arg]
 
     def _start_rows(self) -> None:
-        # (label names, rows): a gauge's or counter's row is (values, value), a gauge
-        # histogram's (values, buckets, sum).
-        self.segments: list[tuple[LabelNames, list[tuple[Any, ...]]]] = []
+        # (label names, base, rows): `base` the leading label values every row of the segment
+        # shares (a target's name and constant labels), a row the rest: a gauge's or
+        # counter's row is (values, value), a gauge histogram's (values, buckets, sum).
+        self.segments: list[tuple[LabelNames, tuple[str, ...], list[tuple[Any, ...]]]] = []
 
-    def _rows(self, names: LabelNames) -> list[tuple[Any, ...]]:
+    def _rows(self, names: LabelNames, base: tuple[str, ...] = ()) -> list[tuple[Any, ...]]:
         segments = self.segments
-        if segments and segments[-1][0] == names:
-            return segments[-1][1]
+        if segments and segments[-1][0] == names and segments[-1][1] == base:
+            return segments[-1][2]
         rows: list[tuple[Any, ...]] = []
-        segments.append((names, rows))
+        segments.append((names, base, rows))
         return rows
 
-    def add_rows(self, names: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
-        """Rows whose label values go with `names` (not necessarily this family's own)."""
-        self._rows(tuple(names)).extend(rows)
+    def add_rows(
+        self, names: Sequence[str], rows: Sequence[tuple[Any, ...]], base: Sequence[str] = ()
+    ) -> None:
+        """Rows whose label values, after `base`, go with `names` (not necessarily this
+        family's own): `base` is written once for all of them, not into each row."""
+        self._rows(tuple(names), tuple(base)).extend(rows)
 
     # What the library's Metric keeps in `samples`: built on demand from the rows.
     @property
     def samples(self) -> list[Sample]:  # type: ignore[override]
         out: list[Sample] = []
-        for names, rows in getattr(self, "segments", ()):
-            for row in rows:
-                out.extend(self._samples_of(names, row))
+        for names, base, rows in getattr(self, "segments", ()):
+            for values, *rest in rows:
+                out.extend(self._samples_of(names, (base + tuple(values), *rest)))
         return out
 
     @samples.setter

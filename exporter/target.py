@@ -21,7 +21,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
 
 from exporter.config import QuerySpec, Settings, Target
 from exporter.connection import NotConnected, ScrapeTransaction, TargetConnection, Watchdog
@@ -257,15 +256,9 @@ class TargetScraper:
                 if tx is not None:
                     tx.begin(timeout)
                 self.connection.set_statement_timeout(conn, timeout)
-                with conn.cursor(row_factory=dict_row) as cur:
-                    cur.execute(
-                        query.sql,  # type: ignore[arg-type]
-                        query.params or None,
-                        prepare=self.connection.prepared(conn, query.sql),
-                    )
-                    description = cur.description  # built anew on each access
-                    rows = cur.fetchall() if description else []
-                    columns = tuple(c.name for c in description or ())
+                rows, columns = self.connection.query(
+                    conn, query.sql, query.params, deadline + SILENT_SERVER_GRACE + 1.0
+                )
         except (psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable) as exc:
             # statement_timeout, or lock_timeout behind a lock held by someone else.
             return self._failed(query, time.monotonic() - start, "timeout", str(exc))
@@ -277,6 +270,7 @@ class TargetScraper:
                 # The server lacked our prepared statement, or its plan went stale: once more
                 # (unprepared, or prepared anew) in a new transaction, this one being aborted.
                 tx.after_query()
+                self.connection.forget_prepared(conn, query.sql, query.params)
                 return self._run(conn, query, deadline, tx, guard, retry=False, read=read)
             if dog is not None and dog.fired:
                 reason, message = "timeout", f"no answer within {timeout:.3g}s"

@@ -189,14 +189,22 @@ def _row_and_library_families() -> tuple[list, list]:
                 lib.add_metric(labels, value)
         # A target with a constant label: other label names, in the same family.
         names = ("target", "env", "b")
+        # Then two with their target's values given once, as a segment's base (one of them
+        # needing escapes), the second on the first's label names.
+        extra = library_type(f"m_{kind}", "", labels=list(names))
         if kind == "gauge_histogram":
             row.add_rows(names, [(("t9", "prod", "v"), (("1.0", 1.0), ("+Inf", 2.0)), 0.5)])
-            extra = library_type(f"m_{kind}", "", labels=list(names))
             extra.add_metric(["t9", "prod", "v"], [("1.0", 1.0), ("+Inf", 2.0)], 0.5)
+            for base in (("t10", 'q"\\'), ("t11", "dev")):
+                row.add_rows(names, [(("w",), (("1.0", 3.0), ("+Inf", 4.0)), 1.5)], base)
+                extra.add_metric([*base, "w"], [("1.0", 3.0), ("+Inf", 4.0)], 1.5)
         else:
             row.add_rows(names, [(("t9", "prod", "v"), 7.0)])
-            extra = library_type(f"m_{kind}", "", labels=list(names))
             extra.add_metric(["t9", "prod", "v"], 7.0)
+            for base in (("t10", 'q"\\'), ("t11", "dev")):
+                row.add_rows(names, [(("w",), 8.0), (("x\n",), -0.0)], base)
+                extra.add_metric([*base, "w"], 8.0)
+                extra.add_metric([*base, "x\n"], -0.0)
         lib.samples.extend(extra.samples)
         rows.append(row)
         library_families.append(lib)

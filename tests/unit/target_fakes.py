@@ -5,7 +5,7 @@ in tests/; these only stand in where the behaviour under test is the exporter's.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -33,27 +33,6 @@ class FakeServer:
         return answer
 
 
-class FakeCursor:
-    def __init__(self, conn: FakeConn, row_factory: Callable[..., Any] | None) -> None:
-        self._conn = conn
-        self._rows: list[dict[str, Any]] = []
-        self.description: list[SimpleNamespace] | None = None
-
-    def __enter__(self) -> FakeCursor:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-    def execute(self, sql: str, params: Any = None, prepare: bool | None = None) -> None:
-        columns, rows = self._conn.server.run(sql)
-        self.description = [SimpleNamespace(name=c) for c in columns]
-        self._rows = [dict(zip(columns, row, strict=True)) for row in rows]
-
-    def fetchall(self) -> list[dict[str, Any]]:
-        return self._rows
-
-
 class FakeConn:
     """The psycopg.Connection attributes the scraper reads, over a FakeServer."""
 
@@ -65,9 +44,6 @@ class FakeConn:
         self.broken = False
         self.closed = False
         self.executed: list[str] = []
-
-    def cursor(self, row_factory: Callable[..., Any] | None = None) -> FakeCursor:
-        return FakeCursor(self, row_factory)
 
     def execute(self, sql: str, params: Any = None) -> None:
         self.executed.append(sql)
@@ -112,8 +88,14 @@ class FakeTargetConnection:
     def set_statement_timeout(self, conn: FakeConn, seconds: float) -> None:
         self.timeouts.append(seconds)
 
-    def prepared(self, conn: FakeConn, sql: str) -> bool:
-        return False
+    def query(
+        self, conn: FakeConn, sql: str, params: Any, limit: float
+    ) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
+        columns, rows = conn.server.run(sql)
+        return [dict(zip(columns, row, strict=True)) for row in rows], columns
+
+    def forget_prepared(self, conn: FakeConn, sql: str, params: Any) -> None:
+        pass
 
     def stop_preparing(self, conn: FakeConn, exc: Exception) -> bool:
         return False

@@ -36,7 +36,6 @@ from fleet import PER_SERVER, address, start_servers  # noqa: E402
 from exporter.collector import ExporterCollector, self_families, target_families  # noqa: E402
 from exporter.config import parse_config  # noqa: E402
 from exporter.exposition import choose_encoder  # noqa: E402
-from exporter.gctuning import tune_for_serving  # noqa: E402
 from exporter.scrape import Scraper  # noqa: E402
 from harness.processes import proc_status  # noqa: E402
 
@@ -74,7 +73,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = parse_config(data, "fleet_profile")
         scraper = Scraper(config)
         scraper.open()
-        tune_for_serving()  # as the exporter does
         collector = ExporterCollector(scraper)
         encoder, _ = choose_encoder(ACCEPT)
         deadline = time.monotonic() + 120

@@ -17,7 +17,6 @@ from prometheus_client.registry import CollectorRegistry
 
 from exporter.collector import ExporterCollector, ReloadStatus
 from exporter.config import Config, ConfigError
-from exporter.gctuning import tune_for_serving
 from exporter.httpserver import HTTPLimits
 from exporter.landing import LandingPage, slot_figures
 from exporter.probe import Probes, ProbeSelfCollector
@@ -137,7 +136,6 @@ class Exporter:
     def run(self) -> None:
         """Serve until SIGTERM or SIGINT, reloading on SIGHUP, then close every connection."""
         signals = _SignalInbox((signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
-        tune_for_serving()
         self.start()
         try:
             while (signum := signals.next()) == signal.SIGHUP:

@@ -17,6 +17,8 @@ the releases tested with them (0.25 and 0.26), and with any release lacking one 
 from __future__ import annotations
 
 import functools
+import gzip
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -48,6 +50,10 @@ except ImportError:  # pragma: no cover - depends on the installed prometheus_cl
     _REPRODUCIBLE = False
 
 Encoder = Callable[[Collector], bytes]
+
+# gzip's level for a body: a scrape body is repetitive, and level 1 already shrinks it ~7x at
+# 60 % of level 5's CPU (docs/benchmarks.md).
+GZIP_LEVEL = 1
 
 # Text-format suffixes that prometheus_client moves into gauges of their own, at the end.
 _TEXT_OM_SUFFIXES = ("_created", "_gsum", "_gcount")
@@ -173,22 +179,36 @@ def _go_float(value: Any) -> str:
     return text
 
 
-def _openmetrics(registry: Collector, escaping: str, library: Encoder) -> bytes:
+def encode(encoder: Encoder, registry: Collector, gzipped: bool) -> bytes:
+    """The body `encoder` (from choose_encoder) writes for `registry`, gzipped if asked. This
+    module's encoders compress each batch of lines as it is encoded: at 1,000 targets the
+    plain body (~30 MB) is never held whole, nor its copy joined for gzip (peak memory)."""
+    func = encoder.func if isinstance(encoder, functools.partial) else None
+    if func is _openmetrics or func is _text:
+        return encoder(registry, gzipped=gzipped)  # type: ignore[call-arg]
+    body = encoder(registry)
+    return gzip.compress(body, compresslevel=GZIP_LEVEL) if gzipped else body
+
+
+def _openmetrics(
+    registry: Collector, escaping: str, library: Encoder, gzipped: bool = False
+) -> bytes:
     metrics = list(registry.collect())
     try:
-        return _render_openmetrics(metrics, escaping)
+        return _render_openmetrics(metrics, escaping, gzipped)
     except Exception:  # _Unsupported, or an error the library reports its own way
-        return library(_Collected(metrics))
+        body = library(_Collected(metrics))
+        return gzip.compress(body, compresslevel=GZIP_LEVEL) if gzipped else body
 
 
 class _Unsupported(Exception):
     """Something only the library's encoder renders."""
 
 
-def _render_openmetrics(metrics: Iterable[Any], escaping: str) -> bytes:
+def _render_openmetrics(metrics: Iterable[Any], escaping: str, gzipped: bool = False) -> bytes:
     utf8 = escaping == om.ALLOWUTF8
     out: list[str] = []
-    written = _Written()
+    written = _Written(gzipped)
     for metric in metrics:
         written.take(out)
         name = _metric_name(metric.name, escaping)
@@ -213,32 +233,41 @@ def _render_openmetrics(metrics: Iterable[Any], escaping: str) -> bytes:
 
 
 class _Written:
-    """The body so far, encoded a batch of lines at a time: the lines of 1,000 targets (~30 MB)
-    are never held as strings, one joined string and its bytes all at once."""
+    """The body so far, encoded (and with `gzipped` compressed) a batch of lines at a time: the
+    lines of 1,000 targets (~30 MB) are never held as strings, one joined string and its bytes
+    all at once, and a gzipped body never as plain bytes."""
 
     BATCH = 16384
 
-    def __init__(self) -> None:
+    def __init__(self, gzipped: bool = False) -> None:
         self.chunks: list[bytes] = []
         self.lines = 0
+        # wbits 31: the gzip container, as gzip.compress writes it (but for its mtime).
+        self._gzip = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31) if gzipped else None
 
     def take(self, out: list[str]) -> None:
         if len(out) >= self.BATCH:
             self.lines += len(out)
-            self.chunks.append("".join(out).encode("utf-8"))
+            self._add("".join(out).encode("utf-8"))
             out.clear()
 
+    def _add(self, chunk: bytes) -> None:
+        self.chunks.append(self._gzip.compress(chunk) if self._gzip else chunk)
+
     def end(self, out: list[str]) -> bytes:
-        self.chunks.append("".join(out).encode("utf-8"))
+        self._add("".join(out).encode("utf-8"))
+        if self._gzip:
+            self.chunks.append(self._gzip.flush())
         return b"".join(self.chunks)
 
 
-def _text(registry: Collector, escaping: str, library: Encoder) -> bytes:
+def _text(registry: Collector, escaping: str, library: Encoder, gzipped: bool = False) -> bytes:
     metrics = list(registry.collect())
     try:
-        return _render_text(metrics, escaping)
+        return _render_text(metrics, escaping, gzipped)
     except Exception:  # _Unsupported, or an error the library reports its own way
-        return library(_Collected(metrics))
+        body = library(_Collected(metrics))
+        return gzip.compress(body, compresslevel=GZIP_LEVEL) if gzipped else body
 
 
 def _text_line(s: Sample, escaping: str) -> str:
@@ -249,9 +278,9 @@ def _text_line(s: Sample, escaping: str) -> str:
     return f"{prefix}{_go_float(s.value)}{timestamp}\n"
 
 
-def _render_text(metrics: Iterable[Any], escaping: str) -> bytes:
+def _render_text(metrics: Iterable[Any], escaping: str, gzipped: bool = False) -> bytes:
     out: list[str] = []
-    written = _Written()
+    written = _Written(gzipped)
     for metric in metrics:
         written.take(out)
         mname, mtype = metric.name, metric.type

@@ -16,7 +16,7 @@ from __future__ import annotations
 import select
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -41,24 +41,35 @@ def execute(
     limit: float,
     name: bytes | None = None,
     prepare: bool = False,
+    before: Sequence[bytes] = (),
+    after: Sequence[bytes] = (),
 ) -> tuple[list[Row], tuple[str, ...]]:
     """Run `text` (no parameters: their values are written in) and return the rows and
     column names of its first result. With `name`, run the statement prepared under that name
-    (`prepare`: parse it under that name first). Gives up waiting at `limit` (a
-    time.monotonic() value) with an OperationalError; a watchdog normally ends it earlier."""
+    (`prepare`: parse it under that name first); then `before` and `after` (our own
+    statements: BEGIN, a SET, COMMIT) travel in the same message, around an EXECUTE of it,
+    instead of a round trip each. Gives up waiting at `limit` (a time.monotonic() value) with
+    an OperationalError; a watchdog normally ends it earlier."""
     pgconn = conn.pgconn
+    skip = 0
     if name is not None:
         if prepare:
             pgconn.send_prepare(name, text)
             _raise_first_error(conn, _results(pgconn, limit))
-        pgconn.send_query_prepared(name, None)
+        if before or after:
+            # One simple-protocol message: after an error the server runs none of the rest.
+            pgconn.send_query(b"; ".join([*before, b"EXECUTE " + name, *after]))
+            skip = len(before)
+        else:
+            pgconn.send_query_prepared(name, None)
     else:
+        assert not (before or after), "only a prepared statement travels with others"
         pgconn.send_query(text)
     results = _results(pgconn, limit)
     _raise_first_error(conn, results)
-    if not results:
+    if len(results) <= skip:
         return [], ()
-    return _rows(conn, results[0])
+    return _rows(conn, results[skip])
 
 
 def _results(pgconn: pq.abc.PGconn, limit: float) -> list[pq.abc.PGresult]:

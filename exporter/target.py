@@ -202,12 +202,13 @@ class TargetScraper:
         outcomes = []
         read: dict[str, _Read] = {}  # each query's rows and columns, for the rows_from ones
         tx = self.kind.scrape_transaction(self.connection, conn)
+        # The last query to go to the server carries the COMMIT (if one whose cache runs out
+        # meanwhile follows it, that one runs in a transaction of its own).
+        last = next((q for q in reversed(self.queries) if self._goes_to_server(q, version)), None)
         # Ended whatever happens: the connection goes back to the pool outside a transaction.
         try:
             for query in self.queries:
-                if (query.min_version and version < query.min_version) or (
-                    query.max_version and version > query.max_version
-                ):
+                if not self._in_version(query, version):
                     self._log_version_skip(query, version)
                     continue
                 if query.rows_from is not None:
@@ -222,7 +223,7 @@ class TargetScraper:
                 if conn.broken or conn.closed:
                     outcomes.append(self._failed(query, 0.0, "connection", "connection lost"))
                     continue
-                outcome = self._run(conn, query, deadline, tx, guard, read=read)
+                outcome = self._run(conn, query, deadline, tx, guard, read=read, last=query is last)
                 if tx is not None:
                     tx.after_query()
                 if outcome.error is None and query.cache:
@@ -233,6 +234,22 @@ class TargetScraper:
                 tx.finish()
         return outcomes
 
+    @staticmethod
+    def _in_version(query: QuerySpec, version: int) -> bool:
+        return not (
+            (query.min_version and version < query.min_version)
+            or (query.max_version and version > query.max_version)
+        )
+
+    def _goes_to_server(self, query: QuerySpec, version: int) -> bool:
+        """Whether `query` runs on the server in this scrape (not skipped, derived or cached)."""
+        entry = self._cache.get(query.name)
+        return (
+            self._in_version(query, version)
+            and query.rows_from is None
+            and not (entry is not None and entry.expires > time.monotonic())
+        )
+
     def _run(
         self,
         conn: psycopg.Connection[Any],
@@ -242,6 +259,7 @@ class TargetScraper:
         guard: Watchdog | None = None,
         retry: bool = True,
         read: dict[str, _Read] | None = None,
+        last: bool = False,
     ) -> QueryOutcome:
         start = time.monotonic()
         remaining = deadline - DEADLINE_MARGIN - start
@@ -253,11 +271,18 @@ class TargetScraper:
         bound = self.kind.query_bound(self.connection, conn, timeout, guard)
         try:
             with bound as dog:
-                if tx is not None:
-                    tx.begin(timeout)
+                # BEGIN (and its SET) and, for the scrape's last query, COMMIT travel in the
+                # query's own message (a round trip each fewer).
+                before = tx.opening(timeout) if tx is not None else []
                 self.connection.set_statement_timeout(conn, timeout)
+                after = tx.closing() if tx is not None and last else []
                 rows, columns = self.connection.query(
-                    conn, query.sql, query.params, deadline + SILENT_SERVER_GRACE + 1.0
+                    conn,
+                    query.sql,
+                    query.params,
+                    deadline + SILENT_SERVER_GRACE + 1.0,
+                    before,
+                    after,
                 )
         except (psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable) as exc:
             # statement_timeout, or lock_timeout behind a lock held by someone else.
@@ -265,13 +290,17 @@ class TargetScraper:
         except psycopg.Error as exc:
             if tx is not None and (
                 self.connection.stop_preparing(conn, exc)
+                or self.connection.several_statements(query.sql, exc)
                 or (retry and self.connection.stale_plan(exc))
             ):
-                # The server lacked our prepared statement, or its plan went stale: once more
-                # (unprepared, or prepared anew) in a new transaction, this one being aborted.
+                # The server lacked our prepared statement, the query holds several statements,
+                # or its plan went stale: once more (unprepared, or prepared anew) in a new
+                # transaction, this one being aborted.
                 tx.after_query()
                 self.connection.forget_prepared(conn, query.sql, query.params)
-                return self._run(conn, query, deadline, tx, guard, retry=False, read=read)
+                return self._run(
+                    conn, query, deadline, tx, guard, retry=False, read=read, last=last
+                )
             if dog is not None and dog.fired:
                 reason, message = "timeout", f"no answer within {timeout:.3g}s"
             else:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+
 import pytest
 from prometheus_client import exposition as library
 from prometheus_client.core import (
@@ -264,3 +266,21 @@ def test_a_body_encoded_in_batches_is_the_same_body(accept: str | None, monkeypa
     expected_encoder, _ = library.choose_encoder(accept or "")
     expected = expected_encoder(exposition._Collected([*_families(), *library_families]))
     assert _fast_path([*_families(), *rows], accept) == expected
+
+
+@pytest.mark.parametrize("accept", ACCEPT)
+def test_a_gzipped_body_is_the_librarys_body_gzipped(accept: str | None) -> None:
+    """Compressed batch by batch as encoded (three batches of lines here): the same bytes once
+    decompressed, for the fast path and for what goes to the library's encoder."""
+    many = families.new_family("gauge", "many", "Many series.", ["target", "i"])
+    for i in range(2 * exposition._Written.BATCH + 10):
+        many.add_rows(("target", "i"), [((str(i),), float(i % 7))], ("t1",))
+    with_exemplar = CounterMetricFamily("ex", "Exemplar.", labels=["l"])
+    with_exemplar.add_metric(["v"], 1, exemplar=Exemplar({"trace_id": "abc"}, 0.5))
+    for metrics in ([many, *_families()], [with_exemplar]):
+        expected = _same_as_library(metrics, accept)
+        encoder, _ = exposition.choose_encoder(accept)
+        body = exposition.encode(encoder, exposition._Collected(metrics), gzipped=True)
+        assert body[:2] == b"\x1f\x8b"  # a gzip member
+        assert gzip.decompress(body) == expected
+        assert exposition.encode(encoder, exposition._Collected(metrics), False) == expected

@@ -5,12 +5,23 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import psycopg
 
 from harness.localpg import LocalCluster
 from harness.workload import SessionSpec, Workload
 from tests.helpers import Samples, wait_until
+
+BUILT_INS = [
+    "connections",
+    "connection_slots",
+    "connection_limits",
+    "connection_settings",
+    "session_statistics",
+    "connection_age",
+    "memory_settings",
+]
 
 
 def test_used_equals_the_breakdown_while_sessions_come_and_go(
@@ -152,3 +163,99 @@ def test_slots_and_limits_are_the_same_with_or_without_the_connections_query(
     assert dict(a["pg_role_connection_limit_used"])[limited] == 3
     assert both.scrape().get("pg_connections", state="idle") is not None
     assert alone.scrape().get("pg_connections", state="idle") is None
+
+
+def test_begin_and_commit_travel_with_the_queries_on_every_major(
+    pg_any_major: LocalCluster, exporter_for
+) -> None:
+    """BEGIN and its statement_timeout SET go in the first query's message, COMMIT in the
+    last one's: the SET still bounds that query (PostgreSQL 12 bounded a message by the
+    timeout it started with: there they go ahead of it), the queries still share one
+    transaction, and the session is handed back idle."""
+    running = exporter_for(
+        {
+            "targets": [{"name": "db", "dsn": pg_any_major.dsn()}],
+            "settings": {"query_timeout": "5s"},
+            "collectors": {"disable": BUILT_INS},
+            "queries": [
+                {
+                    "name": "slow",
+                    "timeout": "300ms",
+                    "sql": "SELECT 1 AS x FROM pg_sleep(2)",
+                    "metrics": [{"name": "t_slow", "help": "Never.", "value": "x"}],
+                },
+                {
+                    "name": "first",
+                    "timeout": "4s",
+                    "sql": "SELECT txid_current_if_assigned() IS NULL AS fresh, "
+                    "extract(epoch FROM now())::float8 AS began",
+                    "metrics": [
+                        {"name": "t_began", "help": "Transaction start.", "value": "began"}
+                    ],
+                },
+                {
+                    "name": "last",
+                    "sql": "SELECT extract(epoch FROM now())::float8 AS began,"
+                    " (current_setting('transaction_read_only') = 'on')::int AS ro,"
+                    " extract(epoch FROM current_setting('statement_timeout')::interval) AS s",
+                    "metrics": [
+                        {"name": "t_began_last", "help": "Transaction start.", "value": "began"},
+                        {"name": "t_read_only", "help": "Read-only.", "value": "ro"},
+                        {"name": "t_timeout", "help": "Timeout seen.", "value": "s"},
+                    ],
+                },
+            ],
+        }
+    )
+    for _ in range(2):
+        start = time.monotonic()
+        s = running.scrape()
+        assert time.monotonic() - start < 1.8  # the slow query was cut at its 300 ms
+        assert (
+            s.value("pg_connections_exporter_query_errors_total", query="slow", reason="timeout")
+            >= 1
+        )
+        # After the failure: one transaction for both (the same now()), read-only, each query
+        # under its own timeout.
+        assert s.value("t_began", target="db") == s.value("t_began_last", target="db")
+        assert s.value("t_read_only", target="db") == 1
+        assert s.value("t_timeout", target="db") == 5
+    with psycopg.connect(pg_any_major.dsn(), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT state, backend_xmin FROM pg_stat_activity WHERE application_name = %s",
+            ("pg-connections-exporter",),
+        ).fetchone()
+    assert row is not None and row == ("idle", None)  # committed: no snapshot held
+
+
+def test_a_query_taken_for_one_statement_that_holds_two_runs_unprepared(
+    pg: LocalCluster, exporter_for
+) -> None:
+    """The semicolon after a string holding `--` is hidden from the exporter's look at the
+    text: the server refuses to prepare the query, and from then on it runs unprepared (the
+    first statement's rows, as a cursor gives), failing no scrape."""
+    running = exporter_for(
+        {
+            "targets": [{"name": "db", "dsn": pg.dsn()}],
+            "collectors": {"disable": BUILT_INS},
+            "queries": [
+                {
+                    "name": "two",
+                    "sql": "SELECT 1 AS x FROM (SELECT '--') AS s; SELECT 2 AS x",
+                    "metrics": [{"name": "t_two", "help": "First statement's.", "value": "x"}],
+                },
+                {
+                    "name": "after",
+                    "sql": "SELECT 3 AS y",
+                    "metrics": [{"name": "t_after", "help": "Still runs.", "value": "y"}],
+                },
+            ],
+        }
+    )
+    for _ in range(3):
+        s = running.scrape()
+        assert s.value("t_two", target="db") == 1
+        assert s.value("t_after", target="db") == 3
+        assert s.value("pg_connections_exporter_query_success", query="two") == 1
+    errors = "pg_connections_exporter_query_errors_total"
+    assert sum(v for _, v in s.series(errors, query="two")) == 0

@@ -56,8 +56,13 @@ class FakeTransaction:
     def __init__(self, log: list[str]) -> None:
         self._log = log
 
-    def begin(self, statement_timeout: float | None = None) -> None:
+    def opening(self, statement_timeout: float | None = None) -> list[str]:
         self._log.append("begin")
+        return []
+
+    def closing(self) -> list[str]:
+        self._log.append("closing")
+        return []
 
     def after_query(self) -> None:
         self._log.append("after_query")
@@ -89,7 +94,13 @@ class FakeTargetConnection:
         self.timeouts.append(seconds)
 
     def query(
-        self, conn: FakeConn, sql: str, params: Any, limit: float
+        self,
+        conn: FakeConn,
+        sql: str,
+        params: Any,
+        limit: float,
+        before: Any = (),
+        after: Any = (),
     ) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
         columns, rows = conn.server.run(sql)
         return [dict(zip(columns, row, strict=True)) for row in rows], columns
@@ -98,6 +109,9 @@ class FakeTargetConnection:
         pass
 
     def stop_preparing(self, conn: FakeConn, exc: Exception) -> bool:
+        return False
+
+    def several_statements(self, sql: str, exc: Exception) -> bool:
         return False
 
     @staticmethod

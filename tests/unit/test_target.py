@@ -129,8 +129,17 @@ def test_a_failing_query_fails_alone_and_is_counted(exc: Exception, reason: str)
     assert values(result) == {"good_value": 1}
     assert scraping.query_errors[("bad", reason)] == 1
     assert sum(scraping.query_errors.values()) == 1
-    # On PostgreSQL both ran in the scrape's transaction, ended once.
-    assert fake.calls == ["transaction", "begin", "after_query", "begin", "after_query", "finish"]
+    # On PostgreSQL each ran in the scrape's transaction (begun again after the failure), the
+    # last one carrying its end.
+    assert fake.calls == [
+        "transaction",
+        "begin",
+        "after_query",
+        "begin",
+        "closing",
+        "after_query",
+        "finish",
+    ]
 
 
 def test_postgres_bounds_queries_by_statement_timeout_and_the_scrape_by_one_watchdog() -> None:

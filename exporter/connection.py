@@ -346,15 +346,20 @@ class TargetConnection:
         and `after` (BEGIN, COMMIT: see ScrapeTransaction) run around it, in its message when
         it is prepared; after an error in any of them none of the rest runs."""
         text = self._text(conn, sql, params)
-        if not self.prepared(conn, sql):
-            for statement in before:
-                self.control(conn, statement)
-            result = execute(conn, text, limit)
-            for statement in after:
-                self.control(conn, statement)
-            return result
-        name = _statement_name(text)
+        prepared = self.prepared(conn, sql)
+        name = _statement_name(text) if prepared else None
         names = self._prepared_names.setdefault(conn, set())
+        if before and not (prepared and name in names):
+            # Ahead, in a message of their own: a statement not prepared yet is parsed first
+            # (which may fail) inside the transaction they begin, like any statement of it.
+            self.control(conn, "; ".join(before))
+            before = ()
+        if not prepared:
+            result = execute(conn, text, limit)
+            if after:
+                self.control(conn, "; ".join(after))
+            return result
+        assert name is not None
         result = execute(
             conn,
             text,
@@ -485,7 +490,8 @@ class ScrapeTransaction:
 
     def opening(self, statement_timeout: float | None = None, eager: bool = False) -> list[str]:
         """The statements that begin the transaction (none if it is open), for the next query
-        to carry in its message; taken as run from now on (after_query sees if they failed).
+        to carry in its message (TargetConnection.query); taken as run from now on
+        (after_query sees to it if they were not).
         Before PostgreSQL 13 a SET in a message did not bound the rest of that message's
         statements: there (and with `eager`) they run now, and none are returned."""
         if self._open:

@@ -8,6 +8,11 @@ metric families, the encoding, gzip. `--profile FILE` writes a cProfile of the p
 the calling thread, with the target runs made serially there too (`--serial`), so that the
 profile sees them.
 
+Each round runs with the garbage collector paused, as the exporter answers /metrics
+(exporter/gcpause.py); `--gc-on` leaves it on. Either way the report says how many collections
+ran and what they took, and how many unreachable objects the collections and a full one after
+the rounds found (the pause rests on there being none).
+
     python benchmarks/fleet_profile.py --targets 240 --rounds 5
     python benchmarks/fleet_profile.py --targets 120 --serial --profile /tmp/fleet.prof
 
@@ -17,7 +22,9 @@ Not part of the test suite: the figures depend on the machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
+import gc
 import gzip
 import math
 import resource
@@ -36,6 +43,7 @@ from fleet import PER_SERVER, address, start_servers  # noqa: E402
 from exporter.collector import ExporterCollector, self_families, target_families  # noqa: E402
 from exporter.config import parse_config  # noqa: E402
 from exporter.exposition import choose_encoder  # noqa: E402
+from exporter.gcpause import ANSWERS  # noqa: E402
 from exporter.scrape import Scraper  # noqa: E402
 from harness.processes import proc_status  # noqa: E402
 
@@ -53,6 +61,25 @@ class _Families:
         return self.metrics
 
 
+class _Collections:
+    """The collections the garbage collector runs, and their process CPU."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.seconds = 0.0
+        self.collected = 0  # unreachable objects found
+        self._start = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._start = time.process_time()
+        else:
+            self.count += 1
+            self.seconds += time.process_time() - self._start
+            self.collected += info["collected"]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--targets", type=int, default=240)
@@ -60,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=None)
     parser.add_argument("--serial", action="store_true", help="target runs in this thread")
     parser.add_argument("--profile", help="write a cProfile of the rounds here")
+    parser.add_argument("--gc-on", action="store_true", help="do not pause the collector")
     args = parser.parse_args(argv)
     servers = start_servers(math.ceil(args.targets / PER_SERVER))
     try:
@@ -83,7 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         phases: dict[str, list[float]] = {"runs": [], "families": [], "encode": [], "gzip": []}
         profiler = cProfile.Profile(time.thread_time) if args.profile else None
         size = 0
+        collections = _Collections()
         for _ in range(args.rounds):
+            pause = contextlib.nullcontext() if args.gc_on else ANSWERS.during()
+            pause.__enter__()
             if profiler:
                 profiler.enable()
             t0 = time.process_time()
@@ -104,7 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for name, took in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
                 phases[name].append(took)
             assert sum(r.up for r in results) == args.targets
-            del results, families, body
+            del results, families, body  # as the exporter's answer, before the pause ends
+            pause.__exit__(None, None, None)
+        unreachable = collections.collected + gc.collect()
         _ = collector
         if profiler:
             profiler.dump_stats(args.profile)
@@ -116,6 +149,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {name:9s} median {statistics.median(values):.3f} s  ({per:.2f} ms/target)")
         per = 1000 * statistics.median(total) / args.targets
         print(f"  total     median {statistics.median(total):.3f} s  ({per:.2f} ms/target)")
+        print(
+            f"  garbage collector {'on' if args.gc_on else 'paused'}: "
+            f"{collections.count / args.rounds:.1f} collections a round, "
+            f"{1000 * collections.seconds / args.rounds / args.targets:.2f} ms/target; "
+            f"{unreachable} unreachable objects found in the rounds and after them"
+        )
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         rss, threads = status["VmRSS"], status["threads"]
         print(f"  RSS {rss:.0f} MiB, peak {peak:.0f} MiB, threads {threads:.0f}")

@@ -44,6 +44,7 @@ from exporter.failures import classify
 from exporter.kinds import kind_of
 from exporter.redact import describe_conninfo
 from exporter.statements import execute
+from exporter.turns import SCRAPES
 
 APPLICATION_NAME = "pg-connections-exporter"
 # How long past its statement_timeout one of our own statements (BEGIN, COMMIT, a SET) is
@@ -307,7 +308,8 @@ class TargetConnection:
         timeout = self._timeout_to_set(conn, seconds)
         if timeout is None:
             return
-        conn.execute("SELECT set_config('statement_timeout', %s, false)", (timeout,))
+        with SCRAPES.given_up():  # psycopg waits for the server (turns.py)
+            conn.execute("SELECT set_config('statement_timeout', %s, false)", (timeout,))
         self._session_timeout[conn] = timeout
 
     def _timeout_to_set(self, conn: psycopg.Connection[Any], seconds: float) -> str | None:

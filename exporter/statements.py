@@ -23,6 +23,8 @@ import psycopg
 import psycopg.errors
 from psycopg import pq
 
+from exporter.turns import SCRAPES
+
 Row = dict[str, Any]
 
 _OK = (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK, pq.ExecStatus.EMPTY_QUERY)
@@ -95,9 +97,10 @@ def _results(pgconn: pq.abc.PGconn, limit: float) -> list[pq.abc.PGresult]:
 def _wait(pgconn: pq.abc.PGconn, event: int, limit: float) -> None:
     poller = select.poll()  # not select(): a descriptor may be above FD_SETSIZE
     poller.register(pgconn.socket, event)
-    while not poller.poll(max(0, int((limit - time.monotonic()) * 1000)) or 0):
-        if time.monotonic() >= limit:
-            raise psycopg.OperationalError("the server did not answer in time")
+    with SCRAPES.given_up():
+        while not poller.poll(max(0, int((limit - time.monotonic()) * 1000)) or 0):
+            if time.monotonic() >= limit:
+                raise psycopg.OperationalError("the server did not answer in time")
 
 
 def _raise_first_error(conn: psycopg.Connection[Any], results: list[pq.abc.PGresult]) -> None:

@@ -33,6 +33,7 @@ from exporter.engine import (
 )
 from exporter.kinds import kind_of
 from exporter.logincheck import LoginChecker, LoginResult
+from exporter.turns import SCRAPES
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,8 @@ class TargetScraper:
     def _scrape(self, start: float, deadline: float) -> TargetResult:
         wait = min(self.target.connect_timeout, deadline - DEADLINE_MARGIN - start)
         try:
-            with self.connection.connection(timeout=wait) as conn:
+            with self.connection.connection(timeout=wait) as conn, SCRAPES.taken():
+                # The turn is given up while the server is waited for (turns.py).
                 version = conn.info.server_version
                 with self._guard(conn, deadline) as guard:
                     outcomes = tuple(self._run_all(conn, version, deadline, guard))

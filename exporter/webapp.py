@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from exporter import __version__
 from exporter.collector import scrape_timeout
 from exporter.exposition import choose_encoder, encode
+from exporter.gcpause import ANSWERS
 from exporter.httpserver import BoundedHTTPServer, HTTPLimits
 from exporter.probe import ProbeRefused
 from exporter.webconfig import NO_WEB_CONFIG, WatchedWebConfig, WebConfig
@@ -203,7 +204,9 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             encoder, content_type = choose_encoder(self.headers.get("Accept"))
             gzipped = "gzip" in (self.headers.get("Accept-Encoding") or "")
-            body = encode(encoder, self.registry if source is None else source, gzipped)
+            # The scrape, its families and the encoding make no reference cycles (gcpause.py).
+            with ANSWERS.during():
+                body = encode(encoder, self.registry if source is None else source, gzipped)
         finally:
             scrape_timeout.reset(token)
         self._send(200, content_type, body, {"Content-Encoding": "gzip"} if gzipped else None)

@@ -1,0 +1,80 @@
+"""The garbage collector's pause while answers are made (exporter/gcpause.py)."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from exporter.gcpause import CollectorPause
+
+
+@pytest.fixture(autouse=True)
+def collector_on() -> Iterator[None]:
+    was = gc.isenabled()
+    gc.enable()
+    yield
+    if was:
+        gc.enable()
+    else:
+        gc.disable()
+
+
+def test_off_during_an_answer_and_on_after_it() -> None:
+    pause = CollectorPause()
+    with pause.during():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+
+
+def test_on_again_after_an_answer_that_raised() -> None:
+    pause = CollectorPause()
+    with pytest.raises(RuntimeError), pause.during():
+        raise RuntimeError("scrape failed")
+    assert gc.isenabled()
+
+
+def test_overlapping_answers_keep_it_off_until_the_last_ends() -> None:
+    pause = CollectorPause()
+    first_in, second_done, states = threading.Event(), threading.Event(), []
+
+    def first() -> None:
+        with pause.during():
+            first_in.set()
+            second_done.wait(10)
+            states.append(("first still answering", gc.isenabled()))
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    first_in.wait(10)
+    with pause.during():
+        pass
+    states.append(("second ended", gc.isenabled()))
+    second_done.set()
+    thread.join(10)
+    assert states == [("second ended", False), ("first still answering", False)]
+    assert gc.isenabled()
+
+
+def test_answers_overlapping_past_the_longest_pause_turn_it_on() -> None:
+    pause = CollectorPause(max_pause=0.05)
+    with pause.during():
+        assert not gc.isenabled()
+        time.sleep(0.1)
+        with pause.during():  # a new answer while the first has held it off too long
+            assert gc.isenabled()
+        assert gc.isenabled()
+    assert gc.isenabled()
+    with pause.during():  # a new pause starts once none is in progress
+        assert not gc.isenabled()
+
+
+def test_left_off_if_someone_else_turned_it_off() -> None:
+    pause = CollectorPause()
+    gc.disable()
+    with pause.during():
+        assert not gc.isenabled()
+    assert not gc.isenabled()

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import functools
 import gzip
+import math
+import operator
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -167,9 +169,9 @@ def _go_float(value: Any) -> str:
     text = _go_floats.get(value)
     if text is not None:
         return text
+    if value == 0:  # 0.0 and -0.0 are one key: never remembered
+        return "-0.0" if math.copysign(1.0, value) < 0 else "0.0"
     d = float(value)
-    if d == 0.0:
-        return repr(d)  # 0.0 and -0.0 are one key: never remembered
     text = repr(d)
     if text[-1] in "nf" or (d > 0 and text.find(".") > 6):  # inf, nan; Go's exponent form
         text = floatToGoString(d)
@@ -368,6 +370,9 @@ def _line_function(
     return line
 
 
+_first = operator.itemgetter(0)  # a row's label values
+
+
 def _escaped(values: tuple[str, ...]) -> tuple[str, ...]:
     joined = "".join(values)
     if "\\" not in joined and "\n" not in joined and '"' not in joined:
@@ -378,7 +383,7 @@ def _escaped(values: tuple[str, ...]) -> tuple[str, ...]:
 def _escaped_rows(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """The rows with their label values escaped; the same list when none needs it (nearly
     always: one test over the segment instead of three per value)."""
-    joined = "".join(["".join(row[0]) for row in rows])
+    joined = "".join(map("".join, map(_first, rows)))
     if "\\" not in joined and "\n" not in joined and '"' not in joined:
         return rows
     return [(tuple(_escape_value(v) for v in row[0]), *row[1:]) for row in rows]
@@ -402,7 +407,7 @@ def _render_rows(
         if (names, len(raw_base)) != shape:  # the next target's segment: most often the same
             shape = (names, len(raw_base))
             lines, width = _segment_lines(base_name, kind, names, len(raw_base), name_of, escaping)
-        if any(len(row[0]) != width for row in raw_rows):
+        if raw_rows and set(map(len, map(_first, raw_rows))) != {width}:
             raise _Unsupported  # zip() would drop some
         base, rows = _escaped(raw_base), _escaped_rows(raw_rows)
         if kind == "gaugehistogram":

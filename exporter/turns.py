@@ -18,8 +18,7 @@ holder of the turn asks for.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 
 
 class Turns:
@@ -29,34 +28,63 @@ class Turns:
         self._lock = threading.Lock()
         self._holder = threading.local()
 
-    @contextmanager
-    def taken(self) -> Iterator[None]:
+    def taken(self) -> AbstractContextManager[None]:
         """Hold the turn for the work inside (waiting for it first)."""
-        if getattr(self._holder, "held", False):
-            yield
-            return
-        self._lock.acquire()
-        self._holder.held = True
-        try:
-            yield
-        finally:
-            self._holder.held = False
-            self._lock.release()
+        return _Taken(self)
 
-    @contextmanager
-    def given_up(self) -> Iterator[None]:
+    def given_up(self) -> AbstractContextManager[None]:
         """Let another thread have the turn while this one waits (if it holds the turn), and
         take it back after."""
-        if not getattr(self._holder, "held", False):
-            yield
-            return
+        return _GivenUp(self)
+
+    def _holds(self) -> bool:
+        return getattr(self._holder, "held", False)
+
+    def _take(self) -> None:
+        self._lock.acquire()
+        self._holder.held = True
+
+    def _give(self) -> None:
         self._holder.held = False
         self._lock.release()
-        try:
-            yield
-        finally:
-            self._lock.acquire()
-            self._holder.held = True
+
+
+# Context managers as classes, not @contextmanager generators: a target run passes through
+# one for every statement it waits for.
+
+
+class _Taken:
+    __slots__ = ("_took", "_turns")
+
+    def __init__(self, turns: Turns) -> None:
+        self._turns = turns
+        self._took = False
+
+    def __enter__(self) -> None:
+        if not self._turns._holds():
+            self._turns._take()
+            self._took = True
+
+    def __exit__(self, *exc: object) -> None:
+        if self._took:
+            self._turns._give()
+
+
+class _GivenUp:
+    __slots__ = ("_gave", "_turns")
+
+    def __init__(self, turns: Turns) -> None:
+        self._turns = turns
+        self._gave = False
+
+    def __enter__(self) -> None:
+        if self._turns._holds():
+            self._turns._give()
+            self._gave = True
+
+    def __exit__(self, *exc: object) -> None:
+        if self._gave:
+            self._turns._take()
 
 
 SCRAPES = Turns()

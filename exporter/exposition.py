@@ -159,7 +159,8 @@ def _forget_gone_series(
         cache.clear()
 
 
-# value -> its text: counts and settings repeat across series and scrapes (0.0, 1.0, ...).
+# value -> its text, for integral values: counts and settings repeat across series and scrapes
+# (1.0, 100.0, ...); a remembered age or duration would only push them out.
 _go_floats: dict[Any, str] = {}
 
 
@@ -175,9 +176,10 @@ def _go_float(value: Any) -> str:
     text = repr(d)
     if text[-1] in "nf" or (d > 0 and text.find(".") > 6):  # inf, nan; Go's exponent form
         text = floatToGoString(d)
-    if len(_go_floats) >= 16384:
-        _go_floats.clear()
-    _go_floats[value] = text
+    if d.is_integer():  # counts and settings come back; ages and durations hardly ever
+        if len(_go_floats) >= 16384:
+            _go_floats.clear()
+        _go_floats[value] = text
     return text
 
 

@@ -114,29 +114,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         collections = _Collections()
         for _ in range(args.rounds):
             pause = contextlib.nullcontext() if args.gc_on else ANSWERS.during()
-            pause.__enter__()
-            if profiler:
-                profiler.enable()
-            t0 = time.process_time()
-            if args.serial:
-                end = time.monotonic() + 10.0
-                results = [t.scrape(end) for t in scraper.targets]
-            else:
-                results = scraper.scrape(10.0)
-            t1 = time.process_time()
-            families = list(target_families(results)) + list(self_families(scraper, results))
-            t2 = time.process_time()
-            body = encoder(_Families(families))  # type: ignore[arg-type]
-            t3 = time.process_time()
-            size = len(gzip.compress(body, compresslevel=1))
-            t4 = time.process_time()
-            if profiler:
-                profiler.disable()
-            for name, took in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
-                phases[name].append(took)
-            assert sum(r.up for r in results) == args.targets
-            del results, families, body  # as the exporter's answer, before the pause ends
-            pause.__exit__(None, None, None)
+            with pause:  # as the exporter answers, and until the answer is gone
+                if profiler:
+                    profiler.enable()
+                t0 = time.process_time()
+                if args.serial:
+                    end = time.monotonic() + 10.0
+                    results = [t.scrape(end) for t in scraper.targets]
+                else:
+                    results = scraper.scrape(10.0)
+                t1 = time.process_time()
+                families = list(target_families(results)) + list(self_families(scraper, results))
+                t2 = time.process_time()
+                body = encoder(_Families(families))  # type: ignore[arg-type]
+                t3 = time.process_time()
+                size = len(gzip.compress(body, compresslevel=1))
+                t4 = time.process_time()
+                if profiler:
+                    profiler.disable()
+                for name, took in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+                    phases[name].append(took)
+                assert sum(r.up for r in results) == args.targets
+                del results, families, body
+        count, seconds = collections.count, collections.seconds
         unreachable = collections.collected + gc.collect()
         _ = collector
         if profiler:
@@ -151,8 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  total     median {statistics.median(total):.3f} s  ({per:.2f} ms/target)")
         print(
             f"  garbage collector {'on' if args.gc_on else 'paused'}: "
-            f"{collections.count / args.rounds:.1f} collections a round, "
-            f"{1000 * collections.seconds / args.rounds / args.targets:.2f} ms/target; "
+            f"{count / args.rounds:.1f} collections a round, "
+            f"{1000 * seconds / args.rounds / args.targets:.2f} ms/target; "
             f"{unreachable} unreachable objects found in the rounds and after them"
         )
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

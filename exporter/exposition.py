@@ -246,23 +246,34 @@ class _Written:
     def __init__(self, gzipped: bool = False) -> None:
         self.chunks: list[bytes] = []
         self.lines = 0
-        # wbits 31: the gzip container, as gzip.compress writes it (but for its mtime).
-        self._gzip = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31) if gzipped else None
+        self._gzipped = gzipped
+        # Made at the first batch: a body of one batch (one target's) is compressed in one call,
+        # holding the compressor's ~300 KB only meanwhile, as gzip.compress does.
+        self._gzip: Any = None
 
     def take(self, out: list[str]) -> None:
         if len(out) >= self.BATCH:
             self.lines += len(out)
-            self._add("".join(out).encode("utf-8"))
+            chunk = "".join(out).encode("utf-8")
             out.clear()
-
-    def _add(self, chunk: bytes) -> None:
-        self.chunks.append(self._gzip.compress(chunk) if self._gzip else chunk)
+            if self._gzipped and self._gzip is None:
+                # wbits 31: the gzip container, as gzip.compress writes it (but for its mtime).
+                self._gzip = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, _GZIP_WBITS)
+            self.chunks.append(self._gzip.compress(chunk) if self._gzipped else chunk)
 
     def end(self, out: list[str]) -> bytes:
-        self._add("".join(out).encode("utf-8"))
-        if self._gzip:
+        chunk = "".join(out).encode("utf-8")
+        if not self._gzipped:
+            self.chunks.append(chunk)
+        elif self._gzip is None:
+            self.chunks.append(zlib.compress(chunk, GZIP_LEVEL, _GZIP_WBITS))
+        else:
+            self.chunks.append(self._gzip.compress(chunk))
             self.chunks.append(self._gzip.flush())
         return b"".join(self.chunks)
+
+
+_GZIP_WBITS = 31
 
 
 def _text(registry: Collector, escaping: str, library: Encoder, gzipped: bool = False) -> bytes:

@@ -2,9 +2,9 @@
 
 A scrape round makes a few hundred container objects a target (rows, samples, families, lines:
 some 300,000 at 1,000 targets) that live until the body is written, and no reference cycles
-(benchmarks/fleet_profile.py --gc counts what a collection after a round finds: nothing).
-With the collector on, those objects set off some 80 young and several whole-heap collections
-a round that free nothing: at 1,000 targets a quarter of the round's CPU. Paused, reference
+(benchmarks/fleet_profile.py counts what the collections find: nothing). With the collector
+on, those objects set off some 90 collections a round that free nothing: in process, at 240
+targets, 0.26-0.38 ms of a target's 1.8-2.2 ms of CPU (docs/benchmarks.md). Paused, reference
 counting frees everything as before. The collector runs again as soon as no answer is being
 made, and overlapping answers never keep it off longer than MAX_PAUSE, so that cycles made
 meanwhile by anything else wait at most that long.

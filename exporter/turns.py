@@ -4,7 +4,7 @@ Only one thread runs Python at a time anyway (the GIL), but 32 scrape threads al
 the GIL at once is costly: each of them wakes every few milliseconds to ask the holder to drop
 it, and every short call that lets go of the GIL (psycopg's send and is_busy, libpq's poll)
 hands it to another thread, which the caller then waits to get back. At 1,000 targets that
-churn cost a tenth of a scrape round's CPU (docs/benchmarks.md). A run holds the scrape turn
+churn cost about a tenth of a scrape round's CPU (docs/benchmarks.md). A run holds the scrape turn
 while it works on its results and gives it up while it waits for the server (statements.py),
 so the threads that have work queue on one plain lock, and the GIL, asked for by one scrape
 thread at a time, changes hands only when the work does.

@@ -270,14 +270,15 @@ def test_a_body_encoded_in_batches_is_the_same_body(accept: str | None, monkeypa
 
 @pytest.mark.parametrize("accept", ACCEPT)
 def test_a_gzipped_body_is_the_librarys_body_gzipped(accept: str | None) -> None:
-    """Compressed batch by batch as encoded (three batches of lines here): the same bytes once
-    decompressed, for the fast path and for what goes to the library's encoder."""
+    """Compressed batch by batch as encoded (three batches of lines here), or in one call
+    (one batch): the same bytes once decompressed, for the fast path and for what goes to the
+    library's encoder."""
     many = families.new_family("gauge", "many", "Many series.", ["target", "i"])
     for i in range(2 * exposition._Written.BATCH + 10):
         many.add_rows(("target", "i"), [((str(i),), float(i % 7))], ("t1",))
     with_exemplar = CounterMetricFamily("ex", "Exemplar.", labels=["l"])
     with_exemplar.add_metric(["v"], 1, exemplar=Exemplar({"trace_id": "abc"}, 0.5))
-    for metrics in ([many, *_families()], [with_exemplar]):
+    for metrics in ([many, *_families()], [*_families()], [with_exemplar]):
         expected = _same_as_library(metrics, accept)
         encoder, _ = exposition.choose_encoder(accept)
         body = exposition.encode(encoder, exposition._Collected(metrics), gzipped=True)

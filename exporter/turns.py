@@ -30,61 +30,44 @@ class Turns:
 
     def taken(self) -> AbstractContextManager[None]:
         """Hold the turn for the work inside (waiting for it first)."""
-        return _Taken(self)
+        return _Holding(self, True)
 
     def given_up(self) -> AbstractContextManager[None]:
         """Let another thread have the turn while this one waits (if it holds the turn), and
         take it back after."""
-        return _GivenUp(self)
+        return _Holding(self, False)
 
     def _holds(self) -> bool:
         return getattr(self._holder, "held", False)
 
-    def _take(self) -> None:
-        self._lock.acquire()
-        self._holder.held = True
-
-    def _give(self) -> None:
-        self._holder.held = False
-        self._lock.release()
-
-
-# Context managers as classes, not @contextmanager generators: a target run passes through
-# one for every statement it waits for.
+    def _set(self, held: bool) -> None:
+        if held:
+            self._lock.acquire()
+            self._holder.held = True
+        else:
+            self._holder.held = False
+            self._lock.release()
 
 
-class _Taken:
-    __slots__ = ("_took", "_turns")
+class _Holding:
+    """The turn held (or not) inside, as it was after: a class, not a @contextmanager
+    generator, as a target run passes through one for every statement it waits for."""
 
-    def __init__(self, turns: Turns) -> None:
+    __slots__ = ("_changed", "_held", "_turns")
+
+    def __init__(self, turns: Turns, held: bool) -> None:
         self._turns = turns
-        self._took = False
+        self._held = held
+        self._changed = False
 
     def __enter__(self) -> None:
-        if not self._turns._holds():
-            self._turns._take()
-            self._took = True
+        if self._turns._holds() != self._held:
+            self._turns._set(self._held)
+            self._changed = True
 
     def __exit__(self, *exc: object) -> None:
-        if self._took:
-            self._turns._give()
-
-
-class _GivenUp:
-    __slots__ = ("_gave", "_turns")
-
-    def __init__(self, turns: Turns) -> None:
-        self._turns = turns
-        self._gave = False
-
-    def __enter__(self) -> None:
-        if self._turns._holds():
-            self._turns._give()
-            self._gave = True
-
-    def __exit__(self, *exc: object) -> None:
-        if self._gave:
-            self._turns._take()
+        if self._changed:
+            self._turns._set(not self._held)
 
 
 SCRAPES = Turns()

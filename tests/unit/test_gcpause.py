@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -78,3 +79,34 @@ def test_left_off_if_someone_else_turned_it_off() -> None:
     with pause.during():
         assert not gc.isenabled()
     assert not gc.isenabled()
+
+
+def test_a_metrics_answer_is_made_with_the_collector_paused() -> None:
+    """The wiring: the exporter's own HTTP server answers /metrics with the collector off
+    (seen from inside the collection) and turns it on again after."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import GaugeMetricFamily
+
+    from exporter.webapp import WebApp, make_server, serve_in_thread
+
+    seen: list[bool] = []
+
+    class Watching:
+        def collect(self) -> Iterator[GaugeMetricFamily]:
+            seen.append(gc.isenabled())
+            yield GaugeMetricFamily("watched", "Collected.", value=1)
+
+    registry = CollectorRegistry()
+    registry.register(Watching())  # type: ignore[arg-type]
+    server = make_server(WebApp(registry, "/metrics", lambda: []), "127.0.0.1", 0)
+    serve_in_thread(server)
+    try:
+        port = server.server_address[1]
+        seen.clear()  # register() collected once to learn the names
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+            assert b"watched 1.0" in answer.read()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert seen == [False]
+    assert gc.isenabled()

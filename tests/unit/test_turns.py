@@ -7,6 +7,19 @@ import threading
 from exporter.turns import Turns
 
 
+def _taker(turns: Turns) -> tuple[threading.Thread, threading.Event]:
+    """A started thread that takes the turn, then sets the event (and gives it back)."""
+    got = threading.Event()
+
+    def take() -> None:
+        with turns.taken():
+            got.set()
+
+    thread = threading.Thread(target=take)
+    thread.start()
+    return thread, got
+
+
 def test_one_thread_holds_the_turn_at_a_time() -> None:
     turns = Turns()
     events: list[str] = []
@@ -45,14 +58,7 @@ def test_a_waiting_holder_lets_another_thread_work_and_gets_the_turn_back() -> N
             assert other_done.wait(10), "the turn was not given up"
         events.append("first works again")
         # Held again: another thread cannot get in now.
-        late_in = threading.Event()
-
-        def late() -> None:
-            with turns.taken():
-                late_in.set()
-
-        late_thread = threading.Thread(target=late)
-        late_thread.start()
+        late_thread, late_in = _taker(turns)
         assert not late_in.wait(0.2)
         events.append("first done")
     assert late_in.wait(10)
@@ -74,13 +80,6 @@ def test_taken_again_by_its_holder_and_given_up_by_a_non_holder_are_no_ops() -> 
     nesting.start()
     nesting.join(10)
     assert not nesting.is_alive(), "a holder taking the turn again waits for itself"
-    got = threading.Event()
-
-    def other() -> None:
-        with turns.taken():
-            got.set()
-
-    thread = threading.Thread(target=other)
-    thread.start()
+    thread, got = _taker(turns)
     assert got.wait(10), "the nested take left the turn held"
     thread.join(10)

@@ -2,21 +2,19 @@
 Prometheus exporter-toolkit (crypto/tls underneath) defines it.
 
 What the toolkit refuses is refused with its reason; what it accepts is honoured; what Python
-cannot honour is refused by name. Two client-certificate policies of Go's, asking for a
-certificate without verifying it (`RequestClientCert`, `RequireAnyClientCert`), have no
-`ssl` equivalent: they are set on OpenSSL directly (`_ask_for_unverified_certificates`),
-and refused by name on a Python where that cannot be done safely.
+cannot honour is refused by name: Go's two client-certificate policies that ask for a
+certificate without verifying it (`RequestClientCert`, `RequireAnyClientCert`) and more than
+one curve in `curve_preferences`, which Python's `ssl` module cannot set (reaching past it
+into OpenSSL's structures was tried and left out: a wrong guess there crashes the exporter).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import ipaddress
 import os
 import re
 import ssl
-import sys
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -215,12 +213,14 @@ def server_tls(
     context.set_ciphers(suites)
     if not tls.prefer_server_cipher_suites:
         context.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
-    if groups and not _set_groups(context, groups):
+    if len(groups) > 1:
         problems.append(
-            f"{where}.curve_preferences: more than one curve cannot be set with this Python's "
-            "ssl module; give one"
+            f"{where}.curve_preferences: more than one curve cannot be set with Python's ssl "
+            "module; give one"
         )
         return None
+    if groups:
+        context.set_ecdh_curve(groups[0])  # TLS 1.2 and 1.3 alike
     if not _load_key_pair(context, cert, key, where, problems):
         return None
     ask, require, verify = policy
@@ -234,10 +234,11 @@ def server_tls(
         context.verify_mode = ssl.CERT_REQUIRED if require else ssl.CERT_OPTIONAL
         if ca is None:  # no client CA: the system's trusted CAs, as Go does
             context.load_default_certs(ssl.Purpose.CLIENT_AUTH)
-    elif ask and not _ask_for_unverified_certificates(context, require):
+    elif ask:
         problems.append(
             f"{where}.client_auth_type: {tls.client_auth_type} (a client certificate asked "
-            "for but not verified) cannot be set with this Python's ssl module"
+            "for but not verified) cannot be set with Python's ssl module; use "
+            "RequireAndVerifyClientCert or VerifyClientCertIfGiven"
         )
         return None
     sans = None if tls.client_allowed_sans is None else frozenset(tls.client_allowed_sans)
@@ -319,71 +320,3 @@ def _no_password() -> bytes:
     """An encrypted key is refused (as Go's X509KeyPair does) instead of OpenSSL prompting
     for its password on the terminal."""
     raise ValueError("the private key is encrypted")
-
-
-# --- what Python's ssl module does not expose -------------------------------------------------
-
-_VerifyCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_void_p)
-_ACCEPT_ANY_CERTIFICATE = _VerifyCallback(lambda _ok, _store: 1)
-_SSL_VERIFY_PEER, _SSL_VERIFY_FAIL_IF_NO_PEER_CERT = 0x01, 0x02
-_SSL_CTRL_SET_GROUPS_LIST = 92
-
-
-def _libssl() -> ctypes.CDLL | None:
-    """The OpenSSL that Python's _ssl module uses (dlsym looks through its dependencies)."""
-    if sys.implementation.name != "cpython":
-        return None
-    try:
-        import _ssl
-
-        lib = ctypes.PyDLL(_ssl.__file__)
-        lib.SSL_CTX_get_verify_mode.argtypes = [ctypes.c_void_p]
-        lib.SSL_CTX_get_verify_mode.restype = ctypes.c_int
-        lib.SSL_CTX_set_verify.argtypes = [ctypes.c_void_p, ctypes.c_int, _VerifyCallback]
-        lib.SSL_CTX_set_verify.restype = None
-        lib.SSL_CTX_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_char_p]
-        lib.SSL_CTX_ctrl.restype = ctypes.c_long
-    except (ImportError, OSError, AttributeError):
-        return None
-    return lib
-
-
-def _ssl_ctx(context: ssl.SSLContext, lib: ctypes.CDLL) -> int | None:
-    """The SSL_CTX of `context`: CPython's SSLContext object holds it right after the object
-    header. Checked before use: its verify mode must follow `context.verify_mode`."""
-    address = ctypes.c_void_p.from_address(id(context) + object.__basicsize__).value
-    if not address:
-        return None
-    saved = context.verify_mode
-    try:
-        for mode, expected in ((ssl.CERT_OPTIONAL, 0x01), (ssl.CERT_NONE, 0x00)):
-            context.verify_mode = mode
-            if lib.SSL_CTX_get_verify_mode(address) != expected:
-                return None
-    finally:
-        context.verify_mode = saved
-    return address
-
-
-def _ask_for_unverified_certificates(context: ssl.SSLContext, require: bool) -> bool:
-    """Go's RequestClientCert / RequireAnyClientCert: ask for (or require) a client
-    certificate and accept any, verified or not. False where this cannot be done."""
-    lib = _libssl()
-    address = _ssl_ctx(context, lib) if lib is not None else None
-    if lib is None or address is None:
-        return False
-    mode = _SSL_VERIFY_PEER | (_SSL_VERIFY_FAIL_IF_NO_PEER_CERT if require else 0)
-    lib.SSL_CTX_set_verify(address, mode, _ACCEPT_ANY_CERTIFICATE)
-    return True
-
-
-def _set_groups(context: ssl.SSLContext, groups: list[str]) -> bool:
-    """curve_preferences: the key exchange groups, in order (TLS 1.2 and 1.3 alike)."""
-    if len(groups) == 1:
-        context.set_ecdh_curve(groups[0])
-        return True
-    lib = _libssl()
-    address = _ssl_ctx(context, lib) if lib is not None else None
-    if lib is None or address is None:
-        return False
-    return lib.SSL_CTX_ctrl(address, _SSL_CTRL_SET_GROUPS_LIST, 0, ":".join(groups).encode()) == 1

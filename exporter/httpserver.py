@@ -134,13 +134,16 @@ class BoundedHTTPServer:
         handler: type[BaseHTTPRequestHandler],
         limits: HTTPLimits,
         ssl_context: Callable[[], ssl.SSLContext | None] | None = None,
+        refuses_peer: Callable[[ssl.SSLSocket], str | None] | None = None,
     ) -> None:
         """`ssl_context` gives the context for each new connection (None: plain HTTP), so a
-        rotated certificate applies from the next handshake."""
+        rotated certificate applies from the next handshake; `refuses_peer` says why a client
+        that completed its handshake is turned away (its certificate's SANs), or None."""
         self.handler = handler
         self.limits = limits
         self.max_connections = _connection_cap(limits.max_connections)
         self._ssl_context = ssl_context
+        self._refuses_peer = refuses_peer
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.socket = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -306,6 +309,11 @@ class BoundedHTTPServer:
             self._close(conn)
             return
         conn.handshaking = False
+        refused = self._refuses_peer(conn.sock) if self._refuses_peer is not None else None
+        if refused is not None:
+            log.debug("tls client refused", extra={"client": conn.address[0], "reason": refused})
+            self._close(conn)
+            return
         self._selector.modify(conn.sock, selectors.EVENT_READ, conn)
         self._readable(conn, selectors.EVENT_READ)  # data may already wait in the TLS buffer
 

@@ -82,6 +82,7 @@ def make_server(
         Handler,
         limits or HTTPLimits(),
         (lambda: app.web_config.ssl_context) if tls else None,
+        (lambda sock: app.web_config.refuses_peer(sock)) if tls else None,
     )
 
 
@@ -103,7 +104,7 @@ class _Handler(BaseHTTPRequestHandler):
     wbufsize = 1 << 14
 
     def do_GET(self) -> None:
-        if not self._authorized():
+        if not self._admitted():
             return
         url = urlsplit(self.path)
         path = url.path
@@ -122,7 +123,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self._discard_body()
-        if not self._authorized():
+        if not self._admitted():
             return
         if urlsplit(self.path).path != "/-/reload" or self.web.reload is None:
             self._send(404, "text/plain; charset=utf-8", b"not found\n")
@@ -147,6 +148,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.rfile.read(length)
         elif length != 0:
             self.close_connection = True
+
+    def _admitted(self) -> bool:
+        """The web config's rate limit (429), then its basic auth (401), as exporter-toolkit
+        orders them; the answer has been sent when False."""
+        limiter = self.web.web_config.limiter
+        if limiter is not None and not limiter.allow():
+            self._send(429, "text/plain; charset=utf-8", b"Too Many Requests\n")
+            return False
+        return self._authorized()
 
     def _authorized(self) -> bool:
         """Basic auth, when the web config asks for it; a 401 has been sent when False."""

@@ -10,67 +10,122 @@ without a restart: rotated certificates and new users take effect as requests ar
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import os
+import re
 import ssl
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any
 
 import bcrypt
-from pydantic import Field, ValidationError, model_validator
+from pydantic import BeforeValidator, Field, ValidationError
 
 from exporter.config import ConfigError, StrictModel, validation_problems
 from exporter.safeyaml import load_yaml_file
+from exporter.webtls import ServerTLS, TLSServerConfig, server_tls
 
 log = logging.getLogger(__name__)
 
-_TLS_VERSIONS = {
-    "TLS10": ssl.TLSVersion.TLSv1,
-    "TLS11": ssl.TLSVersion.TLSv1_1,
-    "TLS12": ssl.TLSVersion.TLSv1_2,
-    "TLS13": ssl.TLSVersion.TLSv1_3,
-}
-_CLIENT_AUTH = {
-    "NoClientCert": ssl.CERT_NONE,
-    "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
-    "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
-}
-TLSVersion = Literal["TLS10", "TLS11", "TLS12", "TLS13"]
 # A web config is a few lines: anything near this is a wrong path.
 MAX_WEB_CONFIG_BYTES = 1 << 20
+# The only response headers the toolkit lets a web config set, with their allowed values
+# (None: any). It refuses any other header, and any other value of an enumerated one.
+TOOLKIT_HEADERS: dict[str, tuple[str, ...] | None] = {
+    "Strict-Transport-Security": None,
+    "X-Content-Type-Options": ("nosniff",),
+    "X-Frame-Options": ("deny", "sameorigin"),
+    "X-XSS-Protection": None,
+    "Content-Security-Policy": None,
+}
 
 
-class TLSServerConfig(StrictModel):
-    cert_file: Path
-    key_file: Path
-    client_auth_type: Literal[
-        "NoClientCert", "VerifyClientCertIfGiven", "RequireAndVerifyClientCert"
-    ] = "NoClientCert"
-    client_ca_file: Path | None = None
-    min_version: TLSVersion = "TLS12"
-    max_version: TLSVersion = "TLS13"
+def _go_string(value: Any) -> Any:
+    """A YAML scalar read into a Go string: `X-XSS-Protection: 1` is "1", a null is ""."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return value
 
-    @model_validator(mode="after")
-    def _consistent(self) -> TLSServerConfig:
-        if self.client_auth_type != "NoClientCert" and self.client_ca_file is None:
-            raise ValueError(f"client_auth_type {self.client_auth_type} needs client_ca_file")
-        if _TLS_VERSIONS[self.min_version] > _TLS_VERSIONS[self.max_version]:
-            raise ValueError("min_version is above max_version")
-        return self
+
+GoString = Annotated[str, BeforeValidator(_go_string)]
 
 
 class HTTPServerConfig(StrictModel):
-    headers: dict[str, str] = {}
-    http2: bool = True  # accepted for compatibility; this server speaks HTTP/1.1 only
+    headers: dict[str, GoString] | None = None
+    # HTTP/2 is offered only over TLS, and only by Go: this server speaks HTTP/1.1 (what a
+    # client falls back to). The setting still decides what cipher_suites must hold.
+    http2: bool = True
+
+
+class RateLimitConfig(StrictModel):
+    interval: Any = 0
+    burst: int = 0
 
 
 class WebConfigFile(StrictModel):
     tls_server_config: TLSServerConfig | None = None
     http_server_config: HTTPServerConfig = HTTPServerConfig()
-    basic_auth_users: dict[str, str] = Field(default_factory=dict)
+    rate_limit: RateLimitConfig | None = None
+    basic_auth_users: dict[str, GoString] | None = Field(default=None)
+
+
+class RateLimiter:
+    """The toolkit's rate_limit: a token bucket (golang.org/x/time/rate) of `burst` tokens,
+    one more every `interval`, starting full; a request without a token gets 429."""
+
+    def __init__(self, interval: float, burst: int) -> None:
+        self.interval = interval
+        self.burst = burst
+        self._tokens = float(burst)
+        self._last = time.monotonic()
+        self._lock = threading.Lock()
+
+    def allow(self) -> bool:
+        if self.interval <= 0:  # Go's rate.Every of a negative interval: no limit
+            return True
+        with self._lock:
+            now = time.monotonic()
+            elapsed, self._last = now - self._last, now
+            self._tokens = min(float(self.burst), self._tokens + elapsed / self.interval)
+            if self._tokens >= 1:
+                self._tokens -= 1
+                return True
+            return False
+
+
+_GO_DURATION = re.compile(r"([0-9]*(?:\.[0-9]*)?)(ns|us|µs|μs|ms|s|m|h)")
+_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+
+
+def go_duration(value: Any) -> float:
+    """Seconds from a Go duration as yaml.v2 reads one: a string such as `1m30s` or `500ms`
+    (time.ParseDuration), or an integer of nanoseconds. Raises ValueError."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value * 1e-9
+    if not isinstance(value, str):
+        raise ValueError(f"time: invalid duration {value!r}")
+    text = value
+    sign = -1 if text.startswith("-") else 1
+    text = text[1:] if text[:1] in ("+", "-") else text
+    if text == "0":
+        return 0.0
+    seconds, at = 0.0, 0
+    while at < len(text):
+        match = _GO_DURATION.match(text, at)
+        if match is None or match.group(1) in ("", "."):
+            raise ValueError(f"time: invalid duration {json.dumps(value)}")
+        seconds += float(match.group(1)) * _GO_UNITS[match.group(2)]
+        at = match.end()
+    if not text:
+        raise ValueError(f"time: invalid duration {json.dumps(value)}")
+    return sign * seconds
 
 
 @dataclass
@@ -108,20 +163,30 @@ _DUMMY_HASH = bcrypt.hashpw(b"not a password", bcrypt.gensalt(rounds=10))
 
 @dataclass(frozen=True)
 class WebConfig:
-    """What the HTTP server enforces: TLS (a ready context) and basic auth, plus headers."""
+    """What the HTTP server enforces: TLS, basic auth, the rate limit, the headers."""
 
-    ssl_context: ssl.SSLContext | None = None
+    tls: ServerTLS | None = None
     auth: BasicAuth | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    limiter: RateLimiter | None = None
     # What it was read from: the web config file, then the TLS files it names.
     files: tuple[Path, ...] = ()
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext | None:
+        return self.tls.context if self.tls is not None else None
+
+    def refuses_peer(self, sock: ssl.SSLSocket) -> str | None:
+        """Why a client that completed its TLS handshake is turned away, or None."""
+        return self.tls.refuses(sock) if self.tls is not None else None
 
 
 NO_WEB_CONFIG = WebConfig()  # without --web.config.file: plain HTTP, no auth
 
 
-def load_web_config(path: str) -> WebConfig:
-    """Read and check a web config file; one `ConfigError` names every problem."""
+def load_web_config(path: str, previous: WebConfig | None = None) -> WebConfig:
+    """Read and check a web config file; one `ConfigError` names every problem. The rate
+    limiter of `previous` is kept when the limit is unchanged (its bucket is not refilled)."""
     source = str(path)
     data = load_yaml_file(path, source, MAX_WEB_CONFIG_BYTES) or {}
     if not isinstance(data, dict):
@@ -132,25 +197,83 @@ def load_web_config(path: str) -> WebConfig:
         raise ConfigError(validation_problems(err, source)) from None
     problems: list[str] = []
     users: dict[str, bytes] = {}
-    for user, hashed in spec.basic_auth_users.items():
-        if not hashed.startswith(("$2a$", "$2b$", "$2y$")):
-            problems.append(f"{source}: basic_auth_users.{user}: not a bcrypt hash")
+    for user, hashed in (spec.basic_auth_users or {}).items():
+        reason = bcrypt_hash_problem(hashed)
+        if reason is not None:
+            problems.append(f"{source}: basic_auth_users.{user}: {reason}")
         else:
             users[user] = hashed.encode()
-    context = None
-    if spec.tls_server_config is not None:
-        context = _ssl_context(spec.tls_server_config, source, problems)
+    headers = spec.http_server_config.headers or {}
+    for name, value in headers.items():
+        allowed = TOOLKIT_HEADERS.get(name, ())
+        if allowed == ():
+            problems.append(
+                f"{source}: http_server_config.headers: HTTP header {json.dumps(name)} can not "
+                f"be configured (only {', '.join(TOOLKIT_HEADERS)})"
+            )
+        elif allowed is not None and value not in allowed:
+            problems.append(
+                f"{source}: http_server_config.headers: invalid value for {name}. Expected "
+                f"one of: [{' '.join(json.dumps(v) for v in allowed)}], but got: "
+                f"{json.dumps(value)}"
+            )
+    limiter = _rate_limiter(spec.rate_limit, source, problems, previous)
+    tls = None
+    if (tls_spec := spec.tls_server_config) is not None:
+        where = f"{source}: tls_server_config"
+        if tls_spec.enabled():
+            base = Path(path).parent
+            tls = server_tls(tls_spec, base, spec.http_server_config.http2, where, problems)
+        elif tls_spec.model_fields_set:
+            problems.append(
+                f"{where}: missing one of cert or cert_file (without a certificate, key, "
+                "client CA or client_auth_type, exporter-toolkit would serve plain HTTP and "
+                "ignore the other TLS settings)"
+            )
     if problems:
         raise ConfigError(problems)
     auth = BasicAuth(users) if users else None
-    files = [Path(path)]
-    if (tls := spec.tls_server_config) is not None:
-        files += [
-            tls.cert_file,
-            tls.key_file,
-            *([tls.client_ca_file] if tls.client_ca_file else []),
-        ]
-    return WebConfig(context, auth, dict(spec.http_server_config.headers), tuple(files))
+    files = (Path(path), *(tls.files if tls is not None else ()))
+    return WebConfig(tls, auth, dict(headers), limiter, files)
+
+
+def bcrypt_hash_problem(hashed: str) -> str | None:
+    """What Go's bcrypt.Cost (the toolkit's check of basic_auth_users) refuses in a hash, in
+    its words; None for a hash it takes. The hash itself is never quoted: it may be a
+    password written where its hash belongs."""
+    raw = hashed.encode()
+    if len(raw) < 59:
+        return "crypto/bcrypt: hashedSecret too short to be a bcrypted password"
+    if raw[:1] != b"$":
+        return "crypto/bcrypt: bcrypt hashes must start with '$'"
+    if raw[1:2] > b"2":
+        return "crypto/bcrypt: bcrypt algorithm version requested is newer than current version '2'"
+    at = 3 if raw[2:3] == b"$" else 4
+    digits = raw[at : at + 2].decode("ascii", "replace")
+    if not (digits.isascii() and digits.lstrip("+-").isdigit()):
+        return "crypto/bcrypt: the cost is not a number"
+    cost = int(digits)
+    if not 4 <= cost <= 31:
+        return f"crypto/bcrypt: cost {cost} is outside allowed range (4,31)"
+    return None
+
+
+def _rate_limiter(
+    spec: RateLimitConfig | None, source: str, problems: list[str], previous: WebConfig | None
+) -> RateLimiter | None:
+    if spec is None:
+        return None
+    try:
+        interval = go_duration(spec.interval)
+    except ValueError as exc:
+        problems.append(f"{source}: rate_limit.interval: {exc}")
+        return None
+    if interval == 0:  # the toolkit's "no rate limiter"
+        return None
+    kept = previous.limiter if previous is not None else None
+    if kept is not None and (kept.interval, kept.burst) == (interval, spec.burst):
+        return kept
+    return RateLimiter(interval, spec.burst)
 
 
 class WatchedWebConfig:
@@ -193,7 +316,7 @@ class WatchedWebConfig:
         # Tried once per change: a refused one is tried again when the files change again.
         self._signature, self._changing = signature, None
         try:
-            new = load_web_config(self.path)
+            new = load_web_config(self.path, self._current)
         except ConfigError as exc:
             self._refuse("; ".join(exc.problems))
             return
@@ -225,29 +348,3 @@ def _signature(files: tuple[Path, ...]) -> tuple[tuple[int, int, int] | None, ..
         else:
             out.append((st.st_mtime_ns, st.st_size, st.st_ino))
     return tuple(out)
-
-
-def _ssl_context(tls: TLSServerConfig, source: str, problems: list[str]) -> ssl.SSLContext | None:
-    where = f"{source}: tls_server_config"
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = _TLS_VERSIONS[tls.min_version]
-    context.maximum_version = _TLS_VERSIONS[tls.max_version]
-    try:
-        context.load_cert_chain(tls.cert_file, tls.key_file)
-    except (OSError, ssl.SSLError) as exc:
-        problems.append(
-            f"{where}.cert_file: cannot load {tls.cert_file} with key {tls.key_file}: "
-            f"{getattr(exc, 'strerror', None) or exc}"
-        )
-        return None
-    context.verify_mode = _CLIENT_AUTH[tls.client_auth_type]
-    if tls.client_ca_file is not None:
-        try:
-            context.load_verify_locations(cafile=tls.client_ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            problems.append(
-                f"{where}.client_ca_file: cannot load {tls.client_ca_file}: "
-                f"{getattr(exc, 'strerror', None) or exc}"
-            )
-            return None
-    return context

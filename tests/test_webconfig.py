@@ -33,15 +33,19 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A CA, a server certificate for 127.0.0.1 and a client certificate, all signed by it."""
+    """A CA, a server certificate for 127.0.0.1 and a client certificate (with SANs of every
+    kind) signed by it; another CA and a client certificate of its; a self-signed client."""
     d = tmp_path_factory.mktemp("pki")
-    _openssl(
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
-        "-keyout", "ca.key", "-out", "ca.crt", cwd=d,
-    )  # fmt: skip
-    for name, ext in (
-        ("server", "subjectAltName=IP:127.0.0.1"),
-        ("client", "extendedKeyUsage=clientAuth"),
+    for ca in ("ca", "other-ca"):
+        _openssl(
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={ca}",
+            "-keyout", f"{ca}.key", "-out", f"{ca}.crt", cwd=d,
+        )  # fmt: skip
+    client_sans = "DNS:scraper.example,email:ops@example.com,URI:spiffe://example/scraper,IP:::1"
+    for name, ca, ext in (
+        ("server", "ca", "subjectAltName=IP:127.0.0.1"),
+        ("client", "ca", f"extendedKeyUsage=clientAuth\nsubjectAltName={client_sans}"),
+        ("other-client", "other-ca", "extendedKeyUsage=clientAuth"),
     ):
         _openssl(
             "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
@@ -49,10 +53,14 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
         )  # fmt: skip
         (d / f"{name}.ext").write_text(ext + "\n")
         _openssl(
-            "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
             "-CAcreateserial", "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.crt",
             cwd=d,
         )  # fmt: skip
+    _openssl(
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=self-signed",
+        "-keyout", "self-signed.key", "-out", "self-signed.crt", cwd=d,
+    )  # fmt: skip
     return d
 
 
@@ -260,18 +268,19 @@ def test_a_web_config_caught_half_written_is_never_taken(tmp_path: Path) -> None
     stayed the same from one look to the next."""
     hashed = bcrypt.hashpw(b"secret", bcrypt.gensalt(rounds=4)).decode()
     users = f"basic_auth_users:\n  prometheus: '{hashed}'\n"
-    path = _web_config(tmp_path, users + "http_server_config:\n  headers: {X-Version: '1'}\n")
+    csp = "http_server_config:\n  headers: {Content-Security-Policy: %s}\n"
+    path = _web_config(tmp_path, users + csp % "v1")
     watched = WatchedWebConfig(str(path))
     watched.CHECK_INTERVAL = 0  # look at every get(), as if a second had passed each time
 
-    path.write_text("http_server_config:\n  headers: {X-Version: '2'}\n")  # half written
+    path.write_text(csp % "v2")  # half written
     first = watched.get()
-    assert first.auth is not None and first.headers == {"X-Version": "1"}
-    path.write_text(users + "http_server_config:\n  headers: {X-Version: '2'}\n")  # done
+    assert first.auth is not None and first.headers == {"Content-Security-Policy": "v1"}
+    path.write_text(users + csp % "v2")  # done
     second = watched.get()  # changed again since the last look: still not taken
-    assert second.auth is not None and second.headers == {"X-Version": "1"}
+    assert second.auth is not None and second.headers == {"Content-Security-Policy": "v1"}
     third = watched.get()  # the same as at the last look: taken
-    assert third.auth is not None and third.headers == {"X-Version": "2"}
+    assert third.auth is not None and third.headers == {"Content-Security-Policy": "v2"}
     assert watched.last_change_loaded
 
 
@@ -279,13 +288,13 @@ def test_bad_web_config_names_every_problem(tmp_path: Path, capsys) -> None:
     path = _web_config(
         tmp_path,
         "tls_server_config:\n  cert_file: /nonexistent/server.crt\n  key_file: /nonexistent/k\n"
-        "  cipher_suites: [TLS_AES_128_GCM_SHA256]\n"
+        "  cipher_suite: [TLS_AES_128_GCM_SHA256]\n"
         "basic_auth_users:\n  prometheus: plaintext-password\n",
     )
     with pytest.raises(ConfigError) as err:
         load_web_config(str(path))
     assert err.value.problems == [
-        f"{path}: tls_server_config.cipher_suites: Extra inputs are not permitted"
+        f"{path}: tls_server_config.cipher_suite: Extra inputs are not permitted"
     ]
     path.write_text(
         "tls_server_config:\n  cert_file: /nonexistent/server.crt\n  key_file: /nonexistent/k\n"
@@ -293,10 +302,14 @@ def test_bad_web_config_names_every_problem(tmp_path: Path, capsys) -> None:
     )
     with pytest.raises(ConfigError) as err:
         load_web_config(str(path))
-    assert err.value.problems[0] == f"{path}: basic_auth_users.prometheus: not a bcrypt hash"
-    assert err.value.problems[1].startswith(
-        f"{path}: tls_server_config.cert_file: cannot load /nonexistent/server.crt"
-    )
+    assert err.value.problems == [
+        f"{path}: basic_auth_users.prometheus: "
+        "crypto/bcrypt: hashedSecret too short to be a bcrypted password",
+        f"{path}: tls_server_config: failed to read cert_file (/nonexistent/server.crt): "
+        "No such file or directory",
+        f"{path}: tls_server_config: failed to read key_file (/nonexistent/k): "
+        "No such file or directory",
+    ]
     # The command line: exit 2, the file and key named, no traceback, no password echoed.
     # Problems of both files at once.
     bad = tmp_path / "config.yml"
@@ -304,6 +317,6 @@ def test_bad_web_config_names_every_problem(tmp_path: Path, capsys) -> None:
     assert main(["--config.file", str(bad), "--web.config.file", str(path), "--check-config"]) == 2
     err_text = capsys.readouterr().err
     assert f"{bad}: targets: none: give targets, target_files or auth_modules" in err_text
-    assert f"{path}: basic_auth_users.prometheus: not a bcrypt hash" in err_text
+    assert f"{path}: basic_auth_users.prometheus: crypto/bcrypt: hashedSecret too short" in err_text
     assert "plaintext-password" not in err_text
     assert "Traceback" not in err_text

@@ -126,9 +126,10 @@ def test_slack_text_keeps_the_lines_in_a_code_block_and_links_the_runbook(
     tmp_path: Path,
 ) -> None:
     text = render("pgce.slack.text", tmp_path, NOTIFICATION)
+    in_slack = DESCRIPTION.replace(">", "&gt;")  # Slack reads a raw > as markup
     assert text.startswith(
         "*CRITICAL* PostgresConnectionsExhausted: PostgreSQL has no connection slot left for"
-        f" ordinary roles.\n```{DESCRIPTION}```\n<{RUNBOOKS}/PostgresConnectionsExhausted.md|"
+        f" ordinary roles.\n```{in_slack}```\n<{RUNBOOKS}/PostgresConnectionsExhausted.md|"
         "Runbook>\n\n*WARNING* PostgresLockPileUp"
     )
     assert text.endswith("\n\nRESOLVED PostgresConnectionsHigh: Slots are filling up.")

@@ -10,7 +10,7 @@ alerts/notifications.tmpl.)
 
 Characters a reader cannot see or that act on what displays them (C0 and C1 controls, DEL,
 bidirectional overrides and isolates, line and paragraph separators, lone surrogates) are
-shown as `\\xNN`, `\\uNNNN`: visible, and never raw.
+shown as `\\n`, `\\t`, `\\r`, `\\xNN`, `\\uNNNN`: visible, and never raw.
 """
 
 from __future__ import annotations
@@ -29,8 +29,14 @@ _LOGFMT_BARE = re.compile(r'[^\s="\\]+')
 _LOGFMT_KEY_BAD = re.compile(r"[^A-Za-z0-9_.:-]")
 
 
+_SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
 def _escape_char(match: re.Match[str]) -> str:
-    code = ord(match.group())
+    char = match.group()
+    if char in _SHORT:
+        return _SHORT[char]
+    code = ord(char)
     if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
         return f"\\x{code - 0xDC00:02x}"
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
@@ -57,7 +63,7 @@ def logfmt_value(value: Any) -> str:
     text = "" if value is None else str(value)
     if _LOGFMT_BARE.fullmatch(text) and not _UNSAFE.search(text):
         return text
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
     return f'"{visible(escaped)}"'
 
 

@@ -16,6 +16,7 @@ from exporter.config import (
     parse_duration,
     single_target_config,
 )
+from exporter.escaping import terminal
 from exporter.httpserver import HTTPLimits
 from exporter.logsetup import setup_logging
 from exporter.webconfig import WatchedWebConfig
@@ -180,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         host, port = parse_listen_address(args.listen_address)
         limits = http_limits(args)
     except ValueError as exc:
-        print(f"pg-connections-exporter: {exc}", file=sys.stderr)
+        print(terminal(f"pg-connections-exporter: {exc}"), file=sys.stderr)
         return EXIT_CONFIG
     if args.command == "demo":
         return demo(host, port, args.telemetry_path)
@@ -201,14 +202,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         for problem in problems:
-            print(f"  {problem}", file=sys.stderr)
+            print(f"  {terminal(problem)}", file=sys.stderr)
         return EXIT_CONFIG
     assert config is not None
     if args.check_config:
         print(
-            f"{config.source}: valid: {len(config.targets)} target(s), "
-            f"{len(config.queries)} queries"
-            + (f"; {args.web_config_file}: valid" if web_config else "")
+            terminal(
+                f"{config.source}: valid: {len(config.targets)} target(s), "
+                f"{len(config.queries)} queries"
+                + (f"; {args.web_config_file}: valid" if web_config else "")
+            )
         )
         return 0
     return serve(args, config, host, port, web_config, limits)
@@ -237,7 +240,9 @@ def serve(
         )
     except OSError as exc:
         print(
-            f"pg-connections-exporter: cannot listen on {args.listen_address}: {exc.strerror}",
+            terminal(
+                f"pg-connections-exporter: cannot listen on {args.listen_address}: {exc.strerror}"
+            ),
             file=sys.stderr,
         )
         return 1

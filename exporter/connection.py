@@ -39,6 +39,7 @@ import psycopg
 import psycopg.conninfo
 from psycopg.pq import TransactionStatus
 
+from exporter import lenienttext
 from exporter.config import Target
 from exporter.failures import classify
 from exporter.kinds import kind_of
@@ -121,6 +122,8 @@ class TargetConnection:
                 if key not in psycopg.conninfo.conninfo_to_dict(target.conninfo)
             },
             **self.kind.connect_options(),
+            # Names that are not UTF-8 must not fail a scrape (lenienttext.py).
+            "context": lenienttext.CONTEXT,
         }
         self._connect_kwargs = kwargs
         # Resolved once: the hot path asks these, not the kind.

@@ -9,7 +9,6 @@ servers get a one-line reason and a non-zero exit, never a traceback or a passwo
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -20,9 +19,11 @@ from typing import Any, TextIO
 import psycopg
 import psycopg.conninfo
 
+from exporter import lenienttext
 from exporter.config import ConfigError, load_config, parse_duration
 from exporter.diagnose import IDLE_STATES, Criteria, Report, analyze, gather
 from exporter.diagnose_text import render_text
+from exporter.escaping import json_text, terminal
 from exporter.failures import classify
 from exporter.kinds import kind_of
 from exporter.redact import describe_conninfo, scrub
@@ -132,11 +133,10 @@ def main(argv: Sequence[str], stdin: TextIO | None = None) -> int:
                 doc = {"target": source.name, **report.as_dict()}
                 if result is not None:
                     doc["terminated"] = result
-                json.dump(doc, sys.stdout, indent=2)
-                sys.stdout.write("\n")
+                sys.stdout.write(json_text(doc, indent=2) + "\n")
         return 0
     except DiagnoseError as exc:
-        print(f"pg-connections-exporter diagnose: {exc}", file=sys.stderr)
+        print(terminal(f"pg-connections-exporter diagnose: {exc}"), file=sys.stderr)
         return exc.code
 
 
@@ -234,6 +234,7 @@ def _connect(source: Source) -> psycopg.Connection[Any]:
             autocommit=True,
             application_name=APPLICATION_NAME,
             connect_timeout=max(1, round(source.connect_timeout)),
+            context=lenienttext.CONTEXT,  # names that are not UTF-8 must not fail the diagnosis
         )
     except psycopg.Error as exc:
         reason = classify(exc)

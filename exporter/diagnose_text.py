@@ -1,4 +1,8 @@
-"""The diagnosis as terminal text: the sections of the guide, biggest holders first."""
+"""The diagnosis as terminal text: the sections of the guide, biggest holders first.
+
+Every line goes through `escaping.terminal` as it is written out, and every table cell before
+the columns are measured: a name or query text can neither drive the terminal nor start a line.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from exporter.diagnose import Report, format_bytes, format_seconds, holder_cells, session_cells
+from exporter.escaping import terminal
 
 # Rows shown per list; the rest are counted ("... and 12 more"). JSON has them all.
 MAX_ROWS = 20
@@ -115,7 +120,7 @@ def render_text(report: Report, target: str, max_rows: int = MAX_ROWS) -> str:
         out += _sessions(candidates["sessions"], "state_seconds", "in state", max_rows)
         out.append("")
         out.append("To end them (each is re-checked when it runs), or run again with --terminate:")
-        out.append(candidates["statement"])
+        out += candidates["statement"].split("\n")  # pids and the operator's criteria only
     else:
         out.append("(none)")
 
@@ -146,7 +151,7 @@ def render_text(report: Report, target: str, max_rows: int = MAX_ROWS) -> str:
         out.append("(nothing stands out)")
     for rec in report.recommendations:
         out.append(f"- [{rec['section']}] {rec['text']}")
-    return "\n".join(out) + "\n"
+    return "".join(terminal(line) + "\n" for line in out)
 
 
 def _sessions(rows: Sequence[dict[str, Any]], age: str, age_title: str, max_rows: int) -> list[str]:
@@ -168,7 +173,7 @@ def _sessions(rows: Sequence[dict[str, Any]], age: str, age_title: str, max_rows
 def _table(header: list[str], rows: list[list[Any]], max_rows: int) -> list[str]:
     if not rows:
         return ["(none)"]
-    shown = [[str(c) for c in row] for row in rows[:max_rows]]
+    shown = [[terminal(c) for c in row] for row in rows[:max_rows]]
     widths = [max(len(h), *(len(row[i]) for row in shown)) for i, h in enumerate(header)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
     lines += [

@@ -1,12 +1,17 @@
-"""Logging in logfmt or JSON, one line per event, with the event's fields as keys."""
+"""Logging in logfmt or JSON, one line per event, with the event's fields as keys.
+
+Values (server errors naming roles and databases, target names, ...) go through the rules of
+`escaping`: a value can neither add a field nor start a line, nor reach a terminal raw.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
 from typing import Any
+
+from exporter.escaping import json_text, logfmt_key, logfmt_value
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -29,20 +34,12 @@ class LogfmtFormatter(logging.Formatter):
     """key=value pairs, quoted where needed: the Prometheus ecosystem's default."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return " ".join(f"{k}={_logfmt_value(v)}" for k, v in _fields(record).items())
+        return " ".join(f"{logfmt_key(k)}={logfmt_value(v)}" for k, v in _fields(record).items())
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(_fields(record), default=str)
-
-
-def _logfmt_value(value: Any) -> str:
-    text = str(value)
-    if text and not any(c in text for c in ' ="\\\n\t'):
-        return text
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return f'"{escaped}"'
+        return json_text(_fields(record))
 
 
 def setup_logging(level: str, fmt: str) -> None:

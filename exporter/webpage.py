@@ -3,11 +3,11 @@ Content-Security-Policy forbids both), readable on a phone, every value escaped.
 
 from __future__ import annotations
 
-import html
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from exporter import __version__
+from exporter.escaping import html_text
 
 HTML = "text/html; charset=utf-8"
 # Nothing but the page itself and its inline style; never cached (it shows live sessions).
@@ -39,11 +39,13 @@ vertical-align:middle}.bar i{display:block;height:100%;border-radius:3px;backgro
 .bar i.high{background:#e65100}.bar i.full{background:#b00020}
 pre{background:#fff;border:1px solid #ddd;padding:8px;overflow-x:auto;font-size:.85em}
 li{margin:.3em 0}
+.esc{color:#b00020;border:1px dotted #b00020;font-family:monospace;font-size:.9em}
 """
 
 
 def esc(value: Any) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
+    """Every value a page shows: HTML-escaped, controls and bidi overrides shown marked."""
+    return html_text(value)
 
 
 def page(title: str, body: str) -> bytes:

@@ -135,10 +135,26 @@ def _sel(job: str) -> str:
     )
 
 
+# A name other people chose (application, role, database, client, pool user) is shown bare
+# when it is made of these characters only, and otherwise Go-quoted (printf "%q": in double
+# quotes, with `\n`, `\x1b`, `\u202e`... for what is not printable), so that no newline or
+# control in it starts a line or reaches a reader raw, in any receiver. What Slack would read as
+# markup (`<!channel>`, backticks) is escaped by alerts/notifications.tmpl.
+BARE_NAME = "^[A-Za-z0-9_.:/@+-]+$"
+
+
+def shown(value: str) -> str:
+    """Go template text showing the name `value` (a template expression) as inert text."""
+    return (
+        f'{{{{ if match "{BARE_NAME}" {value} }}}}{{{{ {value} }}}}'
+        f'{{{{ else }}}}{{{{ printf "%q" {value} }}}}{{{{ end }}}}'
+    )
+
+
 def _name(sample: str, label: str) -> str:
     """A holder's name from the sample `sample` ("." or a variable); "(none)" when empty."""
     labels = ".Labels" if sample == "." else f"{sample}.Labels"
-    return f'{{{{ or (index {labels} "{label}") "(none)" }}}}'
+    return f'{{{{ with index {labels} "{label}" }}}}{shown(".")}{{{{ else }}}}(none){{{{ end }}}}'
 
 
 def _holders_line(title: str, metric: str, label: str, reclaimable: str, iit: bool) -> str:
@@ -380,7 +396,7 @@ def render_groups(t: Mapping[str, Any]) -> list[dict[str, Any]]:
     long_q = a["PostgresLongRunningQueries"]
     pgb_wait = a["PgBouncerClientsWaitingTooLong"]
     pgb_clients = a["PgBouncerClientConnectionsNearLimit"]
-    pool = "pool {{ $labels.database }}/{{ $labels.user }}"
+    pool = f"pool {shown('$labels.database')}/{shown('$labels.user')}"
     query_success = "pg_connections_exporter_query_success"
     critical_queries = "|".join(a["PostgresConnectionsExporterQueryFailing"]["critical_queries"])
 
@@ -598,7 +614,7 @@ def render_groups(t: Mapping[str, Any]) -> list[dict[str, Any]]:
             "warning",
             "A PostgreSQL database is close to its CONNECTION LIMIT.",
             f"""
-            {where}: database {{{{ $labels.datname }}}} uses
+            {where}: database {shown("$labels.datname")} uses
             {{{{ $value | humanizePercentage }}}} of its CONNECTION LIMIT (over
             {pct(db_near["ratio"])}).
             """,
@@ -609,8 +625,9 @@ def render_groups(t: Mapping[str, Any]) -> list[dict[str, Any]]:
             "warning",
             "A PostgreSQL role is close to its CONNECTION LIMIT.",
             f"""
-            {where}: role {{{{ $labels.rolname }}}} uses {{{{ $value | humanizePercentage }}}}
-            of its CONNECTION LIMIT (over {pct(role_near["ratio"])}).
+            {where}: role {shown("$labels.rolname")} uses
+            {{{{ $value | humanizePercentage }}}} of its CONNECTION LIMIT (over
+            {pct(role_near["ratio"])}).
             """,
         ),
         alert(

@@ -5,15 +5,18 @@ reads. The end-to-end run through a real Alertmanager is in tests/test_alerts_e2
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import require_program
-from tests.helpers import REPO
+from tests.helpers import REPO, load_render_alerts
 
 TEMPLATES = REPO / "alerts" / "notifications.tmpl"
 RUNBOOKS = "https://example.org/runbooks"
@@ -70,6 +73,11 @@ NOTIFICATION: dict[str, Any] = {
 
 
 def render(template: str, tmp_path: Path, data: dict[str, Any], kind: str = "text") -> str:
+    return render_text(f"{{{{ template {json.dumps(template)} . }}}}", tmp_path, data, kind)
+
+
+def render_text(text: str, tmp_path: Path, data: dict[str, Any], kind: str = "text") -> str:
+    """`text` (a template over the templates of notifications.tmpl) rendered by amtool."""
     amtool = require_program("amtool")
     data_file = tmp_path / "data.json"
     data_file.write_text(json.dumps(data))
@@ -79,7 +87,7 @@ def render(template: str, tmp_path: Path, data: dict[str, Any], kind: str = "tex
             "template",
             "render",
             f"--template.glob={TEMPLATES}",
-            f"--template.text={{{{ template {json.dumps(template)} . }}}}",
+            f"--template.text={text}",
             f"--template.type={kind}",
             f"--template.data={data_file}",
         ],
@@ -126,9 +134,10 @@ def test_slack_text_keeps_the_lines_in_a_code_block_and_links_the_runbook(
     tmp_path: Path,
 ) -> None:
     text = render("pgce.slack.text", tmp_path, NOTIFICATION)
+    in_slack = DESCRIPTION.replace(">", "&gt;")  # Slack reads a raw > as markup
     assert text.startswith(
         "*CRITICAL* PostgresConnectionsExhausted: PostgreSQL has no connection slot left for"
-        f" ordinary roles.\n```{DESCRIPTION}```\n<{RUNBOOKS}/PostgresConnectionsExhausted.md|"
+        f" ordinary roles.\n```{in_slack}```\n<{RUNBOOKS}/PostgresConnectionsExhausted.md|"
         "Runbook>\n\n*WARNING* PostgresLockPileUp"
     )
     assert text.endswith("\n\nRESOLVED PostgresConnectionsHigh: Slots are filling up.")
@@ -162,3 +171,77 @@ def test_a_resolved_only_notification_says_what_resolved(template: str, tmp_path
     assert render(template, tmp_path, data) == (
         "RESOLVED PostgresConnectionsHigh: Slots are filling up."
     )
+
+
+# --- the escaping rules of the templates and the rules, over arbitrary strings -----------------
+
+# Label values are UTF-8 (no lone surrogates); the record separator splits amtool's output.
+SEP = "\x1e"
+NAMES = st.lists(
+    st.text(
+        st.one_of(
+            st.characters(blacklist_categories=("Cs",), blacklist_characters=SEP),
+            st.sampled_from(list("\n\r\t\x1b\x07\x7f\x85\x9b\u202e\u2066`<>&\"'\\!@ ")),
+        )
+    ),
+    min_size=1,
+    max_size=8,
+)
+# What no name may show raw: controls (C0, DEL, C1), bidi controls, line separators.
+UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
+
+
+def render_each(tmp_path: Path, body: str, names: list[str]) -> list[str]:
+    """`body` (a template over one alert, `.`) rendered by amtool for an alert per name, the
+    name as its description and its application_name label."""
+    data = {
+        **NOTIFICATION,
+        "alerts": [
+            {
+                **NOTIFICATION["alerts"][0],
+                "labels": {"application_name": n},
+                "annotations": {"description": n},
+            }
+            for n in names
+        ],
+    }
+    out = render_text(f"{{{{ range .Alerts }}}}{body}{SEP}{{{{ end }}}}", tmp_path, data)
+    return out.split(SEP)[:-1]
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(NAMES)
+def test_slack_escape_leaves_no_markup_and_no_code_fence(tmp_path: Path, names: list[str]) -> None:
+    shown = render_each(
+        tmp_path, '{{ template "pgce.slack.escape" .Annotations.description }}', names
+    )
+    assert len(shown) == len(names)
+    for name, text in zip(names, shown, strict=True):
+        assert "<" not in text and ">" not in text and "`" not in text
+        assert not re.search(r"&(?!amp;|lt;|gt;)", text)
+        # Slack reads &amp; &lt; &gt; back: the name, its backticks as U+02CB.
+        read = text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+        assert read == name.replace("`", "\u02cb")
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(NAMES)
+def test_rule_names_are_bare_or_quoted_never_raw(tmp_path: Path, names: list[str]) -> None:
+    """The name template of scripts/render_alerts.py (the text the rules carry), run by Go's
+    text/template as in Prometheus: one line, nothing unsafe, and it reads back as the name."""
+    shown = render_each(
+        tmp_path, load_render_alerts().shown('(index .Labels "application_name")'), names
+    )
+    for name, text in zip(names, shown, strict=True):
+        assert "\n" not in text and not UNSAFE.search(text), (name, text)
+        if text == name:
+            assert re.fullmatch(r"[A-Za-z0-9_.:/@+-]+", name)
+            continue
+        assert text.startswith('"') and text.endswith('"'), text
+        # A Go string literal (%q): Python's unicode_escape reads its escapes.
+        inner = text[1:-1].encode("latin-1", "backslashreplace").decode("unicode_escape")
+        assert inner == name

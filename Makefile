@@ -2,6 +2,9 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
+# pytest-xdist workers for `make test`: the suite mostly waits on its servers, so one more than
+# the cores keeps both busy (TEST_WORKERS=0 runs it in one process).
+TEST_WORKERS ?= $(shell expr $$(nproc) + 1)
 
 .PHONY: demo test test-fast lint format clean
 
@@ -18,7 +21,7 @@ test: $(VENV)/.installed
 	$(PY) -m harness.pgmajors install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --durations=10 $(PYTEST_ARGS)
 
 # The unit tests alone (tests/unit: no server, seconds), for quick feedback while editing.
 test-fast: $(VENV)/.installed

@@ -7,10 +7,12 @@ as root, so as root the server runs as an unprivileged system user.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib.util
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -49,7 +51,48 @@ def debian_bindir(major: int) -> Path | None:
     return path if (path / "postgres").exists() else None
 
 
+_PORTS_FROM = 10000  # the pool of ports free_port() hands out ends below the ephemeral range
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _port_pool() -> range:
+    """This process's share of the ports below the kernel's ephemeral range: each pytest-xdist
+    worker (gw0, gw1, ...) has a slice of its own, so two workers running at once never pick the
+    same port, and no outgoing connection is given one of them by the kernel meanwhile."""
+    low = _ephemeral_low()
+    if low < _PORTS_FROM + 2000:
+        return range(0)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    index = int(worker[2:]) if worker[:2] == "gw" and worker[2:].isdigit() else 0
+    count = max(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1), index + 1)
+    size = (low - _PORTS_FROM) // count
+    return range(_PORTS_FROM + index * size, _PORTS_FROM + (index + 1) * size)
+
+
+_POOL = _port_pool()
+_next_in_pool = random.randrange(len(_POOL)) if _POOL else 0
+
+
 def free_port() -> int:
+    """A 127.0.0.1 TCP port nothing listens on: the next free one of this process's pool, taken
+    in turn (so a port handed out is not handed out again until the pool has gone round), or one
+    the kernel picks where there is no pool."""
+    global _next_in_pool
+    for _ in range(len(_POOL)):
+        port = _POOL[_next_in_pool % len(_POOL)]
+        _next_in_pool += 1
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -85,6 +128,18 @@ def _world_readable_tree(path: Path) -> None:
             want = mode | 0o004 | (0o001 if p.is_dir() or mode & 0o100 else 0)
             if want != mode:
                 p.chmod(want)
+
+
+_templates: dict[Path, LocalCluster] = {}
+_templates_root: list[Path] = []
+
+
+def _templates_dir() -> Path:
+    """Where this process keeps its initdb'd data directories, removed when it exits."""
+    if not _templates_root:
+        _templates_root.append(Path(tempfile.mkdtemp(prefix="pgce-templates-")))
+        atexit.register(shutil.rmtree, _templates_root[0], True)
+    return _templates_root[0]
 
 
 class LocalCluster:
@@ -135,8 +190,24 @@ class LocalCluster:
             raise ClusterError(f"{argv[0]} failed: {result.stderr.strip()[-2000:]}")
 
     def init(self) -> None:
+        """The data directory: a copy of this process's initdb of the same binaries (initdb takes
+        a second or more, a copy a tenth of that; settings are given at start, not in the files)."""
         if (self.data / "PG_VERSION").exists():
             return
+        template = _templates.get(self.bindir)
+        if template is None:
+            template = LocalCluster(self.bindir, base_dir=str(_templates_dir()))
+            template._initdb()
+            _templates[self.bindir] = template
+        # cp -a keeps the owner (the service user) and the 0700 modes the server insists on.
+        self._run_as_root("cp", "-a", str(template.data), str(self.data))
+
+    def _run_as_root(self, *argv: str) -> None:
+        result = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if result.returncode:
+            raise ClusterError(f"{argv[0]} failed: {result.stderr.strip()[-2000:]}")
+
+    def _initdb(self) -> None:
         self._run(
             str(self.bindir / "initdb"),
             "-D",

@@ -143,11 +143,22 @@ def _major_of(item: pytest.Item) -> str | None:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """The report carries its test's major: under pytest-xdist the tests run in workers, and
+    only their reports reach the process that prints the summary."""
     outcome = yield
     report = outcome.get_result()  # type: ignore[attr-defined]
     major = _major_of(item)
+    if major:
+        report.user_properties.append((_MAJOR_PROPERTY, major))
+
+
+_MAJOR_PROPERTY = "postgresql_major"
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    major = dict(report.user_properties).get(_MAJOR_PROPERTY)
     if major and (report.when == "call" or report.outcome != "passed"):
-        _results_by_major[major][report.outcome] += 1
+        _results_by_major[str(major)][report.outcome] += 1
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -474,7 +474,7 @@ def builtin_queries_at(rev: str) -> list[QuerySpec]:
 def added_query_sets(queries: Sequence[QuerySpec], names: Sequence[str]) -> dict[str, list]:
     """The scrape's built-in queries without `names` (before), with them (after), and with each
     one added alone."""
-    by_name = {q.name: q for q in queries if POSTGRES.runs(q)}
+    by_name = {q.name: q for q in queries if q.target_kind == POSTGRES.name}
     unknown = set(names) - set(by_name)
     if unknown:
         raise SystemExit(f"--added-queries: no built-in query {', '.join(sorted(unknown))}")

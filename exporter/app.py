@@ -162,7 +162,7 @@ class Exporter:
                 {
                     "name": t.target.name,
                     "kind": t.target.kind,
-                    "sessions": t.kind.offers_sessions,
+                    "sessions": t.kind.policy.offers_sessions,
                     "state": state,
                     "detail": detail,
                     "used": figures.get("pg_connections_used"),

@@ -171,7 +171,7 @@ def _source(args: argparse.Namespace) -> Source:
                 f"(known: {', '.join(names)})",
                 EXIT_USAGE,
             )
-        if not kind_of(target.kind).offers_sessions:
+        if not kind_of(target.kind).policy.offers_sessions:
             raise DiagnoseError(
                 f"--target {args.target!r} is a {target.kind} target: diagnose needs PostgreSQL",
                 EXIT_USAGE,

@@ -67,7 +67,7 @@ class SessionsPage:
                 b"the sessions page is off: set sessions_page.enabled in the configuration\n",
                 {},
             )
-        targets = [t for t in self._targets() if t.kind.offers_sessions]
+        targets = [t for t in self._targets() if t.kind.policy.offers_sessions]
         if not targets:
             return 404, "text/plain; charset=utf-8", b"no PostgreSQL target\n", {}
         wanted = (parse_qs(query).get("target") or [targets[0].target.name])[0]

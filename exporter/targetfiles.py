@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from exporter.config import ConfigError
+from exporter.configerror import ConfigError
 from exporter.safeyaml import decode_utf8, read_bytes
 
 log = logging.getLogger(__name__)

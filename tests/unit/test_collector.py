@@ -7,17 +7,17 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from exporter.collector import (
+from exporter.config.model import parse_config
+from exporter.db.failures import REASONS
+from exporter.metrics.collector import (
     ExporterCollector,
     ReloadStatus,
     scrape_timeout,
     self_families,
     target_families,
 )
-from exporter.config import parse_config
-from exporter.engine import build_samples
-from exporter.failures import REASONS
-from exporter.target import QueryOutcome, TargetResult
+from exporter.scrape.engine import build_samples
+from exporter.scrape.target import QueryOutcome, TargetResult
 from tests.unit.fakes import FakeTarget
 
 QUERY = {

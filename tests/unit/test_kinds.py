@@ -13,8 +13,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from exporter.config import ConfigError, QuerySpec, Target, TargetSpec, builtin_queries
-from exporter.connection import TargetConnection
+from exporter.config.errors import ConfigError
+from exporter.config.model import QuerySpec, Target, TargetSpec, builtin_queries
+from exporter.db.connection import TargetConnection
 from exporter.kinds import KINDS, PGBOUNCER, POSTGRES, KindName, kind_of
 from exporter.kinds.pgbouncer import PgBouncerKind
 from tests.unit.target_fakes import FakeConn, FakeServer

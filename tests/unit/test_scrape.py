@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from exporter.scrape import Scraper
+from exporter.scrape.scraper import Scraper
 from tests.unit.fakes import config, install, wait_for
 
 

@@ -22,8 +22,9 @@ from typing import Literal
 import bcrypt
 from pydantic import Field, ValidationError, model_validator
 
-from exporter.config import ConfigError, StrictModel, validation_problems
-from exporter.safeyaml import load_yaml_file
+from exporter.config.errors import ConfigError
+from exporter.config.model import StrictModel, validation_problems
+from exporter.config.safeyaml import load_yaml_file
 
 log = logging.getLogger(__name__)
 

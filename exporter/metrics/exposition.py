@@ -30,7 +30,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
-from exporter.families import _Rows
+from exporter.metrics.families import _Rows
 
 try:
     # Internals of the prometheus_client versions this reproduces (0.2x with escaping schemes):
@@ -335,7 +335,7 @@ def _render_text(metrics: Iterable[Any], escaping: str, gzipped: bool = False) -
     return written.end(out)
 
 
-# Row families (exporter.families): rendered from their rows, no Sample or label dict made.
+# Row families (exporter.metrics.families): rendered from their rows, no Sample or label dict made.
 
 
 # (sample name, label names, base width, escaping, with le) -> its line function

@@ -22,18 +22,18 @@ from typing import Any
 
 import psycopg
 
-from exporter.config import QuerySpec, Settings, Target
-from exporter.connection import NotConnected, ScrapeTransaction, TargetConnection, Watchdog
-from exporter.engine import (
+from exporter.config.model import QuerySpec, Settings, Target
+from exporter.db.connection import NotConnected, ScrapeTransaction, TargetConnection, Watchdog
+from exporter.db.turns import SCRAPES
+from exporter.kinds import WatchdogScope, kind_of
+from exporter.scrape.engine import (
     MetricSamples,
     Row,
     build_samples,
     metric_missing_columns,
     missing_columns,
 )
-from exporter.kinds import WatchdogScope, kind_of
-from exporter.logincheck import LoginChecker, LoginResult
-from exporter.turns import SCRAPES
+from exporter.scrape.logincheck import LoginChecker, LoginResult
 
 log = logging.getLogger(__name__)
 

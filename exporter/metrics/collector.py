@@ -16,10 +16,10 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from exporter import __version__
-from exporter.failures import REASONS
-from exporter.families import new_family
-from exporter.scrape import Scraper
-from exporter.target import QUERY_ERROR_REASONS, TargetResult
+from exporter.db.failures import REASONS
+from exporter.metrics.families import new_family
+from exporter.scrape.scraper import Scraper
+from exporter.scrape.target import QUERY_ERROR_REASONS, TargetResult
 
 SELF = "pg_connections_exporter"
 

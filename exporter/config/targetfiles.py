@@ -20,8 +20,8 @@ from typing import Any
 
 import yaml
 
-from exporter.configerror import ConfigError
-from exporter.safeyaml import decode_utf8, read_bytes
+from exporter.config.errors import ConfigError
+from exporter.config.safeyaml import decode_utf8, read_bytes
 
 log = logging.getLogger(__name__)
 

@@ -26,12 +26,12 @@ from pydantic import (
     model_validator,
 )
 
-from exporter.allowlist import HostAllowList, parse_rule
-from exporter.authmodules import AuthModule, check_options, check_role
-from exporter.configerror import ConfigError
+from exporter.config.allowlist import HostAllowList, parse_rule
+from exporter.config.authmodules import AuthModule, check_options, check_role
+from exporter.config.errors import ConfigError
+from exporter.config.safeyaml import MAX_SECRET_BYTES, load_yaml_file, parse_yaml, read_text
+from exporter.config.targetfiles import read_target_files
 from exporter.kinds import KINDS, KindName, kind_of
-from exporter.safeyaml import MAX_SECRET_BYTES, load_yaml_file, parse_yaml, read_text
-from exporter.targetfiles import read_target_files
 
 METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -492,7 +492,7 @@ def validation_problems(err: ValidationError, source: str, prefix: str = "") -> 
 
 
 def read_yaml(text: str, source: str) -> Any:
-    """One YAML document, bounded in nesting and alias expansion (exporter.safeyaml)."""
+    """One YAML document, bounded in nesting and alias expansion (exporter.config.safeyaml)."""
     return parse_yaml(text, source)
 
 

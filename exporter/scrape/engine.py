@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 from prometheus_client.utils import floatToGoString
 
-from exporter.config import MetricSpec, QuerySpec
+from exporter.config.model import MetricSpec, QuerySpec
 
 OTHER = "other"
 

@@ -21,9 +21,9 @@ from urllib.parse import parse_qs, quote
 
 import psycopg
 
-from exporter.config import Config
-from exporter.connection import NotConnected
-from exporter.diagnose import (
+from exporter.config.model import Config
+from exporter.db.connection import NotConnected
+from exporter.diagnose.analysis import (
     Criteria,
     Report,
     analyze,
@@ -33,8 +33,8 @@ from exporter.diagnose import (
     holder_cells,
     session_cells,
 )
-from exporter.target import TargetScraper
-from exporter.webpage import HEADERS, HTML, bar, esc, page, table
+from exporter.scrape.target import TargetScraper
+from exporter.web.webpage import HEADERS, HTML, bar, esc, page, table
 
 log = logging.getLogger(__name__)
 

@@ -20,12 +20,13 @@ from typing import Any, TextIO
 import psycopg
 import psycopg.conninfo
 
-from exporter.config import ConfigError, load_config, parse_duration
-from exporter.diagnose import IDLE_STATES, Criteria, Report, analyze, gather
-from exporter.diagnose_text import render_text
-from exporter.failures import classify
+from exporter.config.errors import ConfigError
+from exporter.config.model import load_config, parse_duration
+from exporter.db.failures import classify
+from exporter.db.redact import describe_conninfo, scrub
+from exporter.diagnose.analysis import IDLE_STATES, Criteria, Report, analyze, gather
+from exporter.diagnose.text import render_text
 from exporter.kinds import kind_of
-from exporter.redact import describe_conninfo, scrub
 
 APPLICATION_NAME = "pg-connections-exporter-diagnose"
 EXIT_FAILED = 1

@@ -27,7 +27,7 @@ import yaml
 from yaml.composer import ComposerError
 from yaml.constructor import ConstructorError
 
-from exporter.configerror import ConfigError
+from exporter.config.errors import ConfigError
 
 # Caps. A config file with 10,000 targets is ~2 MB and ~120,000 values (nodes); 200,000
 # values take ~2 s and ~100 MB to compose.

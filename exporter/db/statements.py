@@ -23,7 +23,7 @@ import psycopg
 import psycopg.errors
 from psycopg import pq
 
-from exporter.turns import SCRAPES
+from exporter.db.turns import SCRAPES
 
 Row = dict[str, Any]
 

@@ -19,9 +19,9 @@ import time
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
-from exporter.config import Config
-from exporter.connection import EXPIRIES
-from exporter.target import TargetResult, TargetScraper
+from exporter.config.model import Config
+from exporter.db.connection import EXPIRIES
+from exporter.scrape.target import TargetResult, TargetScraper
 
 log = logging.getLogger(__name__)
 

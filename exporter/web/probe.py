@@ -23,11 +23,17 @@ from dataclasses import dataclass, field
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
-from exporter.authmodules import BadTarget, ProbeAddress, parse_probe_target
-from exporter.collector import SELF, SelfMetric, scrape_timeout, self_families, target_families
-from exporter.config import Config, Target
-from exporter.scrape import Scraper, answer_by
-from exporter.target import TargetResult, TargetScraper
+from exporter.config.authmodules import BadTarget, ProbeAddress, parse_probe_target
+from exporter.config.model import Config, Target
+from exporter.metrics.collector import (
+    SELF,
+    SelfMetric,
+    scrape_timeout,
+    self_families,
+    target_families,
+)
+from exporter.scrape.scraper import Scraper, answer_by
+from exporter.scrape.target import TargetResult, TargetScraper
 
 log = logging.getLogger(__name__)
 

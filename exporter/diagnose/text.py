@@ -5,7 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from exporter.diagnose import Report, format_bytes, format_seconds, holder_cells, session_cells
+from exporter.diagnose.analysis import (
+    Report,
+    format_bytes,
+    format_seconds,
+    holder_cells,
+    session_cells,
+)
 
 # Rows shown per list; the rest are counted ("... and 12 more"). JSON has them all.
 MAX_ROWS = 20

@@ -40,12 +40,12 @@ import psycopg
 import psycopg.conninfo
 from psycopg.pq import TransactionStatus
 
-from exporter.config import Target
-from exporter.failures import classify
+from exporter.config.model import Target
+from exporter.db.failures import classify
+from exporter.db.redact import describe_conninfo
+from exporter.db.statements import execute
+from exporter.db.turns import SCRAPES
 from exporter.kinds import Liveness, kind_of
-from exporter.redact import describe_conninfo
-from exporter.statements import execute
-from exporter.turns import SCRAPES
 
 APPLICATION_NAME = "pg-connections-exporter"
 # psycopg prepares a statement after this many runs: never, unless asked for (prepared()).
@@ -375,7 +375,7 @@ class TargetConnection:
         after: Sequence[str] = (),
     ) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
         """Rows and columns of `sql` with `params` on `conn`: prepared once per session where
-        prepared() says so (exporter.statements; waited for until `limit` at most). `before`
+        prepared() says so (exporter.db.statements; waited for until `limit` at most). `before`
         and `after` (BEGIN, COMMIT: see ScrapeTransaction) run around it, in its message when
         it is prepared; after an error in any of them none of the rest runs."""
         text = self._text(conn, sql, params)

@@ -18,6 +18,7 @@ test: $(VENV)/.installed
 	$(PY) -m harness.pgmajors install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # The unit tests alone (tests/unit: no server, seconds), for quick feedback while editing.
@@ -27,6 +28,7 @@ test-fast: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 format: $(VENV)/.installed
 	$(BIN)/ruff format .

@@ -124,7 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 else:
                     results = scraper.scrape(10.0)
                 t1 = time.process_time()
-                families = list(target_families(results)) + list(self_families(scraper, results))
+                families = list(target_families(results)) + list(
+                    self_families(scraper.targets, results)
+                )
                 t2 = time.process_time()
                 body = encoder(_Families(families))  # type: ignore[arg-type]
                 t3 = time.process_time()

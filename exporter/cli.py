@@ -126,18 +126,23 @@ def parse_listen_address(value: str) -> tuple[str, int]:
 
 def http_limits(args: argparse.Namespace) -> HTTPLimits:
     """The HTTP limits of the --web.* flags; ValueError names a bad one."""
-    values = {}
-    for flag, dest in (
-        ("--web.read-header-timeout", "header_timeout"),
-        ("--web.idle-timeout", "idle_timeout"),
-    ):
-        try:
-            values[dest] = parse_duration(getattr(args, dest))
-        except ValueError as exc:
-            raise ValueError(f"{flag}: {exc}") from None
+    header_timeout = _duration_flag("--web.read-header-timeout", args.header_timeout)
+    idle_timeout = _duration_flag("--web.idle-timeout", args.idle_timeout)
     if args.max_connections < 1:
         raise ValueError("--web.max-connections: must be at least 1")
-    return replace(HTTPLimits(), max_connections=args.max_connections, **values)
+    return replace(
+        HTTPLimits(),
+        max_connections=args.max_connections,
+        header_timeout=header_timeout,
+        idle_timeout=idle_timeout,
+    )
+
+
+def _duration_flag(flag: str, value: str) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise ValueError(f"{flag}: {exc}") from None
 
 
 def resolve_config(args: argparse.Namespace) -> Config:

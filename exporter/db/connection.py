@@ -414,7 +414,7 @@ class TargetConnection:
             if len(self._texts) >= _MAX_TEXTS:  # queries of configs since reloaded
                 self._texts.clear()
             cursor = psycopg.ClientCursor(conn)
-            written = cursor.mogrify(sql, params) if params else sql  # type: ignore[arg-type]
+            written = cursor.mogrify(sql, params) if params else sql
             text = self._texts[key] = _shared(written.encode(conn.info.encoding))
         return text
 
@@ -516,17 +516,12 @@ class ScrapeTransaction:
         self._open = False
         self._timeout_at_begin: str | None = None
 
-    def begin(self, statement_timeout: float | None = None) -> None:
-        """Begin now, unless already in one (the connection is autocommit between scrapes);
-        with `statement_timeout` (seconds) SET inside it in the same round trip if it changes."""
-        self.opening(statement_timeout, eager=True)
-
-    def opening(self, statement_timeout: float | None = None, eager: bool = False) -> list[str]:
+    def opening(self, statement_timeout: float | None = None) -> list[str]:
         """The statements that begin the transaction (none if it is open), for the next query
         to carry in its message (TargetConnection.query); taken as run from now on
         (after_query sees to it if they were not).
         Before PostgreSQL 13 a SET in a message did not bound the rest of that message's
-        statements: there (and with `eager`) they run now, and none are returned."""
+        statements: there they run now, and none are returned."""
         if self._open:
             return []
         self._timeout_at_begin = self._owner._session_timeout.get(self._conn)
@@ -540,7 +535,7 @@ class ScrapeTransaction:
             # Our own "<digits>ms", written in: the simple protocol takes no parameters.
             assert timeout[:-2].isdigit(), timeout
             statements.append(f"SET statement_timeout = '{timeout}'")
-        if eager or self._conn.info.server_version < 130000:
+        if self._conn.info.server_version < 130000:
             # One simple-protocol message, two statements.
             self._owner.control(self._conn, "; ".join(statements))
             statements = []

@@ -99,6 +99,7 @@ class TargetScraper:
         self.kind = kind_of(target.kind)
         self.policy = self.kind.policy
         self.queries = [q for q in queries if q.target_kind == self.kind.name]
+        self.connection: TargetConnection
         if previous is not None and previous.connection_reusable(target, settings):
             self.connection = previous.connection
         else:

@@ -232,13 +232,6 @@ def _scraper(
     return TargetScraper(target, config.queries, config.settings, previous)
 
 
-@dataclass(frozen=True)
-class _OneTarget:
-    """What self_families needs of a scraper, for one target."""
-
-    targets: list[TargetScraper]
-
-
 class _ProbeCollector(Collector):
     """The metrics of one probe: the target's own, then its pg_up and self-metrics. `begin`
     starts the run (on the scrape pool) and gives its answer, due by the deadline, so that the
@@ -260,7 +253,7 @@ class _ProbeCollector(Collector):
         assert self._begun is not None
         scraper, result = self._begun[0], answer.result()  # settled by the deadline
         yield from target_families([result])
-        yield from self_families(_OneTarget([scraper]), [result])  # type: ignore[arg-type]
+        yield from self_families([scraper], [result])
 
 
 class Probes:

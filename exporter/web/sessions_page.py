@@ -198,8 +198,8 @@ def render(report: Report, query_text: bool) -> str:
     )
     out.append("<h2>By state, application, user, client, database</h2><div class='cards'>")
     for key in ("state", "application", "user", "client", "database"):
-        rows = [[r["key"] or "-", r["count"]] for r in report.breakdowns[key]]
-        out.append(f"<div>{table([key, 'n'], rows, numeric=[1], limit=15)}</div>")
+        cells = [[r["key"] or "-", r["count"]] for r in report.breakdowns[key]]
+        out.append(f"<div>{table([key, 'n'], cells, numeric=[1], limit=15)}</div>")
     out.append("</div>")
     for title, rows, age in (
         ("Long-running queries", report.long_running, "query_seconds"),

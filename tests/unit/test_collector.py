@@ -89,7 +89,7 @@ def test_pg_up_and_query_success_from_the_results() -> None:
     fakes[0].query_errors[("apps", "timeout")] = 4
     fakes[1].connection.connect_failures["too_many_clients"] = 2
     scraper = type("S", (), {"targets": fakes})()
-    got = samples(self_families(scraper, results, ReloadStatus(False, 1700000000.0)))
+    got = samples(self_families(scraper.targets, results, ReloadStatus(False, 1700000000.0)))
     assert got[("pg_up", (("target", "up"),))] == 1
     assert got[("pg_up", (("target", "down"),))] == 0
     key = (("query", "apps"), ("target", "up"))

@@ -21,6 +21,8 @@ test: $(VENV)/.installed
 	$(PY) -m harness.pgmajors install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 	$(BIN)/pytest -n $(TEST_WORKERS) --durations=10 $(PYTEST_ARGS)
 
 # The unit tests alone (tests/unit: no server, seconds), for quick feedback while editing.
@@ -30,6 +32,8 @@ test-fast: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 format: $(VENV)/.installed
 	$(BIN)/ruff format .

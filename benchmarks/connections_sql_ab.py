@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from scrape_cost import MONITOR_ROLE, SETUP_SQL, BenchWorkload, raise_fd_limit  # noqa: E402
 
-from exporter.config import builtin_queries  # noqa: E402
+from exporter.config.model import builtin_queries  # noqa: E402
 from harness.localpg import LocalCluster, debian_bindir, embedded_bindir  # noqa: E402
 from harness.processes import cpu_seconds, sigterm_as_interrupt  # noqa: E402
 

@@ -31,8 +31,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from exporter.app import Exporter  # noqa: E402
-from exporter.config import parse_config  # noqa: E402
-from exporter.diagnose import Criteria, analyze, gather  # noqa: E402
+from exporter.config.model import parse_config  # noqa: E402
+from exporter.diagnose.analysis import Criteria, analyze, gather  # noqa: E402
 from harness.localpg import LocalCluster, embedded_bindir  # noqa: E402
 from harness.workload import SessionSpec, Workload  # noqa: E402
 

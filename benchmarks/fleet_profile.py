@@ -9,7 +9,7 @@ the calling thread, with the target runs made serially there too (`--serial`), s
 profile sees them.
 
 Each round runs with the garbage collector paused, as the exporter answers /metrics
-(exporter/gcpause.py); `--gc-on` leaves it on. Either way the report says how many collections
+(exporter/web/gcpause.py); `--gc-on` leaves it on. Either way the report says how many collections
 ran and what they took, and how many unreachable objects the collections and a full one after
 the rounds found (the pause rests on there being none).
 
@@ -40,11 +40,11 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from fleet import PER_SERVER, address, start_servers  # noqa: E402
 
-from exporter.collector import ExporterCollector, self_families, target_families  # noqa: E402
-from exporter.config import parse_config  # noqa: E402
-from exporter.exposition import choose_encoder  # noqa: E402
-from exporter.gcpause import ANSWERS  # noqa: E402
-from exporter.scrape import Scraper  # noqa: E402
+from exporter.config.model import parse_config  # noqa: E402
+from exporter.metrics.collector import ExporterCollector, self_families, target_families  # noqa: E402
+from exporter.metrics.exposition import choose_encoder  # noqa: E402
+from exporter.scrape.scraper import Scraper  # noqa: E402
+from exporter.web.gcpause import ANSWERS  # noqa: E402
 from harness.processes import proc_status  # noqa: E402
 
 ACCEPT = (
@@ -124,7 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 else:
                     results = scraper.scrape(10.0)
                 t1 = time.process_time()
-                families = list(target_families(results)) + list(self_families(scraper, results))
+                families = list(target_families(results)) + list(
+                    self_families(scraper.targets, results)
+                )
                 t2 = time.process_time()
                 body = encoder(_Families(families))  # type: ignore[arg-type]
                 t3 = time.process_time()

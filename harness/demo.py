@@ -13,7 +13,7 @@ import random
 import threading
 
 from exporter.app import Exporter
-from exporter.config import parse_config
+from exporter.config.model import parse_config
 from harness.localpg import LocalCluster, embedded_bindir
 from harness.workload import SessionSpec, Workload, close_quietly
 

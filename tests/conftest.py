@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.webconfig import WatchedWebConfig
+from exporter.web.webconfig import WatchedWebConfig
 from harness import pgmajors
 from harness.localpg import LocalCluster
 from tests.helpers import ExporterProcess, RunningExporter, start_exporter

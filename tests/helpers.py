@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.app import Exporter
-from exporter.config import parse_config
-from exporter.webconfig import WatchedWebConfig
+from exporter.config.model import parse_config
+from exporter.web.webconfig import WatchedWebConfig
 from harness.localpg import free_port
 from harness.processes import stop_process
 

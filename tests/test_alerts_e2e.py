@@ -22,8 +22,8 @@ import pytest
 import yaml
 
 from exporter.app import Exporter
-from exporter.config import load_config
-from exporter.webconfig import WatchedWebConfig
+from exporter.config.model import load_config
+from exporter.web.webconfig import WatchedWebConfig
 from harness.workload import SessionSpec, Workload
 from tests.conftest import new_cluster, require_program
 from tests.helpers import REPO, RunningExporter, http_get, load_render_alerts, wait_until

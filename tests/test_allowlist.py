@@ -5,8 +5,8 @@ from __future__ import annotations
 import psycopg.conninfo
 import pytest
 
-from exporter.allowlist import HostAllowList, parse_rule
-from exporter.authmodules import AuthModule, BadTarget, ProbeAddress, parse_probe_target
+from exporter.config.allowlist import HostAllowList, parse_rule
+from exporter.config.authmodules import AuthModule, BadTarget, ProbeAddress, parse_probe_target
 
 
 @pytest.mark.parametrize(

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from exporter.config import (
+from exporter.config.errors import ConfigError
+from exporter.config.model import (
     Config,
-    ConfigError,
     builtin_queries,
     load_config,
     parse_config,

@@ -7,7 +7,7 @@ import time
 import psycopg
 import pytest
 
-from exporter.failures import classify
+from exporter.db.failures import classify
 from harness.localpg import LocalCluster, free_port
 from harness.workload import SessionSpec, Workload
 from tests.conftest import ALL_MAJORS, VERSIONS, new_cluster, require

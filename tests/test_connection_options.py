@@ -6,8 +6,8 @@ from __future__ import annotations
 import socket
 import time
 
-from exporter.config import parse_config
-from exporter.target import TargetScraper
+from exporter.config.model import parse_config
+from exporter.scrape.target import TargetScraper
 from harness.localpg import LocalCluster
 
 TCP_USER_TIMEOUT = getattr(socket, "TCP_USER_TIMEOUT", 18)

@@ -16,8 +16,15 @@ import psycopg
 import pytest
 import yaml
 
-from exporter.diagnose import Criteria, Facts, Session, analyze, redact_query, terminate_statement
-from exporter.diagnose_cli import APPLICATION_NAME
+from exporter.diagnose.analysis import (
+    Criteria,
+    Facts,
+    Session,
+    analyze,
+    redact_query,
+    terminate_statement,
+)
+from exporter.diagnose.command import APPLICATION_NAME
 from harness.localpg import LocalCluster, free_port
 from harness.workload import SessionSpec, Workload
 from tests.conftest import new_cluster

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from exporter.config import builtin_queries
+from exporter.config.model import builtin_queries
 from tests.helpers import REPO, load_script
 
 reference = load_script("render_reference")

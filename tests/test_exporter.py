@@ -7,7 +7,7 @@ import logging
 import psycopg
 import pytest
 
-from exporter.connection import APPLICATION_NAME
+from exporter.db.connection import APPLICATION_NAME
 from harness.localpg import LocalCluster
 from harness.workload import SessionSpec, Workload
 from tests.helpers import Samples, http_get

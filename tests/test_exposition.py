@@ -1,4 +1,4 @@
-"""exporter.exposition renders exactly the bytes prometheus_client's encoders render."""
+"""exporter.metrics.exposition renders exactly the bytes prometheus_client's encoders render."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.samples import Exemplar
 
-from exporter import exposition, families
+from exporter.metrics import exposition, families
 from harness.localpg import LocalCluster
 from harness.workload import SessionSpec, Workload
 
@@ -167,7 +167,7 @@ def test_line_prefix_cache_keeps_the_series_of_a_render_and_drops_gone_ones() ->
 
 
 def _row_and_library_families() -> tuple[list, list]:
-    """The same series as row families (exporter.families) and as the library's families:
+    """The same series as row families (exporter.metrics.families) and as the library's families:
     label values needing escapes, segments with other label names (targets with other constant
     labels), label names out of order, no labels, a gauge histogram, values of every kind."""
     rows, library_families = [], []
@@ -250,7 +250,7 @@ def test_row_families_the_fast_path_cannot_render_go_to_the_library(accept: str 
 
 def test_the_installed_prometheus_client_is_one_this_reproduces() -> None:
     """Otherwise every test above compares the library with itself."""
-    from exporter import exposition as ours
+    from exporter.metrics import exposition as ours
 
     assert ours._REPRODUCIBLE
     encoder, _ = ours.choose_encoder("application/openmetrics-text; version=1.0.0")

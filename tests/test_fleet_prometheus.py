@@ -15,7 +15,7 @@ import psycopg
 import pytest
 import yaml
 
-from exporter.connection import APPLICATION_NAME
+from exporter.db.connection import APPLICATION_NAME
 from harness.localpg import LocalCluster
 from tests.conftest import new_cluster, require_program
 from tests.helpers import REPO, wait_until

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from exporter.app import Exporter
-from exporter.config import parse_config
-from exporter.httpserver import HTTPLimits
-from exporter.webconfig import WatchedWebConfig
+from exporter.config.model import parse_config
+from exporter.web.httpserver import HTTPLimits
+from exporter.web.webconfig import WatchedWebConfig
 from harness.localpg import LocalCluster
 from tests.conftest import new_cluster
 from tests.helpers import Samples, wait_until

@@ -12,7 +12,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from exporter.config import ConfigError, parse_config
+from exporter.config.errors import ConfigError
+from exporter.config.model import parse_config
 from tests.helpers import REPO
 
 KUBERNETES_VERSION = "1.30.0"

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from exporter.connection import APPLICATION_NAME
+from exporter.db.connection import APPLICATION_NAME
 from harness.localpg import LocalCluster
 from harness.workload import SessionSpec, Workload
 from tests.conftest import ALL_MAJORS, new_cluster

@@ -13,8 +13,9 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from exporter.config import ConfigError, parse_config
-from exporter.connection import APPLICATION_NAME
+from exporter.config.errors import ConfigError
+from exporter.config.model import parse_config
+from exporter.db.connection import APPLICATION_NAME
 from harness.localpg import LocalCluster
 from harness.workload import SessionSpec, Workload
 from tests.conftest import new_cluster

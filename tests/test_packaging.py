@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.config import builtin_queries
+from exporter.config.model import builtin_queries
 from tests.dockerfile import copy_build_context, pyproject
 from tests.helpers import REPO
 
@@ -100,7 +100,7 @@ def test_the_harness_is_beside_the_exporter_package_not_in_it(dist: Path) -> Non
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
     exporter_modules = {n.removeprefix("exporter/") for n in names if n.startswith("exporter/")}
-    assert "cli.py" in exporter_modules and "collector.py" in exporter_modules
+    assert "cli.py" in exporter_modules and "metrics/collector.py" in exporter_modules
     for module in (*HARNESS, "reference"):
         assert f"{module}.py" not in exporter_modules, module
     assert {f"harness/{m}.py" for m in HARNESS} <= names

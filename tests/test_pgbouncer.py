@@ -11,8 +11,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from exporter.config import Target, builtin_queries
-from exporter.connection import APPLICATION_NAME, TargetConnection
+from exporter.config.model import Target, builtin_queries
+from exporter.db.connection import APPLICATION_NAME, TargetConnection
 from harness.localpg import LocalCluster
 from harness.workload import SessionSpec, Workload
 from tests.helpers import Samples, http_get

@@ -19,8 +19,8 @@ import psycopg
 import pytest
 import yaml
 
-from exporter.config import parse_config
-from exporter.connection import APPLICATION_NAME
+from exporter.config.model import parse_config
+from exporter.db.connection import APPLICATION_NAME
 from harness.localpg import LocalCluster
 from tests.conftest import new_cluster
 from tests.helpers import Samples, http_get, wait_until

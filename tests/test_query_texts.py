@@ -6,8 +6,8 @@ import time
 
 import psycopg
 
-from exporter.config import parse_config
-from exporter.connection import TargetConnection
+from exporter.config.model import parse_config
+from exporter.db.connection import TargetConnection
 from harness.localpg import LocalCluster
 
 

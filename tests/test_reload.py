@@ -13,7 +13,7 @@ import psycopg
 import pytest
 import yaml
 
-from exporter.connection import APPLICATION_NAME
+from exporter.db.connection import APPLICATION_NAME
 from harness.localpg import LocalCluster
 from tests.conftest import new_cluster
 from tests.helpers import Samples, wait_until
@@ -120,7 +120,7 @@ def test_reload_while_a_scrape_waits_on_a_replaced_connection(
 ) -> None:
     """Found by the soak: closing a replaced target's pool under a waiting scrape made the whole
     scrape fail. The old pool now closes when its run has ended."""
-    from exporter.config import parse_config
+    from exporter.config.model import parse_config
     from harness.localpg import free_port
 
     def config(connect_timeout: float) -> dict:

@@ -18,9 +18,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exporter.config import ConfigError, load_config
-from exporter.safeyaml import MAX_DEPTH, MAX_NODES, MAX_YAML_BYTES, load_yaml_file
-from exporter.webconfig import load_web_config
+from exporter.config.errors import ConfigError
+from exporter.config.model import load_config
+from exporter.config.safeyaml import MAX_DEPTH, MAX_NODES, MAX_YAML_BYTES, load_yaml_file
+from exporter.web.webconfig import load_web_config
 from harness.localpg import LocalCluster
 from tests.conftest import new_cluster
 from tests.helpers import REPO, wait_until

@@ -10,7 +10,7 @@ import time
 import psycopg
 import pytest
 
-from exporter.connection import APPLICATION_NAME
+from exporter.db.connection import APPLICATION_NAME
 from harness.localpg import LocalCluster
 from harness.workload import SessionSpec, Workload
 from tests.conftest import ALL_MAJORS, new_cluster

@@ -25,7 +25,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from exporter.config import ConfigError, builtin_queries, parse_config
+from exporter.config.errors import ConfigError
+from exporter.config.model import builtin_queries, parse_config
 from harness.localpg import LocalCluster
 from tests.conftest import require_program
 from tests.helpers import RunningExporter, load_render_alerts, wait_until

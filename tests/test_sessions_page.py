@@ -15,9 +15,10 @@ import psycopg
 import pytest
 import yaml
 
-from exporter.config import DEFAULT_DASHBOARDS, DEFAULT_RUNBOOKS, ConfigError, parse_config
-from exporter.connection import APPLICATION_NAME
-from exporter.webconfig import WatchedWebConfig
+from exporter.config.errors import ConfigError
+from exporter.config.model import DEFAULT_DASHBOARDS, DEFAULT_RUNBOOKS, parse_config
+from exporter.db.connection import APPLICATION_NAME
+from exporter.web.webconfig import WatchedWebConfig
 from harness.localpg import LocalCluster, free_port
 from harness.workload import SessionSpec, Workload
 from tests.browser import chromium, screenshot

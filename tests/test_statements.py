@@ -1,4 +1,4 @@
-"""exporter.statements against real PostgreSQL: the rows, columns and errors a psycopg cursor
+"""exporter.db.statements against real PostgreSQL: the rows, columns and errors a psycopg cursor
 would give, the statement prepared once under our name, and a silent server given up on."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from exporter.statements import execute
+from exporter.db.statements import execute
 from harness.localpg import LocalCluster
 
 # Every kind of value a collector query may return: numbers of each type, text, NULL, a

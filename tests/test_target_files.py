@@ -10,8 +10,9 @@ import psycopg
 import pytest
 import yaml
 
-from exporter.config import ConfigError, load_config
-from exporter.connection import APPLICATION_NAME
+from exporter.config.errors import ConfigError
+from exporter.config.model import load_config
+from exporter.db.connection import APPLICATION_NAME
 from harness.localpg import LocalCluster
 from tests.conftest import new_cluster
 from tests.helpers import wait_until

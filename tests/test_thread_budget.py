@@ -111,7 +111,7 @@ def test_threads_bounded_and_silent_targets_delay_no_other(
 def test_targets_wait_for_their_servers_at_once(
     cluster: LocalCluster, exporter_process, tmp_path: Path
 ) -> None:
-    """A target run waiting for its server lets the others run (exporter/turns.py): eight
+    """A target run waiting for its server lets the others run (exporter/db/turns.py): eight
     targets whose query takes 0.6 s answer together in about 0.6 s, not one after another
     (4.8 s)."""
     targets = [{"name": f"sleepy{i}", "dsn": cluster.dsn()} for i in range(8)]

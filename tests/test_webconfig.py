@@ -16,8 +16,8 @@ import bcrypt
 import pytest
 
 from exporter.cli import main
-from exporter.config import ConfigError
-from exporter.webconfig import WatchedWebConfig, load_web_config
+from exporter.config.errors import ConfigError
+from exporter.web.webconfig import WatchedWebConfig, load_web_config
 from harness.localpg import LocalCluster
 from tests.conftest import require_program
 from tests.helpers import Samples, wait_until

@@ -17,8 +17,8 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from exporter.config import ConfigError
-from exporter.webconfig import WatchedWebConfig, load_web_config
+from exporter.config.errors import ConfigError
+from exporter.web.webconfig import WatchedWebConfig, load_web_config
 from harness.localpg import LocalCluster, free_port
 from tests import test_webconfig
 from tests.helpers import Samples, wait_until

@@ -7,8 +7,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from exporter.config import Config, parse_config
-from exporter.target import QueryOutcome, TargetResult
+from exporter.config.model import Config, parse_config
+from exporter.scrape.target import QueryOutcome, TargetResult
 
 
 def config(*names: str, **settings: Any) -> Config:

@@ -7,17 +7,17 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from exporter.collector import (
+from exporter.config.model import parse_config
+from exporter.db.failures import REASONS
+from exporter.metrics.collector import (
     ExporterCollector,
     ReloadStatus,
     scrape_timeout,
     self_families,
     target_families,
 )
-from exporter.config import parse_config
-from exporter.engine import build_samples
-from exporter.failures import REASONS
-from exporter.target import QueryOutcome, TargetResult
+from exporter.scrape.engine import build_samples
+from exporter.scrape.target import QueryOutcome, TargetResult
 from tests.unit.fakes import FakeTarget
 
 QUERY = {
@@ -89,7 +89,7 @@ def test_pg_up_and_query_success_from_the_results() -> None:
     fakes[0].query_errors[("apps", "timeout")] = 4
     fakes[1].connection.connect_failures["too_many_clients"] = 2
     scraper = type("S", (), {"targets": fakes})()
-    got = samples(self_families(scraper, results, ReloadStatus(False, 1700000000.0)))
+    got = samples(self_families(scraper.targets, results, ReloadStatus(False, 1700000000.0)))
     assert got[("pg_up", (("target", "up"),))] == 1
     assert got[("pg_up", (("target", "down"),))] == 0
     key = (("query", "apps"), ("target", "up"))

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from exporter.config import ConfigError, parse_config
+from exporter.config.errors import ConfigError
+from exporter.config.model import parse_config
 
 TARGET = {"name": "a", "dsn": "host=db1 user=pgce_monitor"}
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from exporter.config import QuerySpec
-from exporter.engine import OTHER, build_samples, metric_missing_columns, missing_columns
+from exporter.config.model import QuerySpec
+from exporter.scrape.engine import OTHER, build_samples, metric_missing_columns, missing_columns
 
 
 def query(**metric: object) -> QuerySpec:

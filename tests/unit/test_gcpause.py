@@ -1,4 +1,4 @@
-"""The garbage collector's pause while answers are made (exporter/gcpause.py)."""
+"""The garbage collector's pause while answers are made (exporter/web/gcpause.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from exporter.gcpause import CollectorPause
+from exporter.web.gcpause import CollectorPause
 
 
 @pytest.fixture(autouse=True)
@@ -87,7 +87,7 @@ def test_a_metrics_answer_is_made_with_the_collector_paused() -> None:
     from prometheus_client import CollectorRegistry
     from prometheus_client.core import GaugeMetricFamily
 
-    from exporter.webapp import WebApp, make_server, serve_in_thread
+    from exporter.web.webapp import WebApp, make_server, serve_in_thread
 
     seen: list[bool] = []
 

@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler
 
 import pytest
 
-from exporter.httpserver import BoundedHTTPServer, HTTPLimits
+from exporter.web.httpserver import BoundedHTTPServer, HTTPLimits
 from tests.unit.fakes import wait_for
 
 

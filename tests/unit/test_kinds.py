@@ -1,26 +1,33 @@
 """The target kinds (exporter.kinds): what each one says differs, and that the connection and
-the config ask it. No server: a fake connection stands in where the behaviour is the kind's."""
+the config act on it. No server: a fake connection stands in where the behaviour is the kind's."""
 
 from __future__ import annotations
 
 import socket
 import typing
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
+from typing import Any
 
 import psycopg
 import pytest
 
-from exporter.config import ConfigError, KindName, Target, builtin_queries
-from exporter.connection import TargetConnection
-from exporter.kinds import KINDS, PGBOUNCER, POSTGRES, kind_of
+from exporter.config.errors import ConfigError
+from exporter.config.model import QuerySpec, Target, TargetSpec, builtin_queries
+from exporter.db.connection import TargetConnection
+from exporter.kinds import KINDS, PGBOUNCER, POSTGRES, KindName, kind_of
 from exporter.kinds.pgbouncer import PgBouncerKind
-from tests.unit.target_fakes import FakeConn, FakeServer, FakeTargetConnection
+from tests.unit.target_fakes import FakeConn, FakeServer
 
 
 def test_every_kind_the_config_accepts_has_an_object_and_no_other() -> None:
     assert set(KINDS) == set(typing.get_args(KindName))
     for name in typing.get_args(KindName):
         assert kind_of(name).name == name
+    # What the model accepts is the registry: a target's kind and a query's target_kind.
+    for model, field in ((TargetSpec, "kind"), (QuerySpec, "target_kind")):
+        assert typing.get_args(model.model_fields[field].annotation) == tuple(KINDS)
 
 
 def test_every_built_in_query_file_belongs_to_one_kind_and_its_queries_to_that_kind() -> None:
@@ -31,8 +38,8 @@ def test_every_built_in_query_file_belongs_to_one_kind_and_its_queries_to_that_k
     assert sorted(claimed) == sorted(on_disk)
     queries = builtin_queries()
     for kind in KINDS.values():
-        assert [q for q in queries if kind.runs(q)], kind.name
-    assert all(sum(kind.runs(q) for kind in KINDS.values()) == 1 for q in queries)
+        assert [q for q in queries if q.target_kind == kind.name], kind.name
+    assert all(q.target_kind in KINDS for q in queries)
 
 
 def test_a_query_file_named_by_the_wrong_kind_is_a_load_error(
@@ -121,10 +128,24 @@ def test_session_set_up_and_statement_timeout_only_where_the_kind_has_one() -> N
     assert conn.executed == []  # the console refuses SET
 
 
+class _RecordingConnection(TargetConnection):
+    """A real TargetConnection (never opened) that records the watchdogs it arms."""
+
+    def __init__(self, kind: str) -> None:
+        target = Target("t", "host=nowhere", {}, 1.0, kind, None, True)
+        super().__init__(target, statement_timeout=3.0, lock_timeout=1.0)
+        self.watchdogs: list[float] = []
+
+    @contextmanager
+    def watchdog(self, conn: Any, seconds: float) -> Iterator[Any]:
+        self.watchdogs.append(seconds)
+        yield None
+
+
 def test_pgbouncer_liveness_check_is_a_bounded_show_version() -> None:
     conn = FakeConn(FakeServer())
-    connection = FakeTargetConnection(conn, statement_timeout=3.0)
-    PGBOUNCER.check(conn, connection)  # type: ignore[arg-type]
+    connection = _RecordingConnection("pgbouncer")
+    connection._check(conn)  # type: ignore[arg-type]  # FakeConn stands in for a psycopg one
     assert conn.executed == ["SHOW VERSION"]
     assert connection.watchdogs == [3.0]
 
@@ -142,20 +163,21 @@ def test_postgres_liveness_check_reads_only_when_the_server_said_something() -> 
     ours, server = socket.socketpair()
     with ours, server:
         conn = _SocketConn(ours)
-        connection = FakeTargetConnection(conn)
-        POSTGRES.check(conn, connection)  # type: ignore[arg-type]
+        connection = _RecordingConnection("postgres")
+        connection._check(conn)  # type: ignore[arg-type]  # FakeConn stands in for psycopg's
         assert conn.executed == []  # nothing to read: no round trip
         server.send(b"E")  # e.g. the server's goodbye before it closes the session
-        POSTGRES.check(conn, connection)  # type: ignore[arg-type]
+        connection._check(conn)  # type: ignore[arg-type]
         assert conn.executed == [""]
         assert connection.watchdogs == []
         conn.broken = True
         with pytest.raises(psycopg.OperationalError):
-            POSTGRES.check(conn, connection)  # type: ignore[arg-type]
+            connection._check(conn)  # type: ignore[arg-type]
 
 
 def test_what_each_kind_offers() -> None:
-    assert POSTGRES.offers_sessions and not PGBOUNCER.offers_sessions
-    assert PGBOUNCER.tolerates_missing_columns and not POSTGRES.tolerates_missing_columns
+    assert POSTGRES.policy.offers_sessions and not PGBOUNCER.policy.offers_sessions
+    assert PGBOUNCER.policy.tolerates_missing_columns
+    assert not POSTGRES.policy.tolerates_missing_columns
     assert POSTGRES.version_gate(120000) == "PostgreSQL 12+"
     assert PGBOUNCER.version_gate(11800) == ""

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from exporter.scrape import Scraper
+from exporter.scrape.scraper import Scraper
 from tests.unit.fakes import config, install, wait_for
 
 
@@ -81,23 +81,23 @@ def test_concurrent_scrapes_join_one_run_per_target(release) -> None:
     time.sleep(0.1)  # the other scrapes arrive while a's run is in flight
     # /probe?target=a joins the same run.
     probe = []
-    prober = threading.Thread(target=lambda: probe.append(scraper.scrape_target("a", 10)))
+    prober = threading.Thread(target=lambda: probe.append(scraper.start_target("a", 10)))
     prober.start()
     release.set()
     for thread in [*threads, prober]:
         thread.join(10)
     assert answers == [[True, True]] * 4
     assert fakes["a"].runs == 1
-    assert probe[0][1].up and probe[0][0] is fakes["a"]
+    assert probe[0][1].result(10).up and probe[0][0] is fakes["a"]
     # A run that has ended is not joined: the next scrape runs the target again.
     scraper.scrape(5)
     assert fakes["a"].runs == 2
 
 
-def test_scrape_target_of_an_unknown_name_is_none() -> None:
+def test_start_target_of_an_unknown_name_is_none() -> None:
     scraper = scraper_of("a")
     install(scraper)
-    assert scraper.scrape_target("nope", 1) is None
+    assert scraper.start_target("nope", 1) is None
 
 
 def test_a_failing_run_costs_only_its_target(caplog: pytest.LogCaptureFixture) -> None:

@@ -1,4 +1,4 @@
-"""TargetScraper's own logic (exporter/target.py) over a fake connection: version gates, the
+"""TargetScraper's own logic (exporter/scrape/target.py) over a fake connection: version gates, the
 cache, a failing query failing alone, what the target's kind decides (transaction, watchdog,
 missing columns). The real-server behaviour is in tests/test_exporter.py,
 tests/test_scrape_transaction.py and tests/test_pgbouncer.py."""
@@ -11,8 +11,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from exporter.config import QuerySpec, Settings, Target
-from exporter.target import SILENT_SERVER_GRACE, TargetResult, TargetScraper
+from exporter.config.model import QuerySpec, Settings, Target
+from exporter.scrape.target import SILENT_SERVER_GRACE, TargetResult, TargetScraper
 from tests.unit.target_fakes import Answer, FakeConn, FakeServer, FakeTargetConnection
 
 

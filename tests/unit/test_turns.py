@@ -1,10 +1,10 @@
-"""Scrape threads take turns at running Python (exporter/turns.py)."""
+"""Scrape threads take turns at running Python (exporter/db/turns.py)."""
 
 from __future__ import annotations
 
 import threading
 
-from exporter.turns import Turns
+from exporter.db.turns import Turns
 
 
 def _taker(turns: Turns) -> tuple[threading.Thread, threading.Event]:

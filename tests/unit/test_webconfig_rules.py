@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from exporter import webconfig
-from exporter.webconfig import RateLimiter, bcrypt_hash_problem, go_duration
+from exporter.web import webconfig
+from exporter.web.webconfig import RateLimiter, bcrypt_hash_problem, go_duration
 
 HASH = "$2y$10$QOauhQNbBCuQDKes6eFzPeMqBSjb7Mr5DUmpZ/VcEd00UAV/LDeSi"
 

@@ -7,12 +7,12 @@ pool of threads (`_Connector`), not a thread or two per target as a connection p
 take: the exporter's threads do not grow with its targets.
 
 What differs by target kind (connect options, session set-up, the liveness check, what bounds
-a query) is asked of the target's kind (exporter.kinds). On PostgreSQL, statement_timeout
-bounds each query on the server; a watchdog over the whole scrape catches a server that does
-not answer at all (a stopped backend, or a proxy in front whose server is gone: the kernel, or
-the proxy, still acknowledges, so neither TCP keepalives nor tcp_user_timeout ever fire). A
-PgBouncer admin console has no statement_timeout: a watchdog bounds each query, shutting the
-socket down when time is up.
+a query) is read from the target's kind's policy (exporter.kinds) and done here. On
+PostgreSQL, statement_timeout bounds each query on the server; a watchdog over the whole
+scrape catches a server that does not answer at all (a stopped backend, or a proxy in front
+whose server is gone: the kernel, or the proxy, still acknowledges, so neither TCP keepalives
+nor tcp_user_timeout ever fire). A PgBouncer admin console has no statement_timeout: a
+watchdog bounds each query, shutting the socket down when time is up.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import itertools
 import logging
 import os
 import re
+import select
 import socket
 import threading
 import time
@@ -39,15 +40,17 @@ import psycopg
 import psycopg.conninfo
 from psycopg.pq import TransactionStatus
 
-from exporter import lenienttext
-from exporter.config import Target
-from exporter.failures import classify
-from exporter.kinds import kind_of
-from exporter.redact import describe_conninfo
-from exporter.statements import execute
-from exporter.turns import SCRAPES
+from exporter.config.model import Target
+from exporter.db import lenienttext
+from exporter.db.failures import classify
+from exporter.db.redact import describe_conninfo
+from exporter.db.statements import execute
+from exporter.db.turns import SCRAPES
+from exporter.kinds import Liveness, kind_of
 
 APPLICATION_NAME = "pg-connections-exporter"
+# psycopg prepares a statement after this many runs: never, unless asked for (prepared()).
+NEVER_BY_COUNT = 1 << 62
 # How long past its statement_timeout one of our own statements (BEGIN, COMMIT, a SET) is
 # waited for at most; a watchdog normally cuts a silent server sooner.
 _CONTROL_GRACE = 5.0
@@ -90,6 +93,7 @@ class TargetConnection:
     def __init__(self, target: Target, statement_timeout: float, lock_timeout: float) -> None:
         self.target = target
         self.kind = kind_of(target.kind)
+        self.policy = policy = self.kind.policy
         self.statement_timeout = statement_timeout
         self.lock_timeout = lock_timeout
         # The statement_timeout each live session has, so that it is only SET when it changes.
@@ -121,14 +125,14 @@ class TargetConnection:
                 for key, value in _TCP_LIVENESS.items()
                 if key not in psycopg.conninfo.conninfo_to_dict(target.conninfo)
             },
-            **self.kind.connect_options(),
+            **_connect_options(policy.client_side_binding),
             # Names that are not UTF-8 must not fail a scrape (lenienttext.py).
             "context": lenienttext.CONTEXT,
         }
         self._connect_kwargs = kwargs
-        # Resolved once: the hot path asks these, not the kind.
-        self._sets_timeout = self.kind.session_statement_timeout
-        self._prepares = self.kind.prepares_statements and target.prepared_statements
+        # Resolved once: the hot path reads these, not the policy.
+        self._sets_timeout = policy.session_timeouts
+        self._prepares = policy.prepares_statements and target.prepared_statements
         # The held connection, and the state of connecting it (guarded by _state).
         self._conn: psycopg.Connection[Any] | None = None
         self._state = threading.Condition()
@@ -240,8 +244,14 @@ class TargetConnection:
         )
 
     def _configure(self, conn: psycopg.Connection[Any]) -> None:
-        timeout = self.kind.configure(conn, _ms(self.statement_timeout), _ms(self.lock_timeout))
-        if timeout is not None:
+        """Set up a new session: its statement and lock timeouts where the kind has them."""
+        if self._sets_timeout:
+            timeout = _ms(self.statement_timeout)
+            conn.execute(
+                "SELECT set_config('statement_timeout', %s, false),"
+                " set_config('lock_timeout', %s, false)",
+                (timeout, _ms(self.lock_timeout)),
+            )
             self._session_timeout[conn] = timeout
         log.info(
             "connected to target",
@@ -269,7 +279,7 @@ class TargetConnection:
         conn = self._conn
         if conn is not None:
             try:
-                self.kind.check(conn, self)
+                self._check(conn)
                 return conn
             except (psycopg.Error, OSError):
                 self._discard(conn)
@@ -283,6 +293,27 @@ class TargetConnection:
             if self._conn is None:
                 raise NotConnected
             return self._conn
+
+    def _check(self, conn: psycopg.Connection[Any]) -> None:
+        """The liveness check before each use, as the kind says: raises psycopg.Error or
+        OSError if the held connection cannot be used.
+
+        Liveness.SOCKET: no round trip while nothing has arrived: a server that ended the
+        session (restart, pg_terminate_backend, idle_session_timeout) sends its goodbye and
+        closes the socket, which makes it readable; an idle session's socket has nothing to
+        read. Anything readable is read by an empty query, which reads it and fails on a closed
+        session (a new one is opened then). Liveness.ROUND_TRIP: the kind's statement, bounded
+        by a watchdog."""
+        if self.policy.liveness is Liveness.ROUND_TRIP:
+            with self.watchdog(conn, self.statement_timeout):
+                conn.execute(self.policy.liveness_statement)
+            return
+        if conn.closed or conn.broken:
+            raise psycopg.OperationalError("the connection is closed")
+        poller = select.poll()  # not select(): a descriptor may be above FD_SETSIZE
+        poller.register(conn.fileno(), select.POLLIN)
+        if poller.poll(0):
+            conn.execute("")
 
     def _after_use(self, conn: psycopg.Connection[Any]) -> None:
         """A connection left broken, or inside a transaction it cannot end, is replaced in
@@ -347,7 +378,7 @@ class TargetConnection:
         after: Sequence[str] = (),
     ) -> tuple[list[dict[str, Any]], tuple[str, ...]]:
         """Rows and columns of `sql` with `params` on `conn`: prepared once per session where
-        prepared() says so (exporter.statements; waited for until `limit` at most). `before`
+        prepared() says so (exporter.db.statements; waited for until `limit` at most). `before`
         and `after` (BEGIN, COMMIT: see ScrapeTransaction) run around it, in its message when
         it is prepared; after an error in any of them none of the rest runs."""
         text = self._text(conn, sql, params)
@@ -386,7 +417,7 @@ class TargetConnection:
             if len(self._texts) >= _MAX_TEXTS:  # queries of configs since reloaded
                 self._texts.clear()
             cursor = psycopg.ClientCursor(conn)
-            written = cursor.mogrify(sql, params) if params else sql  # type: ignore[arg-type]
+            written = cursor.mogrify(sql, params) if params else sql
             text = self._texts[key] = _shared(written.encode(conn.info.encoding))
         return text
 
@@ -488,17 +519,12 @@ class ScrapeTransaction:
         self._open = False
         self._timeout_at_begin: str | None = None
 
-    def begin(self, statement_timeout: float | None = None) -> None:
-        """Begin now, unless already in one (the connection is autocommit between scrapes);
-        with `statement_timeout` (seconds) SET inside it in the same round trip if it changes."""
-        self.opening(statement_timeout, eager=True)
-
-    def opening(self, statement_timeout: float | None = None, eager: bool = False) -> list[str]:
+    def opening(self, statement_timeout: float | None = None) -> list[str]:
         """The statements that begin the transaction (none if it is open), for the next query
         to carry in its message (TargetConnection.query); taken as run from now on
         (after_query sees to it if they were not).
         Before PostgreSQL 13 a SET in a message did not bound the rest of that message's
-        statements: there (and with `eager`) they run now, and none are returned."""
+        statements: there they run now, and none are returned."""
         if self._open:
             return []
         self._timeout_at_begin = self._owner._session_timeout.get(self._conn)
@@ -512,7 +538,7 @@ class ScrapeTransaction:
             # Our own "<digits>ms", written in: the simple protocol takes no parameters.
             assert timeout[:-2].isdigit(), timeout
             statements.append(f"SET statement_timeout = '{timeout}'")
-        if eager or self._conn.info.server_version < 130000:
+        if self._conn.info.server_version < 130000:
             # One simple-protocol message, two statements.
             self._owner.control(self._conn, "; ".join(statements))
             statements = []
@@ -695,6 +721,15 @@ def _single_statement(sql: str) -> bool:
 
 
 _LINE_COMMENT = re.compile(r"--[^\n]*")
+
+
+def _connect_options(client_side_binding: bool) -> dict[str, Any]:
+    """psycopg.Connection.connect keyword arguments for the kind's binding."""
+    if client_side_binding:
+        # The server speaks only the simple query protocol: nothing prepared, ever.
+        return {"prepare_threshold": None, "cursor_factory": psycopg.ClientCursor}
+    # Never prepared by count: only the statements run with prepare=True (prepared()).
+    return {"prepare_threshold": NEVER_BY_COUNT}
 
 
 def _ms(seconds: float) -> str:

@@ -19,12 +19,12 @@ from urllib.parse import parse_qs, urlsplit
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from exporter import __version__
-from exporter.collector import scrape_timeout
-from exporter.exposition import choose_encoder, encode
-from exporter.gcpause import ANSWERS
-from exporter.httpserver import BoundedHTTPServer, HTTPLimits
-from exporter.probe import ProbeRefused
-from exporter.webconfig import NO_WEB_CONFIG, WatchedWebConfig, WebConfig
+from exporter.metrics.collector import scrape_timeout
+from exporter.metrics.exposition import choose_encoder, encode
+from exporter.web.gcpause import ANSWERS
+from exporter.web.httpserver import BoundedHTTPServer, HTTPLimits
+from exporter.web.probe import ProbeRefused
+from exporter.web.webconfig import NO_WEB_CONFIG, WatchedWebConfig, WebConfig
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def make_server(
     app: WebApp, host: str, port: int, limits: HTTPLimits | None = None
 ) -> BoundedHTTPServer:
     """An HTTP(S) server bound to host:port serving `app`, within `limits`
-    (exporter.httpserver: no thread per connection, header and idle timeouts, a cap)."""
+    (exporter.web.httpserver: no thread per connection, header and idle timeouts, a cap)."""
 
     class Handler(_Handler):
         web = app

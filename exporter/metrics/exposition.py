@@ -30,7 +30,10 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
-from exporter.families import _Rows
+from exporter.metrics.families import _Rows
+
+# The library's Go float formatting, typed (prometheus_client leaves it unannotated).
+_float_to_go_string: Callable[[float], str] = floatToGoString
 
 try:
     # Internals of the prometheus_client versions this reproduces (0.2x with escaping schemes):
@@ -175,7 +178,7 @@ def _go_float(value: Any) -> str:
     d = float(value)
     text = repr(d)
     if text[-1] in "nf" or (d > 0 and text.find(".") > 6):  # inf, nan; Go's exponent form
-        text = floatToGoString(d)
+        text = _float_to_go_string(d)
     if d.is_integer():  # counts and settings come back; ages and durations hardly ever
         if len(_go_floats) >= 16384:
             _go_floats.clear()
@@ -189,7 +192,7 @@ def encode(encoder: Encoder, registry: Collector, gzipped: bool) -> bytes:
     plain body (~30 MB) is never held whole, nor its copy joined for gzip (peak memory)."""
     func = encoder.func if isinstance(encoder, functools.partial) else None
     if func is _openmetrics or func is _text:
-        return encoder(registry, gzipped=gzipped)  # type: ignore[call-arg]
+        return encoder(registry, gzipped=gzipped)  # type: ignore[call-arg]  # ours take gzipped
     body = encoder(registry)
     return gzip.compress(body, compresslevel=GZIP_LEVEL) if gzipped else body
 
@@ -266,7 +269,9 @@ class _Written:
         if not self._gzipped:
             self.chunks.append(chunk)
         elif self._gzip is None:
-            self.chunks.append(zlib.compress(chunk, GZIP_LEVEL, _GZIP_WBITS))
+            # zlib.compress takes wbits only from Python 3.11: the same bytes, made as above.
+            gzip_once = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, _GZIP_WBITS)
+            self.chunks.append(gzip_once.compress(chunk) + gzip_once.flush())
         else:
             self.chunks.append(self._gzip.compress(chunk))
             self.chunks.append(self._gzip.flush())
@@ -335,7 +340,7 @@ def _render_text(metrics: Iterable[Any], escaping: str, gzipped: bool = False) -
     return written.end(out)
 
 
-# Row families (exporter.families): rendered from their rows, no Sample or label dict made.
+# Row families (exporter.metrics.families): rendered from their rows, no Sample or label dict made.
 
 
 # (sample name, label names, base width, escaping, with le) -> its line function
@@ -379,8 +384,9 @@ def _line_function(
     exec(compile(source, "<exposition line>", "exec"), namespace)  # no input in the source
     if len(_line_functions) >= 1024:
         _line_functions.clear()
-    line = _line_functions[key] = namespace["line"]
-    return line
+    made: Callable[..., str] = namespace["line"]
+    _line_functions[key] = made
+    return made
 
 
 _first = operator.itemgetter(0)  # a row's label values

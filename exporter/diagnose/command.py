@@ -19,14 +19,15 @@ from typing import Any, TextIO
 import psycopg
 import psycopg.conninfo
 
-from exporter import lenienttext
-from exporter.config import ConfigError, load_config, parse_duration
-from exporter.diagnose import IDLE_STATES, Criteria, Report, analyze, gather
-from exporter.diagnose_text import render_text
+from exporter.config.errors import ConfigError
+from exporter.config.model import load_config, parse_duration
+from exporter.db import lenienttext
+from exporter.db.failures import classify
+from exporter.db.redact import describe_conninfo, scrub
+from exporter.diagnose.analysis import IDLE_STATES, Criteria, Report, analyze, gather
+from exporter.diagnose.text import render_text
 from exporter.escaping import json_text, terminal
-from exporter.failures import classify
 from exporter.kinds import kind_of
-from exporter.redact import describe_conninfo, scrub
 
 APPLICATION_NAME = "pg-connections-exporter-diagnose"
 EXIT_FAILED = 1
@@ -171,7 +172,7 @@ def _source(args: argparse.Namespace) -> Source:
                 f"(known: {', '.join(names)})",
                 EXIT_USAGE,
             )
-        if not kind_of(target.kind).offers_sessions:
+        if not kind_of(target.kind).policy.offers_sessions:
             raise DiagnoseError(
                 f"--target {args.target!r} is a {target.kind} target: diagnose needs PostgreSQL",
                 EXIT_USAGE,

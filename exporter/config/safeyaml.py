@@ -21,13 +21,13 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from yaml.composer import ComposerError
 from yaml.constructor import ConstructorError
 
-from exporter.config import ConfigError
+from exporter.config.errors import ConfigError
 
 # Caps. A config file with 10,000 targets is ~2 MB and ~120,000 values (nodes); 200,000
 # values take ~2 s and ~100 MB to compose.
@@ -48,19 +48,15 @@ class _LimitError(yaml.YAMLError):
         self.problem_mark = mark
 
 
-try:
-    from yaml.cyaml import CParser
-except ImportError:  # pragma: no cover - PyYAML built without libyaml
-    CParser = None
+if yaml.__with_libyaml__:
+    from yaml._yaml import CParser
 
-if CParser is not None:
-
-    class _Events(CParser):  # type: ignore[misc,valid-type]
+    class _Events(CParser):
         """The YAML event stream of a text, from libyaml (an order of magnitude faster than
         the pure-Python parser); nodes are still composed in Python, within the bounds."""
 
 else:  # pragma: no cover
-
+    # One of the two classes is defined, as PyYAML was built: the checker sees both.
     class _Events(yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser):  # type: ignore[no-redef]
         """The YAML event stream of a text, from the pure-Python parser."""
 
@@ -93,7 +89,7 @@ class _BoundedLoader(
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
+            event = cast(yaml.AliasEvent, self.peek_event())
             node = self.anchors.get(event.anchor)
             if node is not None and id(node) not in self._sizes:
                 raise _LimitError(
@@ -103,11 +99,10 @@ class _BoundedLoader(
             if node is not None:
                 self._count(self._sizes[id(node)], event.start_mark)
             return super().compose_node(parent, index)
-        self._count(1, self.peek_event().start_mark)
+        mark = cast(yaml.Event, self.peek_event()).start_mark  # composing: an event is next
+        self._count(1, mark)
         if self._depth >= MAX_DEPTH:
-            raise _LimitError(
-                f"nested more than {MAX_DEPTH} levels deep", self.peek_event().start_mark
-            )
+            raise _LimitError(f"nested more than {MAX_DEPTH} levels deep", mark)
         self._depth += 1
         try:
             node = super().compose_node(parent, index)
@@ -145,7 +140,9 @@ class _BoundedLoader(
         return super().construct_yaml_int(node)
 
 
-_BoundedLoader.add_constructor("tag:yaml.org,2002:int", _BoundedLoader.construct_yaml_int)
+# The stubs bound a constructor's loader to PyYAML's own loader classes; this one is composed
+# of the same parts.
+_BoundedLoader.add_constructor("tag:yaml.org,2002:int", _BoundedLoader.construct_yaml_int)  # type: ignore[type-var]
 
 
 def read_bytes(path: str | os.PathLike[str], source: str, max_bytes: int) -> bytes:

@@ -19,10 +19,11 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from pydantic import Field
 
-from exporter.config import StrictModel
+from exporter.config.model import StrictModel
 
 # Go's crypto/tls CipherSuites() (what the toolkit accepts), with OpenSSL's names. The TLS 1.3
 # suites are accepted and change nothing, in Go as here: TLS 1.3 suites are not configurable.
@@ -128,7 +129,9 @@ class ServerTLS:
         cert = sock.getpeercert()
         if not cert:
             return "no client certificate"
-        sans = {_san(kind, value) for kind, value in cert.get("subjectAltName", ())}
+        # typeshed types every value of the certificate dict alike; this one is (kind, value) pairs.
+        alt_names = cast("tuple[tuple[str, str], ...]", cert.get("subjectAltName", ()))
+        sans = {_san(kind, value) for kind, value in alt_names}
         if sans & self.allowed_sans:
             return None
         return "no allowed SAN in the client certificate"

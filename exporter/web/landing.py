@@ -7,9 +7,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import quote
 
-from exporter.config import Config
-from exporter.target import TargetResult
-from exporter.webpage import HEADERS, HTML, bar, esc, page
+from exporter.config.model import Config
+from exporter.scrape.target import TargetResult
+from exporter.web.webpage import HEADERS, HTML, bar, esc, page
 
 _SLOT_METRICS = ("pg_connections_used", "pg_connections_max", "pg_connections_utilization_ratio")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -26,28 +26,20 @@ from pydantic import (
     model_validator,
 )
 
-from exporter.allowlist import HostAllowList, parse_rule
-from exporter.authmodules import AuthModule, check_options, check_role
-from exporter.kinds import KINDS, kind_of
+from exporter.config.allowlist import HostAllowList, parse_rule
+from exporter.config.authmodules import AuthModule, check_options, check_role
+from exporter.config.errors import ConfigError
+from exporter.config.safeyaml import MAX_SECRET_BYTES, load_yaml_file, parse_yaml, read_text
+from exporter.config.targetfiles import read_target_files
+from exporter.kinds import KINDS, KindName, kind_of
 
 METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 QUERY_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 RESERVED_LABELS = frozenset({"target", "le", "query", "reason"})
-# What a target is: a PostgreSQL server, or the admin console of a PgBouncer in front of one
-# (each an object in exporter.kinds: KINDS has one per name here).
-KindName = Literal["postgres", "pgbouncer"]
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _ENV_REF = re.compile(r"\$(\$|\{([A-Za-z_][A-Za-z0-9_]*)\})")
-
-
-class ConfigError(Exception):
-    """Every problem found in one configuration, each naming where it is."""
-
-    def __init__(self, problems: Iterable[str]):
-        self.problems = list(problems)
-        super().__init__("\n".join(self.problems))
 
 
 def parse_duration(value: Any) -> float:
@@ -500,9 +492,7 @@ def validation_problems(err: ValidationError, source: str, prefix: str = "") -> 
 
 
 def read_yaml(text: str, source: str) -> Any:
-    """One YAML document, bounded in nesting and alias expansion (exporter.safeyaml)."""
-    from exporter.safeyaml import parse_yaml  # safeyaml raises this module's ConfigError
-
+    """One YAML document, bounded in nesting and alias expansion (exporter.config.safeyaml)."""
     return parse_yaml(text, source)
 
 
@@ -538,7 +528,7 @@ def builtin_queries() -> list[QuerySpec]:
                 except ValidationError as err:
                     problems += validation_problems(err, source, f"queries[{i}]")
                     continue
-                if not kind.runs(query):
+                if query.target_kind != kind.name:
                     problems.append(
                         f"{source}: queries[{i}].target_kind: {query.target_kind}, in a file "
                         f"of kind {kind.name}"
@@ -646,8 +636,6 @@ def _with_password(
 def _read_password(password_file: Path, where: str, problems: list[str]) -> str | None:
     """A password file's first line, bounded and strictly UTF-8 (its bytes never quoted), or
     None with the problem added."""
-    from exporter.safeyaml import MAX_SECRET_BYTES, read_text
-
     try:
         password = read_text(password_file, where, MAX_SECRET_BYTES, secret=True).rstrip("\r\n")
     except ConfigError as exc:
@@ -791,8 +779,6 @@ def _check_unique_metrics(
 def parse_config(data: Any, source: str, base_dir: Path | None = None) -> Config:
     """Validate already-parsed YAML data into a `Config`, or raise one `ConfigError`.
     `target_files` globs are relative to `base_dir` (the config file's directory)."""
-    from exporter.targetfiles import read_target_files
-
     problems: list[str] = []
     if not isinstance(data, dict):
         raise ConfigError([f"{source}: (top level): expected a mapping with a 'targets' list"])
@@ -832,8 +818,6 @@ def parse_config(data: Any, source: str, base_dir: Path | None = None) -> Config
 
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and validate a configuration file."""
-    from exporter.safeyaml import load_yaml_file
-
     source = str(path)
     return parse_config(load_yaml_file(path, source), source, Path(path).parent)
 

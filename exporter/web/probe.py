@@ -23,11 +23,17 @@ from dataclasses import dataclass, field
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
-from exporter.authmodules import BadTarget, ProbeAddress, parse_probe_target
-from exporter.collector import SELF, SelfMetric, scrape_timeout, self_families, target_families
-from exporter.config import Config, Target
-from exporter.scrape import Scraper, answer_by
-from exporter.target import TargetResult, TargetScraper
+from exporter.config.authmodules import BadTarget, ProbeAddress, parse_probe_target
+from exporter.config.model import Config, Target
+from exporter.metrics.collector import (
+    SELF,
+    SelfMetric,
+    scrape_timeout,
+    self_families,
+    target_families,
+)
+from exporter.scrape.scraper import Scraper, answer_by
+from exporter.scrape.target import TargetResult, TargetScraper
 
 log = logging.getLogger(__name__)
 
@@ -226,13 +232,6 @@ def _scraper(
     return TargetScraper(target, config.queries, config.settings, previous)
 
 
-@dataclass(frozen=True)
-class _OneTarget:
-    """What self_families needs of a scraper, for one target."""
-
-    targets: list[TargetScraper]
-
-
 class _ProbeCollector(Collector):
     """The metrics of one probe: the target's own, then its pg_up and self-metrics. `begin`
     starts the run (on the scrape pool) and gives its answer, due by the deadline, so that the
@@ -254,7 +253,7 @@ class _ProbeCollector(Collector):
         assert self._begun is not None
         scraper, result = self._begun[0], answer.result()  # settled by the deadline
         yield from target_families([result])
-        yield from self_families(_OneTarget([scraper]), [result])  # type: ignore[arg-type]
+        yield from self_families([scraper], [result])
 
 
 class Probes:

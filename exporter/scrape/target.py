@@ -2,8 +2,8 @@
 
 Each query is gated by target kind and server version, bounded by its own timeout (never beyond
 the scrape deadline), served from its cache while fresh, and fails alone: an error in one query
-is counted and the others still run. What differs by target kind is asked of the target's kind
-(exporter.kinds), resolved once: on PostgreSQL a scrape's queries share one read-only
+is counted and the others still run. What differs by target kind is read from the target's
+kind's policy (exporter.kinds), resolved once: on PostgreSQL a scrape's queries share one read-only
 transaction (one snapshot of the backends; see connection.ScrapeTransaction); PgBouncer's SHOW
 output gains and loses columns between versions, so there a metric whose columns are missing is
 left out rather than failing its query.
@@ -16,24 +16,24 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
 
 import psycopg
 
-from exporter.config import QuerySpec, Settings, Target
-from exporter.connection import NotConnected, ScrapeTransaction, TargetConnection, Watchdog
-from exporter.engine import (
+from exporter.config.model import QuerySpec, Settings, Target
+from exporter.db.connection import NotConnected, ScrapeTransaction, TargetConnection, Watchdog
+from exporter.db.turns import SCRAPES
+from exporter.kinds import WatchdogScope, kind_of
+from exporter.scrape.engine import (
     MetricSamples,
     Row,
     build_samples,
     metric_missing_columns,
     missing_columns,
 )
-from exporter.kinds import kind_of
-from exporter.logincheck import LoginChecker, LoginResult
-from exporter.turns import SCRAPES
+from exporter.scrape.logincheck import LoginChecker, LoginResult
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,9 @@ class TargetScraper:
         self.target = target
         self.settings = settings
         self.kind = kind_of(target.kind)
-        self.queries = [q for q in queries if self.kind.runs(q)]
+        self.policy = self.kind.policy
+        self.queries = [q for q in queries if q.target_kind == self.kind.name]
+        self.connection: TargetConnection
         if previous is not None and previous.connection_reusable(target, settings):
             self.connection = previous.connection
         else:
@@ -190,9 +192,12 @@ class TargetScraper:
         self, conn: psycopg.Connection[Any], deadline: float
     ) -> AbstractContextManager[Watchdog | None]:
         """What bounds the whole scrape (BEGIN, SETs, queries, COMMIT), as the kind says: on
-        PostgreSQL a watchdog that cuts a connection the server no longer answers on."""
+        PostgreSQL a watchdog that cuts a connection the server no longer answers on (every
+        statement_timeout ends before the deadline)."""
+        if self.policy.watchdog is not WatchdogScope.SCRAPE:
+            return nullcontext()  # every query has its own watchdog
         seconds = deadline + SILENT_SERVER_GRACE - time.monotonic()
-        return self.kind.scrape_guard(self.connection, conn, seconds)
+        return self.connection.watchdog(conn, seconds)
 
     def _run_all(
         self,
@@ -203,7 +208,7 @@ class TargetScraper:
     ) -> list[QueryOutcome]:
         outcomes = []
         read: dict[str, _Read] = {}  # each query's rows and columns, for the rows_from ones
-        tx = self.kind.scrape_transaction(self.connection, conn)
+        tx = self.connection.transaction(conn) if self.policy.one_transaction else None
         # The last query to go to the server carries the COMMIT (if one whose cache runs out
         # meanwhile follows it, that one runs in a transaction of its own).
         last = next((q for q in reversed(self.queries) if self._goes_to_server(q, version)), None)
@@ -270,7 +275,11 @@ class TargetScraper:
         timeout = min(query.timeout or self.settings.query_timeout, remaining)
         # PostgreSQL bounds the statement itself (and the scrape's `guard` a silent server);
         # PgBouncer's console has no statement_timeout: a watchdog bounds the query.
-        bound = self.kind.query_bound(self.connection, conn, timeout, guard)
+        bound: AbstractContextManager[Watchdog | None] = (
+            self.connection.watchdog(conn, timeout)
+            if self.policy.watchdog is WatchdogScope.QUERY
+            else nullcontext(guard)
+        )
         try:
             with bound as dog:
                 # BEGIN (and its SET) and, for the scrape's last query, COMMIT travel in the
@@ -326,7 +335,7 @@ class TargetScraper:
         self, query: QuerySpec, rows: Sequence[Row], columns: tuple[str, ...], duration: float
     ) -> QueryOutcome:
         skip: frozenset[str] = frozenset()
-        if self.kind.tolerates_missing_columns:
+        if self.policy.tolerates_missing_columns:
             skip = self._unavailable(query, columns)
         elif self._complete_columns.get(query.name) != columns:
             missing = missing_columns(query, columns)

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import psycopg
 
-from exporter.config import LoginCheck
-from exporter.failures import REASONS, classify
-from exporter.redact import describe_conninfo
+from exporter.config.model import LoginCheck
+from exporter.db.failures import REASONS, classify
+from exporter.db.redact import describe_conninfo
 
 APPLICATION_NAME = "pg-connections-exporter-login-check"
 

@@ -24,9 +24,10 @@ from typing import Annotated, Any
 import bcrypt
 from pydantic import BeforeValidator, Field, ValidationError
 
-from exporter.config import ConfigError, StrictModel, validation_problems
-from exporter.safeyaml import load_yaml_file
-from exporter.webtls import ServerTLS, TLSServerConfig, server_tls
+from exporter.config.errors import ConfigError
+from exporter.config.model import StrictModel, validation_problems
+from exporter.config.safeyaml import load_yaml_file
+from exporter.web.webtls import ServerTLS, TLSServerConfig, server_tls
 
 log = logging.getLogger(__name__)
 

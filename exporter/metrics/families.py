@@ -18,7 +18,6 @@ from prometheus_client.core import (
     CounterMetricFamily,
     GaugeHistogramMetricFamily,
     GaugeMetricFamily,
-    Metric,
 )
 from prometheus_client.samples import Sample
 
@@ -34,6 +33,7 @@ class _Rows:
 
     def __init__(self, name: str, documentation: str, labels: Sequence[str]) -> None:
         self._start_rows()
+        # A mixin: the next class in the MRO is the library's family, which takes these.
         super().__init__(name, documentation, labels=labels)  # type: ignore[call-arg]
 
     def _start_rows(self) -> None:
@@ -59,7 +59,7 @@ class _Rows:
 
     # What the library's Metric keeps in `samples`: built on demand from the rows.
     @property
-    def samples(self) -> list[Sample]:  # type: ignore[override]
+    def samples(self) -> list[Sample]:
         out: list[Sample] = []
         for names, base, rows in getattr(self, "segments", ()):
             for values, *rest in rows:
@@ -79,22 +79,23 @@ class _Rows:
 class _ValueRows(_Rows):
     """A gauge's or counter's rows: one value per series."""
 
-    def add_metric(self, labels: Sequence[str], value: float) -> None:  # type: ignore[override]
+    def add_metric(self, labels: Sequence[str], value: float) -> None:
         self._rows(self._labelnames).append((tuple(labels), value))
 
 
-class RowGauge(_ValueRows, GaugeMetricFamily):
+# add_metric takes no timestamp, unlike the library's: a scrape's samples have none.
+class RowGauge(_ValueRows, GaugeMetricFamily):  # type: ignore[misc]
     def _samples_of(self, names: LabelNames, row: tuple[Any, ...]) -> list[Sample]:
         return [Sample(self.name, _labels(names, row[0]), row[1], None)]
 
 
-class RowCounter(_ValueRows, CounterMetricFamily):
+class RowCounter(_ValueRows, CounterMetricFamily):  # type: ignore[misc]  # as RowGauge
     def _samples_of(self, names: LabelNames, row: tuple[Any, ...]) -> list[Sample]:
         return [Sample(self.name + "_total", _labels(names, row[0]), row[1], None, None)]
 
 
 class RowGaugeHistogram(_Rows, GaugeHistogramMetricFamily):
-    def add_metric(  # type: ignore[override]
+    def add_metric(  # type: ignore[override]  # rows, and no timestamp: a scrape has none
         self, labels: Sequence[str], buckets: Sequence[tuple[str, float]], gsum_value: float
     ) -> None:
         self._rows(self._labelnames).append((tuple(labels), tuple(buckets), gsum_value))
@@ -115,10 +116,19 @@ def _labels(names: LabelNames, values: Sequence[str]) -> dict[str, str]:
     return dict(zip(names, values, strict=False))
 
 
-def new_family(kind: str, name: str, doc: str, labels: Sequence[str]) -> Metric:
+ValueFamily = RowGauge | RowCounter
+RowFamily = RowGauge | RowCounter | RowGaugeHistogram
+
+
+def new_family(kind: str, name: str, doc: str, labels: Sequence[str]) -> RowFamily:
     """A row family of the query-spec type `kind` (gauge, counter or gauge_histogram)."""
-    if kind == "counter":
-        return RowCounter(name, doc, labels)
     if kind == "gauge_histogram":
         return RowGaugeHistogram(name, doc, labels)
+    return new_value_family(kind, name, doc, labels)
+
+
+def new_value_family(kind: str, name: str, doc: str, labels: Sequence[str]) -> ValueFamily:
+    """A row family of one value per series: a counter, else a gauge."""
+    if kind == "counter":
+        return RowCounter(name, doc, labels)
     return RowGauge(name, doc, labels)

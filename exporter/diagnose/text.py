@@ -9,7 +9,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from exporter.diagnose import Report, format_bytes, format_seconds, holder_cells, session_cells
+from exporter.diagnose.analysis import (
+    Report,
+    format_bytes,
+    format_seconds,
+    holder_cells,
+    session_cells,
+)
 from exporter.escaping import terminal
 
 # Rows shown per list; the rest are counted ("... and 12 more"). JSON has them all.

@@ -21,9 +21,9 @@ from urllib.parse import parse_qs, quote
 
 import psycopg
 
-from exporter.config import Config
-from exporter.connection import NotConnected
-from exporter.diagnose import (
+from exporter.config.model import Config
+from exporter.db.connection import NotConnected
+from exporter.diagnose.analysis import (
     Criteria,
     Report,
     analyze,
@@ -33,8 +33,8 @@ from exporter.diagnose import (
     holder_cells,
     session_cells,
 )
-from exporter.target import TargetScraper
-from exporter.webpage import HEADERS, HTML, bar, esc, page, table
+from exporter.scrape.target import TargetScraper
+from exporter.web.webpage import HEADERS, HTML, bar, esc, page, table
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class SessionsPage:
                 b"the sessions page is off: set sessions_page.enabled in the configuration\n",
                 {},
             )
-        targets = [t for t in self._targets() if t.kind.offers_sessions]
+        targets = [t for t in self._targets() if t.kind.policy.offers_sessions]
         if not targets:
             return 404, "text/plain; charset=utf-8", b"no PostgreSQL target\n", {}
         wanted = (parse_qs(query).get("target") or [targets[0].target.name])[0]
@@ -198,8 +198,8 @@ def render(report: Report, query_text: bool) -> str:
     )
     out.append("<h2>By state, application, user, client, database</h2><div class='cards'>")
     for key in ("state", "application", "user", "client", "database"):
-        rows = [[r["key"] or "-", r["count"]] for r in report.breakdowns[key]]
-        out.append(f"<div>{table([key, 'n'], rows, numeric=[1], limit=15)}</div>")
+        cells = [[r["key"] or "-", r["count"]] for r in report.breakdowns[key]]
+        out.append(f"<div>{table([key, 'n'], cells, numeric=[1], limit=15)}</div>")
     out.append("</div>")
     for title, rows, age in (
         ("Long-running queries", report.long_running, "query_seconds"),

@@ -20,8 +20,8 @@ from typing import Any
 
 import yaml
 
-from exporter.config import ConfigError
-from exporter.safeyaml import decode_utf8, read_bytes
+from exporter.config.errors import ConfigError
+from exporter.config.safeyaml import decode_utf8, read_bytes
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class _NoAliasLoader(yaml.SafeLoader):
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.events.AliasEvent):
-            event = self.peek_event()
+            event = self.peek_event()  # type: ignore[no-untyped-call]  # unannotated in the stubs
             raise yaml.composer.ComposerError(
                 None, None, "aliases (*name) are not allowed in a target file", event.start_mark
             )

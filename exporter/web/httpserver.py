@@ -353,7 +353,7 @@ class BoundedHTTPServer:
         """Called by a handler in its request: answer later, by calling `finish` on a worker
         once `answer` is done, instead of holding this worker while it waits (a /probe of a
         slow server). `answer` must be done by a deadline of its own."""
-        handler._deferred = (answer, finish)  # type: ignore[attr-defined]
+        handler._deferred = (answer, finish)  # type: ignore[attr-defined]  # read by _handle
 
     def _resume(self, conn: _Conn, deferred: _Deferred) -> None:
         try:
@@ -380,13 +380,13 @@ class BoundedHTTPServer:
     def _handle(self, conn: _Conn) -> bool | _Deferred:
         handler = self.handler.__new__(self.handler)
         reader = _Reader(conn.sock, conn.buffer, 1 << 20)
-        handler.request = handler.connection = conn.sock  # type: ignore[attr-defined]
+        handler.request = handler.connection = conn.sock
         handler.client_address = conn.address
-        handler.server = self  # type: ignore[assignment]
-        handler.rfile = reader  # type: ignore[assignment]
-        handler.wfile = conn.sock.makefile("wb", getattr(handler, "wbufsize", -1) or -1)
+        handler.server = self  # type: ignore[assignment]  # the handler's server, not socketserver's
+        handler.rfile = reader  # type: ignore[assignment]  # a bounded reader, read as a file
+        handler.wfile = conn.sock.makefile("wb", getattr(handler, "wbufsize", -1) or -1)  # type: ignore[assignment]  # buffered unless wbufsize 0
         handler.close_connection = True
-        handler._deferred = None  # type: ignore[attr-defined]
+        handler._deferred = None  # type: ignore[attr-defined]  # the server's slot for defer()
 
         def end(write: Callable[[], None]) -> bool:
             try:
@@ -408,7 +408,7 @@ class BoundedHTTPServer:
             with contextlib.suppress(OSError, ssl.SSLError):
                 handler.wfile.close()
             return False
-        deferred = handler._deferred  # type: ignore[attr-defined]
+        deferred = handler._deferred  # type: ignore[attr-defined]  # set by _handle, defer()
         if deferred is not None:
             answer, finish = deferred
             return _Deferred(answer, lambda: end(finish))

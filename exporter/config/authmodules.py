@@ -126,7 +126,7 @@ class AuthModule:
 
     def conninfo(self, address: ProbeAddress) -> str:
         """The libpq connection string for `address`, logged in as this module says."""
-        params: dict[str, object] = {
+        params: dict[str, str | int | None] = {
             **self.options,
             "host": address.host,
             "port": address.port,
@@ -137,7 +137,7 @@ class AuthModule:
             params["password"] = self.password
         if self.role:
             params["options"] = f"-c role={self.role}"
-        return psycopg.conninfo.make_conninfo("", **params)  # type: ignore[arg-type]
+        return psycopg.conninfo.make_conninfo("", **params)
 
 
 def check_options(options: Mapping[str, str]) -> list[str]:

@@ -9,13 +9,16 @@ histogram buckets.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from prometheus_client.utils import floatToGoString
 
-from exporter.config import MetricSpec, QuerySpec
+from exporter.config.model import MetricSpec, QuerySpec
+
+# The library's Go float formatting, typed (prometheus_client leaves it unannotated).
+_float_to_go_string: Callable[[float], str] = floatToGoString
 
 OTHER = "other"
 
@@ -200,6 +203,7 @@ def _samples(plan: _Plan, rows: Sequence[Row]) -> tuple[tuple[LabelValues, float
     # runs for every row of every metric of every target, and two calls a row were most of it.
     plain = len(plan.value_columns) == 1 and plan.scale == 1.0 and not plan.add
     column = plan.value_columns[0]
+    value: float | None
     for row in rows:
         if plain:
             raw = row[column]
@@ -209,7 +213,7 @@ def _samples(plan: _Plan, rows: Sequence[Row]) -> tuple[tuple[LabelValues, float
             if value != value:  # NaN, as _number
                 continue
         else:
-            value = _value(row, plan)  # type: ignore[assignment]
+            value = _value(row, plan)
             if value is None:
                 continue
         key = tuple(["" if (v := row[c]) is None else str(v) for c in columns])
@@ -295,7 +299,7 @@ def _histograms(
         for key in _zero_fill(dict.fromkeys(counts, 0.0), plan):
             counts.setdefault(key, [0.0] * (len(bounds) + 1))
     out = []
-    les = [floatToGoString(b) for b in bounds] + ["+Inf"]
+    les = [_float_to_go_string(b) for b in bounds] + ["+Inf"]
     for key in sorted(counts):
         cumulative = list(itertools.accumulate(counts[key]))
         out.append(

@@ -19,9 +19,9 @@ import time
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
-from exporter.config import Config
-from exporter.connection import EXPIRIES
-from exporter.target import TargetResult, TargetScraper
+from exporter.config.model import Config
+from exporter.db.connection import EXPIRIES
+from exporter.scrape.target import TargetResult, TargetScraper
 
 log = logging.getLogger(__name__)
 
@@ -84,22 +84,13 @@ class Scraper:
             runs = [(t, self._join_or_start(t, deadline)) for t in self.targets]
         return [self._wait(t, run, deadline) for t, run in runs]
 
-    def scrape_target(self, name: str, timeout: float) -> tuple[TargetScraper, TargetResult] | None:
-        """One configured target's result within `timeout` (joining a run in flight), or None
-        if the configuration has no target of that name: what /probe?target=NAME serves."""
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            target = next((t for t in self.targets if t.target.name == name), None)
-            if target is None:
-                return None
-            run = self._join_or_start(target, deadline)
-        return target, self._wait(target, run, deadline)
-
     def start_target(
         self, name: str, timeout: float
     ) -> tuple[TargetScraper, Future[TargetResult]] | None:
-        """What scrape_target returns, without waiting: the result comes in the Future, by
-        `timeout` at the latest (see answer_by), so that a caller need not hold a thread."""
+        """One configured target's run (joining one in flight), or None if the configuration
+        has no target of that name: what /probe?target=NAME serves. The result comes in the
+        Future, by `timeout` at the latest (see answer_by), so that a caller need not hold a
+        thread."""
         deadline = time.monotonic() + timeout
         with self._lock:
             target = next((t for t in self.targets if t.target.name == name), None)

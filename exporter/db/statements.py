@@ -8,7 +8,9 @@ loads the values with the connection's own loaders (so rows hold exactly what a 
 give), and raises the psycopg error a cursor would. It is three times cheaper.
 
 The connection must not be used by anything else meanwhile (the target's connection is held
-by one scrape at a time), and it is left idle or in a transaction, never mid-result.
+by one scrape at a time). A statement that ends leaves it idle or in a transaction; one given
+up at its limit leaves it mid-result, and the connection is then replaced (its status is
+ACTIVE: TargetConnection's check after use discards it).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import psycopg
 import psycopg.errors
 from psycopg import pq
 
-from exporter.turns import SCRAPES
+from exporter.db.turns import SCRAPES
 
 Row = dict[str, Any]
 
@@ -79,7 +81,7 @@ def _results(pgconn: pq.abc.PGconn, limit: float) -> list[pq.abc.PGresult]:
     try:
         while pgconn.flush():
             _wait(pgconn, select.POLLOUT, limit)
-        results = []
+        results: list[pq.abc.PGresult] = []
         while True:
             while pgconn.is_busy():
                 _wait(pgconn, select.POLLIN, limit)

@@ -16,10 +16,10 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from exporter import __version__
-from exporter.failures import REASONS
-from exporter.families import new_family
-from exporter.scrape import Scraper
-from exporter.target import QUERY_ERROR_REASONS, TargetResult
+from exporter.db.failures import REASONS
+from exporter.metrics.families import RowFamily, ValueFamily, new_family, new_value_family
+from exporter.scrape.scraper import Scraper
+from exporter.scrape.target import QUERY_ERROR_REASONS, TargetResult, TargetScraper
 
 SELF = "pg_connections_exporter"
 
@@ -57,12 +57,12 @@ class ExporterCollector(Collector):
         results = self.scraper.scrape(timeout)
         yield from target_families(results)
         reload = self.reload_status() if self.reload_status else None
-        yield from self_families(self.scraper, results, reload)
+        yield from self_families(self.scraper.targets, results, reload)
 
 
 def target_families(results: Sequence[TargetResult]) -> Iterator[Metric]:
     """The query metrics of all targets, one family per metric name."""
-    families: dict[str, Metric] = {}
+    families: dict[str, RowFamily] = {}
     for result in results:
         base_names = ("target", *result.target.labels)
         base_values = (result.target.name, *result.target.labels.values())
@@ -78,14 +78,14 @@ def target_families(results: Sequence[TargetResult]) -> Iterator[Metric]:
                 # labels, and still share one family per metric name.
                 names = (*base_names, *spec.labels)
                 if produced.histograms:
-                    family.add_rows(  # type: ignore[attr-defined]
+                    family.add_rows(
                         names,
                         [(h.labels, h.buckets, h.sum) for h in produced.histograms],
                         base_values,
                     )
                 else:
                     # The samples as they are: the target's values go in once, as the base.
-                    family.add_rows(names, produced.samples, base_values)  # type: ignore[attr-defined]
+                    family.add_rows(names, produced.samples, base_values)
     yield from families.values()
 
 
@@ -98,9 +98,9 @@ class SelfMetric:
     labels: tuple[str, ...]
     help: str
 
-    def family(self) -> Metric:
+    def family(self) -> ValueFamily:
         base = self.name.removesuffix("_total") if self.type == "counter" else self.name
-        return new_family(self.type, base, self.help, list(self.labels))
+        return new_value_family(self.type, base, self.help, list(self.labels))
 
 
 BUILD_INFO = SelfMetric(
@@ -200,7 +200,9 @@ SELF_METRICS = (
 
 
 def self_families(
-    scraper: Scraper, results: Sequence[TargetResult], reload: ReloadStatus | None = None
+    targets: Sequence[TargetScraper],
+    results: Sequence[TargetResult],
+    reload: ReloadStatus | None = None,
 ) -> Iterator[Metric]:
     """pg_up, the login checks and the exporter's own health."""
     family = {m.name: m.family() for m in SELF_METRICS}
@@ -209,23 +211,23 @@ def self_families(
         family[UP.name].add_metric([r.target.name], 1 if r.up else 0)
         family[SCRAPE_DURATION.name].add_metric([r.target.name], r.duration)
         base = (r.target.name,)
-        family[QUERY_DURATION.name].add_rows(  # type: ignore[attr-defined]
+        family[QUERY_DURATION.name].add_rows(
             QUERY_DURATION.labels, [((q.name,), q.duration) for q in r.queries], base
         )
-        family[QUERY_SUCCESS.name].add_rows(  # type: ignore[attr-defined]
+        family[QUERY_SUCCESS.name].add_rows(
             QUERY_SUCCESS.labels, [((q.name,), 0 if q.error else 1) for q in r.queries], base
         )
         if r.login is not None:
             family[LOGIN_SUCCESS.name].add_metric([r.target.name], 1 if r.login.success else 0)
             family[LOGIN_DURATION.name].add_metric([r.target.name], r.login.duration)
-    for t in scraper.targets:
+    for t in targets:
         base = (t.target.name,)
-        family[QUERY_ERRORS.name].add_rows(  # type: ignore[attr-defined]
+        family[QUERY_ERRORS.name].add_rows(
             QUERY_ERRORS.labels, sorted(t.query_errors.items()), base
         )
         # Every reason from 0, so that increase() sees the first failure.
         counts = t.connection.connect_failures
-        family[CONNECT_FAILURES.name].add_rows(  # type: ignore[attr-defined]
+        family[CONNECT_FAILURES.name].add_rows(
             CONNECT_FAILURES.labels,
             [((reason,), counts.get(reason, 0)) for reason in REASONS],
             base,

@@ -437,7 +437,7 @@ def _holders(sessions: Iterable[Session]) -> list[dict[str, Any]]:
         key = (s.user or "unknown", s.application, s.database or "unknown")
         groups[key][s.state_label] += 1
         oldest[key] = max(oldest[key], s.state_seconds or 0.0)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "user": k[0],
             "application": k[1],

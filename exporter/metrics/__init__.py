@@ -1,0 +1,1 @@
+"""Metrics: a scrape's results as metric families, and the families as exposition text."""

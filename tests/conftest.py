@@ -195,8 +195,10 @@ def exporter_process() -> Iterator[object]:
     """Start the exporter as a real process (the console script); stopped at the end."""
     started: list[ExporterProcess] = []
 
-    def start(*args: str, env: dict[str, str] | None = None) -> ExporterProcess:
-        proc = ExporterProcess(list(args), env=env)
+    def start(
+        *args: str, env: dict[str, str] | None = None, listen_host: str = "127.0.0.1"
+    ) -> ExporterProcess:
+        proc = ExporterProcess(list(args), env=env, listen_host=listen_host)
         started.append(proc)
         return proc
 

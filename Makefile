@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # the cores keeps both busy (TEST_WORKERS=0 runs it in one process).
 TEST_WORKERS ?= $(shell expr $$(nproc) + 1)
 
-.PHONY: demo test test-fast lint format lock lock-upgrade clean
+.PHONY: demo test test-fast lint format lock lock-upgrade image clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -47,6 +47,11 @@ lock: $(VENV)/.installed
 lock-upgrade: $(VENV)/.installed
 	$(PY) -m pip install --quiet --disable-pip-version-check 'uv>=0.5'
 	$(BIN)/uv pip compile --quiet --upgrade $(LOCK_FLAGS) pyproject.toml -o requirements.txt
+
+# The image as the tests build it (no registry, no Docker: podman on a local Debian base);
+# cached, so a second run takes a second. tests/images.py says how.
+image: $(VENV)/.installed
+	$(PY) -m tests.images
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

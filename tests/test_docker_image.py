@@ -1,10 +1,7 @@
-"""The Dockerfile: hadolint clean, small and non-root, and its HEALTHCHECK really works.
-
-No Docker engine runs here, so the image is never built in the tests; what can be checked
-without one is: the lint, the final stage's shape, the health check command against a real
-exporter, and that .dockerignore lets in what the build copies (tests/test_packaging.py then
-builds the package from exactly that build context).
-"""
+"""The Dockerfile read without running it: hadolint clean, small and non-root, its HEALTHCHECK
+command against a real exporter, .dockerignore letting in what the build copies
+(tests/test_packaging.py then builds the package from exactly that build context), and the
+dependency lock its build installs. tests/test_image.py builds the image and runs it."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # the cores keeps both busy (TEST_WORKERS=0 runs it in one process).
 TEST_WORKERS ?= $(shell expr $$(nproc) + 1)
 
-.PHONY: demo test test-fast lint format clean
+.PHONY: demo test test-fast lint format lock lock-upgrade image clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -38,6 +38,24 @@ lint: $(VENV)/.installed
 format: $(VENV)/.installed
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# requirements.txt: the image's dependencies (pyproject.toml's), pinned with their hashes by
+# `uv pip compile`, for every Python the project supports. `make lock` after a change to the
+# dependencies (it keeps the other pins; tests/test_docker_image.py fails until it is run);
+# `make lock-upgrade` takes the newest releases the specifiers allow (monthly, or for a fix).
+LOCK_FLAGS := --universal --python-version 3.10 --generate-hashes --custom-compile-command "make lock"
+lock: $(VENV)/.installed
+	$(PY) -m pip install --quiet --disable-pip-version-check 'uv>=0.5'
+	$(BIN)/uv pip compile --quiet $(LOCK_FLAGS) pyproject.toml -o requirements.txt
+
+lock-upgrade: $(VENV)/.installed
+	$(PY) -m pip install --quiet --disable-pip-version-check 'uv>=0.5'
+	$(BIN)/uv pip compile --quiet --upgrade $(LOCK_FLAGS) pyproject.toml -o requirements.txt
+
+# The image as the tests build it (no registry, no Docker: podman on a local Debian base);
+# cached, so a second run takes a second. tests/images.py says how.
+image: $(VENV)/.installed
+	$(PY) -m tests.images
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

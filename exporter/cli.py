@@ -69,7 +69,7 @@ def add_web_flags(parser: argparse.ArgumentParser) -> None:
         dest="listen_address",
         default=f":{DEFAULT_PORT}",
         metavar="[HOST]:PORT",
-        help=f"address to serve on (default :{DEFAULT_PORT})",
+        help=f"address to serve on (default :{DEFAULT_PORT}: every address, IPv6 and IPv4)",
     )
     parser.add_argument(
         "--web.telemetry-path",

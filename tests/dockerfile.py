@@ -1,10 +1,11 @@
-"""Reading the Dockerfile and its build context, for the tests that cannot run Docker."""
+"""Reading the Dockerfile, its build context and the lock its build installs."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -93,3 +94,83 @@ def copy_build_context(dest: Path) -> Path:
         else:
             shutil.copy2(src, dest / source)
     return dest
+
+
+@dataclass
+class Locked:
+    """One pin of requirements.txt."""
+
+    name: str  # normalized (PEP 503)
+    version: str
+    marker: str
+    hashes: list[str] = field(default_factory=list)
+    via: list[str] = field(default_factory=list)  # what requires it, as uv annotates
+
+
+def normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def locked_requirements(text: str) -> dict[str, Locked]:
+    """requirements.txt as `uv pip compile --generate-hashes` writes it: each pin on a line of
+    its own, then its --hash lines and its `# via` annotation."""
+    pins: dict[str, Locked] = {}
+    current: Locked | None = None
+    for line in text.splitlines():
+        stripped = line.strip().rstrip("\\").strip()
+        if not stripped:
+            continue
+        if not line.startswith((" ", "#")):
+            requirement, _, marker = stripped.partition(";")
+            name, sep, version = requirement.partition("==")
+            if not sep:
+                raise ValueError(f"requirements.txt: {stripped!r} is not pinned with ==")
+            current = Locked(normalize(name.strip()), version.strip(), marker.strip())
+            pins[current.name] = current
+        elif current is not None and stripped.startswith("--hash="):
+            current.hashes.append(stripped.removeprefix("--hash="))
+        elif current is not None and stripped.startswith("# via"):
+            current.via += [v for v in [stripped.removeprefix("# via").strip()] if v]
+        elif current is not None and stripped.startswith("#   "):
+            current.via.append(stripped.removeprefix("#").strip())
+    return pins
+
+
+PROJECT_VIA = "pg-connections-exporter (pyproject.toml)"
+
+
+def lock_problems(dependencies: list[str], lock_text: str) -> list[str]:
+    """Where requirements.txt no longer matches pyproject.toml's `dependencies`: a dependency
+    not pinned, pinned outside its specifier, its extras' packages not pinned, a pin without
+    hashes, or a pin for a dependency pyproject.toml dropped. Empty when they match."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    from packaging.requirements import Requirement
+
+    pins = locked_requirements(lock_text)
+    problems = []
+    wanted = {}
+    for dependency in dependencies:
+        req = Requirement(dependency)
+        wanted[normalize(req.name)] = req
+        pin = pins.get(normalize(req.name))
+        if pin is None:
+            problems.append(f"{req.name} is not pinned")
+            continue
+        if not req.specifier.contains(pin.version, prereleases=True):
+            problems.append(f"{req.name}=={pin.version} is outside {req.specifier}")
+        for extra in sorted(req.extras):
+            try:
+                extra_requires = [Requirement(r) for r in requires(req.name) or []]
+            except PackageNotFoundError:
+                continue
+            for sub in extra_requires:
+                in_extra = sub.marker is not None and f'extra == "{extra}"' in str(sub.marker)
+                if in_extra and normalize(sub.name) not in pins:
+                    problems.append(f"{req.name}[{extra}] needs {sub.name}, not pinned")
+    for name, pin in pins.items():
+        if not pin.hashes:
+            problems.append(f"{name}=={pin.version} has no --hash")
+        if PROJECT_VIA in pin.via and name not in wanted:
+            problems.append(f"{name} is pinned for pyproject.toml, which no longer requires it")
+    return problems

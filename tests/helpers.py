@@ -143,7 +143,10 @@ def start_exporter(
 class ExporterProcess:
     """The console script in a subprocess on a free port, logs captured to a file."""
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str] | None = None, listen_host: str = "127.0.0.1"
+    ) -> None:
+        """`listen_host` "" is the default --web.listen-address's host: every address."""
         self.port = free_port()
         self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"pgce-exporter-{self.port}.log"
         self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
@@ -154,7 +157,7 @@ class ExporterProcess:
                 "exporter",
                 *args,
                 "--web.listen-address",
-                f"127.0.0.1:{self.port}",
+                f"{listen_host}:{self.port}",
             ],
             stdout=self.log,
             stderr=subprocess.STDOUT,

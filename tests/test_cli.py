@@ -81,6 +81,19 @@ def test_single_target_from_data_source_name(pg: LocalCluster, exporter_process)
         urllib.request.urlopen(f"{proc.url}/healthz", timeout=2)
 
 
+def test_the_default_listen_address_answers_on_ipv6_and_ipv4(
+    pg: LocalCluster, exporter_process
+) -> None:
+    """`--web.listen-address :PORT` (the default's form, without a host): [::1] and 127.0.0.1
+    both get an answer, as from Go exporters, where the host has IPv6."""
+    proc = exporter_process("--dsn", pg.dsn(), listen_host="")
+    proc.wait_ready()
+    for host in ("[::1]", "127.0.0.1"):
+        status, body, _ = http_get(f"http://{host}:{proc.port}/metrics")
+        assert status == 200 and "pg_up" in body, host
+    assert f"msg=listening address=[::]:{proc.port} " in proc.output()
+
+
 def test_no_target_is_a_clear_error() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "exporter"],

@@ -1,10 +1,7 @@
-"""The Dockerfile: hadolint clean, small and non-root, and its HEALTHCHECK really works.
-
-No Docker engine runs here, so the image is never built in the tests; what can be checked
-without one is: the lint, the final stage's shape, the health check command against a real
-exporter, and that .dockerignore lets in what the build copies (tests/test_packaging.py then
-builds the package from exactly that build context).
-"""
+"""The Dockerfile read without running it: hadolint clean, small and non-root, its HEALTHCHECK
+command against a real exporter, .dockerignore letting in what the build copies
+(tests/test_packaging.py then builds the package from exactly that build context), and the
+dependency lock its build installs. tests/test_image.py builds the image and runs it."""
 
 from __future__ import annotations
 
@@ -18,7 +15,7 @@ from pathlib import Path
 from exporter.cli import DEFAULT_PORT
 from harness.localpg import free_port
 from tests.conftest import require
-from tests.dockerfile import load_dockerfile, pyproject
+from tests.dockerfile import load_dockerfile, lock_problems, pyproject
 from tests.helpers import REPO
 
 
@@ -134,3 +131,51 @@ def test_dockerignore_lets_in_exactly_what_the_build_copies() -> None:
         assert (REPO / source).exists(), source
     # setuptools reads the readme named in pyproject.toml: it must be in the context.
     assert pyproject()["project"]["readme"] in sources
+
+
+LOCK = REPO / "requirements.txt"
+
+
+def test_the_lock_matches_pyprojects_dependencies() -> None:
+    """requirements.txt pins what pyproject.toml asks for; `make lock` after changing it."""
+    problems = lock_problems(pyproject()["project"]["dependencies"], LOCK.read_text())
+    assert problems == [], "requirements.txt is stale (run `make lock`): " + "; ".join(problems)
+
+
+def test_a_stale_lock_is_named() -> None:
+    """The check above fails on a lock that pyproject.toml moved away from."""
+    dependencies = pyproject()["project"]["dependencies"]
+    text = LOCK.read_text()
+    assert lock_problems([*dependencies, "requests>=2"], text) == ["requests is not pinned"]
+    assert lock_problems([d for d in dependencies if not d.startswith("bcrypt")], text) == [
+        "bcrypt is pinned for pyproject.toml, which no longer requires it"
+    ]
+    raised = [d if not d.startswith("pydantic") else "pydantic>=99" for d in dependencies]
+    (problem,) = lock_problems(raised, text)
+    assert problem.startswith("pydantic==") and problem.endswith("is outside >=99")
+    unhashed = "\n".join(line for line in text.splitlines() if "--hash" not in line)
+    assert "bcrypt==" in text and any("has no --hash" in p for p in lock_problems([], unhashed))
+    assert lock_problems(dependencies, without_pin(text, "psycopg-binary")) == [
+        "psycopg[binary] needs psycopg-binary, not pinned"
+    ]
+
+
+def without_pin(lock: str, name: str) -> str:
+    """The lock with one pin's line and the indented lines under it taken out."""
+    kept, skipping = [], False
+    for line in lock.splitlines():
+        if not line.startswith((" ", "#")):
+            skipping = line.startswith(f"{name}==")
+        if not skipping:
+            kept.append(line)
+    return "\n".join(kept)
+
+
+def test_the_build_installs_the_lock_with_hashes_and_nothing_else() -> None:
+    runs = " ".join(ins.args for ins in DOCKERFILE.stages[0] if ins.keyword == "RUN")
+    assert "--require-hashes --no-deps -r requirements.txt" in " ".join(runs.split())
+    assert "--no-deps ." in runs, "the package itself adds no unlocked dependency"
+    assert "pip check" in runs
+    header = LOCK.read_text().splitlines()[:2]
+    assert header[1].strip("# ") == "make lock", "the lock says how to refresh it"
+    assert "uv pip compile" in (REPO / "Makefile").read_text()

@@ -19,6 +19,7 @@ which run the usual `BaseHTTPRequestHandler` on it. So:
 from __future__ import annotations
 
 import contextlib
+import errno
 import heapq
 import itertools
 import logging
@@ -61,6 +62,45 @@ _TIMED_OUT = (
     b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain; charset=utf-8\r\n"
     b"Content-Length: 16\r\nConnection: close\r\n\r\nrequest timeout\n"
 )
+
+
+# The errors of a host without IPv6 (kernel without it, or disabled): IPv4 alone then.
+_NO_IPV6 = (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT)
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket listening on host:port. An empty host is every address, IPv6 and IPv4 on one
+    dual-stack socket where the host has IPv6 (as Go's `:9832`), else IPv4's alone."""
+    if host == "":
+        if socket.has_ipv6:
+            try:
+                return _listen(socket.AF_INET6, ("::", port), dual_stack=True)
+            except OSError as exc:
+                if exc.errno not in _NO_IPV6:
+                    raise
+        return _listen(socket.AF_INET, ("", port))
+    return _listen(socket.AF_INET6 if ":" in host else socket.AF_INET, (host, port))
+
+
+def _listen(family: int, address: tuple[str, int], dual_stack: bool = False) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if dual_stack:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(address)
+        sock.listen(1024)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _unmapped(address: Any) -> Any:
+    """An IPv4 client of a dual-stack socket (::ffff:192.0.2.1) as its IPv4 address."""
+    if isinstance(address, tuple) and str(address[0]).startswith("::ffff:") and "." in address[0]:
+        return (address[0][7:], address[1])
+    return address
 
 
 @dataclass(eq=False)
@@ -144,15 +184,7 @@ class BoundedHTTPServer:
         self.max_connections = _connection_cap(limits.max_connections)
         self._ssl_context = ssl_context
         self._refuses_peer = refuses_peer
-        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        self.socket = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self.socket.bind(address)
-            self.socket.listen(1024)
-        except OSError:
-            self.socket.close()
-            raise
+        self.socket = listening_socket(*address)
         self.socket.setblocking(False)
         self.server_address = self.socket.getsockname()
         self._selector = selectors.DefaultSelector()
@@ -225,6 +257,7 @@ class BoundedHTTPServer:
         while True:
             try:
                 sock, address = self.socket.accept()
+                address = _unmapped(address)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:

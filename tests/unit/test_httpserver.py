@@ -129,3 +129,47 @@ def test_idle_connections_hold_no_worker(server: BoundedHTTPServer) -> None:
     conn.close()
     for sock in idle:
         sock.close()
+
+
+class Peer(Hello):
+    def do_GET(self) -> None:
+        body = self.client_address[0].encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="this host has no IPv6 loopback (::1)")
+def test_an_empty_host_listens_on_ipv6_and_ipv4() -> None:
+    """`:PORT` (the default --web.listen-address) is every address of both families, and an
+    IPv4 client is named by its IPv4 address, not the dual-stack socket's ::ffff: form."""
+    srv = BoundedHTTPServer(("", 0), Peer, LIMITS)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = srv.server_address[1]
+        for host, peer in (("::1", b"::1"), ("127.0.0.1", b"127.0.0.1")):
+            conn = http.client.HTTPConnection(host, port, timeout=5)
+            conn.request("GET", "/")
+            assert conn.getresponse().read() == peer
+            conn.close()
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(5)
+
+
+def test_a_named_host_listens_on_that_address_only(server: BoundedHTTPServer) -> None:
+    port = server.server_address[1]
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("::1", port), timeout=5).close()

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import require_program
@@ -92,12 +92,12 @@ def render_text(text: str, tmp_path: Path, data: dict[str, Any], kind: str = "te
             f"--template.data={data_file}",
         ],
         capture_output=True,
-        text=True,
         timeout=60,
         check=False,
     )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
+    assert result.returncode == 0, result.stderr.decode("utf-8", "replace")
+    # Decoded here, not with text=True: universal newlines would read a "\r" as "\n".
+    return result.stdout.decode("utf-8")
 
 
 def test_title_says_status_count_target_and_the_first_summary(tmp_path: Path) -> None:
@@ -213,6 +213,7 @@ def render_each(tmp_path: Path, body: str, names: list[str]) -> list[str]:
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(NAMES)
+@example(["\r", "a\r\nb"])  # found by hypothesis once: a carriage return must read back as one
 def test_slack_escape_leaves_no_markup_and_no_code_fence(tmp_path: Path, names: list[str]) -> None:
     shown = render_each(
         tmp_path, '{{ template "pgce.slack.escape" .Annotations.description }}', names
@@ -230,6 +231,7 @@ def test_slack_escape_leaves_no_markup_and_no_code_fence(tmp_path: Path, names: 
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(NAMES)
+@example(["\r", "a\r\nb"])
 def test_rule_names_are_bare_or_quoted_never_raw(tmp_path: Path, names: list[str]) -> None:
     """The name template of scripts/render_alerts.py (the text the rules carry), run by Go's
     text/template as in Prometheus: one line, nothing unsafe, and it reads back as the name."""

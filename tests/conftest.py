@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from exporter.web.webconfig import WatchedWebConfig
 from harness import pgmajors
@@ -33,6 +34,12 @@ from tests.helpers import ExporterProcess, RunningExporter, start_exporter
 from tests.pgbouncer_server import PgBouncer
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# Property tests explore new inputs on every run here, and the same ones in CI: a failure
+# hypothesis finds on a developer's machine is pinned with @example; CI's answer depends on
+# the change alone.
+settings.register_profile("ci", derandomize=True, database=None)
+if IN_CI:
+    settings.load_profile("ci")
 # The majors the heavy end-to-end suites run on (`pg`); every supported major is in
 # harness/pgmajors.py, which says where each one's binaries come from.
 VERSIONS = {major: (lambda m=major: pgmajors.bindir(m)) for major in ("15", "18")}

@@ -20,6 +20,8 @@ The figures are worked out here from the settings, by hand:
 
 from __future__ import annotations
 
+import json
+import re
 import threading
 import time
 from pathlib import Path
@@ -27,10 +29,12 @@ from typing import Any
 
 import psycopg
 import pytest
+import yaml
 
+from exporter.diagnose.command import main as diagnose_main
 from harness.localpg import LocalCluster
 from tests.conftest import new_cluster, require_program
-from tests.helpers import load_render_alerts, wait_until
+from tests.helpers import http_get, load_render_alerts, wait_until
 from tests.pgbouncer_server import PgBouncer
 from tests.prometheus_server import PrometheusServer
 
@@ -55,6 +59,13 @@ def rules_file(path: Path) -> str:
     thresholds["alerts"][ALERT]["for"] = "2s"
     path.write_text(renderer.dump({"groups": renderer.render_groups(thresholds)}))
     return str(thresholds["job"])
+
+
+def by_id(page: str, element_id: str) -> str:
+    """The text of the element with this id on a page."""
+    found = re.search(rf"id='{element_id}'[^>]*>([^<]*)<", page)
+    assert found, element_id
+    return found.group(1)
 
 
 def seed_pools(bouncer: PgBouncer) -> None:
@@ -122,7 +133,7 @@ def server_connections(bouncer: PgBouncer) -> int:
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_poolers_overcommit_the_server_and_the_figure_is_what_they_open(
-    tmp_path: Path, pgbouncer_for, exporter_for
+    tmp_path: Path, pgbouncer_for, exporter_for, capsys
 ) -> None:
     prometheus_bin = require_program("prometheus")
     cluster = new_cluster("15", max_connections=30)
@@ -142,15 +153,15 @@ def test_poolers_overcommit_the_server_and_the_figure_is_what_they_open(
         for bouncer in (a, b):
             seed_pools(bouncer)
         direct = [psycopg.connect(cluster.dsn("carol")) for _ in range(4)]
-        running = exporter_for(
-            {
-                "targets": [
-                    {"name": "pooler-a", "kind": "pgbouncer", "dsn": a.dsn()},
-                    {"name": "pooler-b", "kind": "pgbouncer", "dsn": b.dsn()},
-                    {"name": "db", "dsn": cluster.dsn()},
-                ]
-            }
-        )
+        config = {
+            "targets": [
+                {"name": "pooler-a", "kind": "pgbouncer", "dsn": a.dsn()},
+                {"name": "pooler-b", "kind": "pgbouncer", "dsn": b.dsn()},
+                {"name": "db", "dsn": cluster.dsn()},
+            ],
+            "sessions_page": {"enabled": True},
+        }
+        running = exporter_for(config)
         # The server's address as both sides see it: the socket directory (PgBouncer's
         # upstream, read as the pooler's host, 127.0.0.1: local) and the target's DSN.
         server = f"localhost:{cluster.port}"
@@ -192,6 +203,34 @@ def test_poolers_overcommit_the_server_and_the_figure_is_what_they_open(
         assert s.by(db_bound, "database", target="pooler-b") == {"d1": 10, "d2": 10}
         upstream = "pgbouncer_upstream_server_connections_bound"
         assert s.by(upstream, "target", server=server) == {"pooler-a": A_BOUND, "pooler-b": B_BOUND}
+
+        # The same view on /sessions (through the exporter's held connection: 5 direct) ...
+        status, page, _ = http_get(f"{running.url}/sessions?target=db")
+        assert status == 200
+        assert by_id(page, "pooler-bound") == "25"
+        assert by_id(page, "slots-left") == "22 / 27"
+        assert by_id(page, "overcommit") == "114%"
+        poolers_table = page[page.index("id='poolers-table'") : page.index("id='pools-table'")]
+        cells = re.findall(r"<td[^>]*>([^<]*)</td>", poolers_table)
+        assert cells == ["pooler-a", "13", "2", "pooler-b", "12", "2"]
+        # ... and in diagnose, whose own session is one more direct client: 21 left.
+        (tmp_path / "config.yml").write_text(yaml.safe_dump(config))
+        capsys.readouterr()
+        code = diagnose_main(
+            ["--config.file", str(tmp_path / "config.yml"), "--target", "db", "--format", "json"]
+        )
+        assert code == 0
+        poolers = json.loads(capsys.readouterr().out)["poolers"]
+        assert (poolers["server"], poolers["may_open"], poolers["slots_left"]) == (server, 25, 21)
+        assert poolers["overcommit_ratio"] == pytest.approx(25 / 21)
+        assert [(p["pooler"], p["may_open"]) for p in poolers["poolers"]] == [
+            ("pooler-a", A_BOUND),
+            ("pooler-b", B_BOUND),
+        ]
+        diagnose_main(["--config.file", str(tmp_path / "config.yml"), "--target", "db"])
+        text = capsys.readouterr().out
+        assert "the poolers may open 25 server connections together, against 21 slots" in text
+        assert "OVERCOMMITTED" in text
 
         job = rules_file(tmp_path / "rules.yml")
         prom = PrometheusServer(

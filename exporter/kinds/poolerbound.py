@@ -327,3 +327,50 @@ def server_view(
     ]
     parts.sort(key=lambda p: (-p.bound, p.pooler))
     return ServerView(server, tuple(parts), ordinary_slots, used)
+
+
+def ordinary_slots(slots: Mapping[str, object]) -> int:
+    """max_connections - superuser_reserved_connections - reserved_connections of a diagnosis's
+    slots."""
+
+    def number(key: str) -> int:
+        value = slots.get(key)
+        return int(value) if isinstance(value, int | float) else 0
+
+    return (
+        number("max_connections")
+        - number("superuser_reserved_connections")
+        - number("reserved_connections")
+    )
+
+
+def view_dict(view: ServerView, unread: Mapping[str, str] | None = None) -> dict[str, object]:
+    """The view as JSON (`diagnose --format json`): +Inf written as null."""
+
+    def finite(value: float | None) -> float | None:
+        return None if value is None or math.isinf(value) else value
+
+    return {
+        "server": view.server,
+        "may_open": finite(view.bound),
+        "ordinary_slots": view.ordinary_slots,
+        "direct": view.direct,
+        "slots_left": view.slots_after_direct,
+        "overcommit_ratio": finite(view.overcommit_ratio),
+        "poolers": [
+            {"pooler": p.pooler, "may_open": finite(p.bound), "holds_now": p.current}
+            for p in view.poolers
+        ],
+        "biggest_pools": [
+            {
+                "pooler": pooler,
+                "database": pool.database,
+                "user": pool.user,
+                "may_open": finite(pool.bound),
+                "limited_by": pool.limited_by,
+                "exists": pool.exists,
+            }
+            for pooler, pool in view.biggest_pools()
+        ],
+        "unread_poolers": dict(unread or {}),
+    }

@@ -44,6 +44,7 @@ ADVISORY_ALERTS = (
     "PostgresConnectionsMostlyIdle",
     "PostgresConnectionChurnHigh",
     "PostgresSessionsAbandoned",
+    "PgBouncerPoolsOvercommitServer",
 )
 # Every alert, in the order of the rule file.
 ALERTS = (
@@ -693,7 +694,7 @@ def render_groups(t: Mapping[str, Any]) -> list[dict[str, Any]]:
             """,
         ),
     ]
-    records += advisor_records(t)
+    records += advisor_records(t) + pooler_records(t)
     alerts += advisory_alerts(t, alert)
     return [{"name": t["name"], "rules": records + alerts}]
 
@@ -799,12 +800,108 @@ def advisor_records(t: Mapping[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+# Poolers against the server (README, "Poolers against the server"): per PostgreSQL server
+# (the `server` label both sides carry), over every pooler replica scraped.
+SERVER_BOUND = "server:pgbouncer_server_connections_bound:sum"
+SERVER_POOLED = "server:pgbouncer_server_connections:sum"
+SERVER_SLOTS = "server:pg_connections_slots:ordinary"
+SERVER_USED = "server:pg_connections_used:max"
+SERVER_DIRECT = "server:pg_connections_direct:max"
+SERVER_LEFT = "server:pg_connections_slots:after_direct"
+OVERCOMMIT = "server:pgbouncer_overcommit:ratio"
+OVERCOMMIT_ORDINARY = "server:pgbouncer_overcommit:ordinary_ratio"
+
+
+def pooler_records(t: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """What the poolers of each server may open together, against its ordinary slots and the
+    slots left after its direct (unpooled) clients: client backends the poolers did not open,
+    the exporter's own included."""
+    sel = f'job="{t["job"]}"'
+    on = "on(job, instance, target) group_left(server)"
+    info = f"pg_connections_server_info{{{sel}}}"
+    bound = "pgbouncer_upstream_server_connections_bound"
+    return [
+        {
+            "record": SERVER_BOUND,
+            "expr": f"sum by (job, server) ({bound}{{{sel}}})\n",
+        },
+        {
+            "record": SERVER_POOLED,
+            "expr": f"sum by (job, server) (pgbouncer_upstream_server_connections{{{sel}}})\n",
+        },
+        {
+            "record": SERVER_SLOTS,
+            "expr": f"max by (job, server) ({SLOTS}{{{sel}}} * {on} {info})\n",
+        },
+        {
+            "record": SERVER_USED,
+            "expr": f"max by (job, server) (pg_connections_used{{{sel}}} * {on} {info})\n",
+        },
+        {
+            "record": SERVER_DIRECT,
+            "expr": _block(f"""
+                clamp_min(
+                    {SERVER_USED}{{{sel}}}
+                  - on(job, server)
+                    ({SERVER_POOLED}{{{sel}}} or on(job, server) {SERVER_USED}{{{sel}}} * 0),
+                  0
+                )
+            """),
+        },
+        {
+            "record": SERVER_LEFT,
+            "expr": _block(f"""
+                clamp_min({SERVER_SLOTS}{{{sel}}} - on(job, server) {SERVER_DIRECT}{{{sel}}}, 0)
+            """),
+        },
+        {
+            "record": OVERCOMMIT,
+            "expr": f"{SERVER_BOUND}{{{sel}}} / on(job, server) {SERVER_LEFT}{{{sel}}}\n",
+        },
+        {
+            "record": OVERCOMMIT_ORDINARY,
+            "expr": f"{SERVER_BOUND}{{{sel}}} / on(job, server) {SERVER_SLOTS}{{{sel}}}\n",
+        },
+    ]
+
+
+def overcommit_contributors(job: str) -> str:
+    """The poolers and pools that may open the most on the alert's server, and what to do."""
+    value = "{{ . | first | value }}"
+    return (
+        f'{{{{ $s := printf "job=%q, server=%q" "{job}" $labels.server }}}}'
+        f"{{{{ with query (printf `{SERVER_BOUND}{{%s}}` $s) }}}}\nThe poolers may open {value}"
+        f"{{{{ end }}}}{{{{ with query (printf `{SERVER_LEFT}{{%s}}` $s) }}}} against {value}"
+        f"{{{{ end }}}}{{{{ with query (printf `{SERVER_SLOTS}{{%s}}` $s) }}}} ({value}"
+        f" ordinary slots{{{{ end }}}}{{{{ with query (printf `{SERVER_DIRECT}{{%s}}` $s) }}}},"
+        f" {value} held by direct clients){{{{ end }}}}."
+        f"{{{{ range $i, $p := query (printf `sort_desc(topk({TOP},"
+        " pgbouncer_upstream_server_connections_bound{%s}))` $s) }}"
+        "{{ if $i }}, {{ else }}\nPoolers: {{ end }}" + _name("$p", "target") + " {{ $p.Value }}"
+        "{{ end }}"
+        f"{{{{ range $i, $p := query (printf `sort_desc(topk({TOP},"
+        " pgbouncer_pool_server_connections_bound{%s}))` $s) }}"
+        "{{ if $i }}, {{ else }}\nPools: {{ end }}"
+        + _name("$p", "target")
+        + " "
+        + _name("$p", "database")
+        + "/"
+        + _name("$p", "user")
+        + " {{ $p.Value }}"
+        ' ({{ index $p.Labels "limited_by" }})'
+        "{{ end }}"
+        "\nDo: lower pool_size and reserve_pool of the biggest pools, or cap them with"
+        " max_db_connections or max_user_connections, until every pooler's figures together fit"
+        " the slots left; or fewer replicas."
+    )
+
+
 def advisory_alerts(t: Mapping[str, Any], alert: Any) -> list[dict[str, Any]]:
     """Tickets (warning) that say why the slots are full and what would free them."""
     sel = f'job="{t["job"]}"'
     a = t["alerts"]
     where = "{{ $labels.target }} ({{ $labels.instance }})"
-    idle, churn, abandoned = (a[name] for name in ADVISORY_ALERTS)
+    idle, churn, abandoned, overcommit = (a[name] for name in ADVISORY_ALERTS)
     smoothing = duration(idle["smoothing"])
     cwin, awin = duration(churn["window"]), duration(abandoned["window"])
     return [
@@ -855,6 +952,20 @@ def advisory_alerts(t: Mapping[str, Any], alert: Any) -> list[dict[str, Any]]:
             in the last {awin} (over {abandoned["sessions"]}): clients crash, are killed, or
             time out and drop their connections, often while the server was too slow or full.
             """,
+        ),
+        alert(
+            "PgBouncerPoolsOvercommitServer",
+            f"{OVERCOMMIT}{{{sel}}} > {overcommit['ratio']}",
+            "warning",
+            "The PgBouncers in front of a PostgreSQL server may open more connections than it"
+            " has slots.",
+            f"""
+            Server {shown("$labels.server")}: its poolers' settings let them open
+            {{{{ $value | humanizePercentage }}}} of the slots left after the direct clients
+            (over {pct(overcommit["ratio"])}). Each pooler looks healthy alone; when traffic
+            rises the server refuses clients ("too many clients").
+            """,
+            holders=overcommit_contributors(t["job"]),
         ),
     ]
 

@@ -27,12 +27,28 @@ ADMIN_USER = "pgb_admin"
 STATS_USER = "pgb_monitor"
 
 
-class PgBouncer:
-    """PgBouncer with one database, `app`, pooling onto `cluster`'s postgres database."""
+# The default [databases] section: one database, `app`, onto the cluster's postgres database
+# as the postgres role (one pool, whoever the client is).
+DEFAULT_DATABASES = {"app": "dbname=postgres user=postgres"}
 
-    def __init__(self, binary: str, cluster: LocalCluster, **settings: Any) -> None:
+
+class PgBouncer:
+    """PgBouncer in front of `cluster`: `databases` maps each pooled database to its connect
+    string beyond host and port (by default `app`, onto the postgres database); `users` are the
+    client roles its auth file lets in besides postgres and the admin and stats users."""
+
+    def __init__(
+        self,
+        binary: str,
+        cluster: LocalCluster,
+        databases: dict[str, str] | None = None,
+        users: tuple[str, ...] = (),
+        **settings: Any,
+    ) -> None:
         self.binary = binary
         self.cluster = cluster
+        self.databases = dict(databases or DEFAULT_DATABASES)
+        self.users = users
         self.settings = {
             "pool_mode": "transaction",
             "default_pool_size": 2,
@@ -58,7 +74,8 @@ class PgBouncer:
 
     def _write_config(self) -> Path:
         users = self.dir / "userlist.txt"
-        users.write_text("".join(f'"{u}" ""\n' for u in ("postgres", ADMIN_USER, STATS_USER)))
+        roles = ("postgres", ADMIN_USER, STATS_USER, *self.users)
+        users.write_text("".join(f'"{u}" ""\n' for u in roles))
         settings = {
             "listen_addr": "127.0.0.1",
             "listen_port": self.port,
@@ -72,10 +89,12 @@ class PgBouncer:
             **self.settings,
         }
         ini = self.dir / "pgbouncer.ini"
+        upstream = f"host={self.cluster.socket_dir} port={self.cluster.port}"
         ini.write_text(
             "[databases]\n"
-            f"app = host={self.cluster.socket_dir} port={self.cluster.port} dbname=postgres"
-            " user=postgres\n\n[pgbouncer]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items())
+            + "".join(f"{name} = {upstream} {rest}\n" for name, rest in self.databases.items())
+            + "\n[pgbouncer]\n"
+            + "".join(f"{k} = {v}\n" for k, v in settings.items())
         )
         for path in (users, ini):
             if self.user:
@@ -111,13 +130,23 @@ class PgBouncer:
         wait_until(ready, timeout, 0.05, "pgbouncer to accept connections")
         return self
 
+    def reload(self, databases: dict[str, str] | None = None, **settings: Any) -> None:
+        """Rewrite the config with these databases and settings changed, and RELOAD it."""
+        if databases is not None:
+            self.databases = dict(databases)
+        self.settings.update(settings)
+        self._write_config()
+        self.admin("RELOAD")
+
     def admin(self, command: str) -> list[dict[str, Any]]:
         """Rows of a SHOW command, read as the admin user: the truth to compare with."""
         with psycopg.connect(
             self.dsn(ADMIN_USER), autocommit=True, cursor_factory=psycopg.ClientCursor
         ) as conn:
             cur = conn.execute(command)
-            names = [c.name for c in cur.description or ()]
+            if cur.description is None:
+                return []
+            names = [c.name for c in cur.description]
             return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
     def pause_process(self) -> None:

@@ -54,6 +54,7 @@ EXPECTED = {
     "PostgresConnectionsMostlyIdle": {"warning"},
     "PostgresConnectionChurnHigh": {"warning"},
     "PostgresSessionsAbandoned": {"warning"},
+    "PgBouncerPoolsOvercommitServer": {"warning"},
 }
 
 
@@ -216,7 +217,15 @@ def test_every_alert_is_documented_and_annotated() -> None:
         assert "$value" in ann["description"], f"{name}: description lacks the value"
         # Alerts about the exporter itself have no target; the rest name theirs.
         exporter_wide = {"PostgresConnectionsExporterDown", "PostgresConnectionsExporterBadConfig"}
-        where = "$labels.instance" if name in exporter_wide else "$labels.target"
+        # The per-server alerts (over every pooler and exporter) name their server.
+        per_server = {"PgBouncerPoolsOvercommitServer"}
+        where = (
+            "$labels.instance"
+            if name in exporter_wide
+            else "$labels.server"
+            if name in per_server
+            else "$labels.target"
+        )
         assert where in ann["description"], f"{name}: description lacks {where}"
         assert ann["runbook_url"] == f"{RUNBOOK_BASE}{name}.md"
 
@@ -237,7 +246,7 @@ def test_every_selector_is_limited_to_the_exporter_job() -> None:
     for rule in rules():
         expr = re.sub(r"#.*", "", rule["expr"])
         selectors = re.findall(r"(?<![:\w])(pg_[a-z_]+|pgbouncer_[a-z_]+|up)\b(\{[^}]*\})?", expr)
-        assert selectors or re.search(r"target:pg(bouncer)?_", expr), rule
+        assert selectors or re.search(r"(target|server):pg(bouncer)?_", expr), rule
         for name, matchers in selectors:
             assert JOB_MATCHER in matchers, f"{rule.get('alert') or rule['record']}: {name}"
 
@@ -251,6 +260,11 @@ def test_vector_matching_names_job_and_instance() -> None:
         for clause in re.findall(r"\b(?:on|ignoring)\(([^)]*)\)", expr):
             clauses += 1
             labels = {x.strip() for x in clause.split(",")}
+            # Rules per PostgreSQL server sum over every pooler and exporter (instance): they
+            # match on the server label both sides carry instead.
+            if rule.get("record", "").startswith("server:") and "instance" not in expr:
+                assert {"job", "server"} <= labels, (rule["record"], clause)
+                continue
             assert {"job", "instance"} <= labels, (rule.get("alert") or rule["record"], clause)
     assert clauses >= 5
 

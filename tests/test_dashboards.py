@@ -34,6 +34,13 @@ TARGET_ONLY = {"ALERTS", "ALERTS_FOR_STATE"}
 # Another exporter's series, joined to a target by the target's node_instance label rather than
 # selected by the dashboard's variables (node_exporter has its own job and instance).
 JOINED_BY_LABEL = {"node_memory_MemTotal_bytes"}
+# Series of every pooler and exporter of the selected server, joined to it by the `server`
+# label (pg_connections_server_info of the selected target): only the job is selected.
+JOINED_BY_SERVER = {
+    "pgbouncer_upstream_server_connections_bound",
+    "pgbouncer_upstream_server_connections",
+    "pgbouncer_pool_server_connections_bound",
+}
 # Metrics the brief asks the dashboards to show; each must be in some panel's query.
 REQUIRED_METRICS = {
     OVERVIEW_UID: {
@@ -311,6 +318,8 @@ def test_every_query_filters_by_the_variables() -> None:
                     wanted = {"target": "$target"}
                 if s.metric in JOINED_BY_LABEL:
                     wanted = {}
+                if s.metric in JOINED_BY_SERVER or s.metric.startswith("server:"):
+                    wanted = {"job": "$job"}
                 for label, var in wanted.items():
                     if s.matchers.get(label) != ("=~", var):
                         problems.append(f'{at}: {s.metric} lacks {label}=~"{var}"')

@@ -29,6 +29,11 @@ MAY_BE_EMPTY = {
     (OVERVIEW_UID, "Time to exhaustion"),  # only while utilization rises
     (OVERVIEW_UID, "Refused logins and connect failures"),  # only while logins fail
     (OVERVIEW_UID, "Configuration"),  # its web config query: this exporter has none
+    # No pooler points at busy: check_poolers reads these rows for quiet.
+    (OVERVIEW_UID, "Poolers may open, of the slots left"),
+    (OVERVIEW_UID, "Poolers' figure and the server's slots"),
+    (OVERVIEW_UID, "Poolers of this server"),
+    (OVERVIEW_UID, "Biggest pools"),
 }
 # The stand-in for alerts/: same name and threshold as PostgresConnectionsHigh.
 RULES = {
@@ -62,6 +67,20 @@ RULES["groups"].append(
         ],
     }
 )
+
+
+def pooler_records() -> dict[str, Any]:
+    """The ordinary slots and the per-server rules as shipped, selecting this test's job."""
+    renderer = load_render_alerts()
+    thresholds = renderer.load_thresholds()
+    thresholds["job"] = JOB
+    (group,) = renderer.render_groups(thresholds)
+    rules = [
+        r
+        for r in group["rules"]
+        if r.get("record") == renderer.SLOTS or r.get("record", "").startswith("server:")
+    ]
+    return {"name": "poolers", "rules": rules}
 
 
 def advisor_records() -> dict[str, Any]:
@@ -182,7 +201,7 @@ def test_every_panel_against_prometheus(exporter_for, pgbouncer_for) -> None:
             }
         )
         instance = f"127.0.0.1:{running.exporter.port}"
-        rules = {"groups": [*RULES["groups"], advisor_records()]}
+        rules = {"groups": [*RULES["groups"], advisor_records(), pooler_records()]}
         prometheus = PrometheusServer(prometheus_bin, [instance], job=JOB, rules=rules).start()
         with Workload(busy.dsn()) as workload:
             run_checks(prometheus, workload, instance)
@@ -259,6 +278,32 @@ def run_checks(prom: PrometheusServer, workload: Workload, instance: str) -> Non
     check_overview_pgbouncer(results[OVERVIEW_UID])
     check_fleet(results[FLEET_UID], elapsed)
     check_reclaimable(results[OVERVIEW_UID], elapsed)
+    check_poolers(prom, instance)
+
+
+POOLER_PANELS = (
+    "Poolers may open, of the slots left",
+    "Poolers' figure and the server's slots",
+    "Poolers of this server",
+    "Biggest pools",
+)
+
+
+def check_poolers(prom: PrometheusServer, instance: str) -> None:
+    """The row "Poolers against the server" for quiet, worked out from the settings: the one
+    PgBouncer in front (default_pool_size 2, no reserve, no limits; one pool, app/postgres,
+    user=postgres) may open 2; quiet has 40 - 3 = 37 ordinary slots, 2 used (the exporter
+    and PgBouncer's one server connection), so 1 direct and 36 left: 2 / 36."""
+    queries = {k: v for k, v in panel_queries(OVERVIEW_UID).items() if k[0] in POOLER_PANELS}
+    assert len(queries) == 1 + 4 + 2 + 1, sorted(queries)
+    got = {key: prom.vector(fill(expr, "quiet", instance)) for key, expr in queries.items()}
+    assert [v for _m, v in got[(POOLER_PANELS[0], "A")]] == [approx(2 / 36)]
+    figures = [got[(POOLER_PANELS[1], ref)][0][1] for ref in "ABCD"]
+    assert figures == [2, 37, 1, 36]
+    assert by(got[(POOLER_PANELS[2], "A")], "target") == {"bouncer": 2}
+    assert by(got[(POOLER_PANELS[2], "B")], "target") == {"bouncer": 1}
+    pools = by(got[(POOLER_PANELS[3], "A")], "target", "database", "user", "limited_by", "exists")
+    assert pools == {("bouncer", "app", "postgres", "pool_size+reserve_pool", "true"): 2}
 
 
 Result = dict[tuple[str, str], list[tuple[dict[str, str], float]]]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from exporter.config.model import builtin_queries
+from exporter.metrics.poolerview import DERIVED_METRICS
 from tests.helpers import REPO, load_script
 
 reference = load_script("render_reference")
@@ -50,6 +51,7 @@ def test_every_guide_query_has_an_answer_in_the_readme() -> None:
     ]:
         assert needle in table, needle
     metric_names = {m.name for q in builtin_queries() for m in q.metrics}
+    metric_names |= {d.name for d in DERIVED_METRICS}
     for used in set(re.findall(r"`(pg_[a-z_]+)", table)):
         base = re.sub(r"_bucket$", "", used)
         assert base in metric_names, f"README table names unknown metric {used}"

@@ -10,6 +10,7 @@ from .rows.limits import limits_rows
 from .rows.locks import locks_rows
 from .rows.long_running import long_running_rows
 from .rows.pgbouncer import pgbouncer_rows
+from .rows.poolers import poolers_rows
 from .rows.reclaimable import reclaimable_rows
 from .rows.saturation import saturation_rows
 from .rows.why_so_many import why_so_many_rows
@@ -20,6 +21,7 @@ def overview() -> dict:
     L = Layout()
     saturation_rows(L)
     pgbouncer_rows(L)
+    poolers_rows(L)
     holders_rows(L)
     reclaimable_rows(L)
     long_running_rows(L)

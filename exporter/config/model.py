@@ -32,6 +32,7 @@ from exporter.config.errors import ConfigError
 from exporter.config.safeyaml import MAX_SECRET_BYTES, load_yaml_file, parse_yaml, read_text
 from exporter.config.targetfiles import read_target_files
 from exporter.kinds import KINDS, KindName, kind_of
+from exporter.kinds.serveraddress import dsn_host, dsn_server, server_addresses
 
 METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -266,6 +267,23 @@ class TargetSpec(StrictModel):
     kind: KindName = "postgres"
     login_check: Annotated[LoginCheckSpec | None, BeforeValidator(_login_check_shorthand)] = None
     prepared_statements: bool = True
+    # The join of poolers and servers (README, "Poolers against the server"): a PostgreSQL
+    # target's `server` label (default: its address, normalized), and a PgBouncer target's
+    # pooled databases mapped to the `server` label of the server each points to ("*": every
+    # database not listed; default: the address SHOW DATABASES reports, normalized).
+    server: str | None = Field(default=None, min_length=1, max_length=200)
+    upstreams: dict[str, Annotated[str, Field(min_length=1, max_length=200)]] = {}
+
+    @model_validator(mode="after")
+    def _join_by_kind(self) -> TargetSpec:
+        if self.server is not None and self.kind != "postgres":
+            raise ValueError(
+                "server names a PostgreSQL target's server; on a pgbouncer target map its "
+                "databases with upstreams instead"
+            )
+        if self.upstreams and self.kind != "pgbouncer":
+            raise ValueError("upstreams maps a pgbouncer target's databases; not for postgres")
+        return self
 
     @field_validator("labels")
     @classmethod
@@ -425,6 +443,20 @@ class Target:
     kind: KindName = "postgres"
     login_check: LoginCheck | None = None
     prepared_statements: bool = True
+    server: str | None = None
+    upstreams: Mapping[str, str] = field(default_factory=dict)
+
+    def server_label(self) -> str:
+        """A PostgreSQL target's `server` label: as configured, else its DSN's address."""
+        return self.server or dsn_server(self.conninfo)
+
+    def upstream_servers(self, database: str, host: str, port: str) -> list[str]:
+        """The `server` labels of a PgBouncer target's pooled database: as `upstreams` maps
+        it, else the address SHOW DATABASES reports, a local one read as the pooler's host."""
+        named = self.upstreams.get(database) or self.upstreams.get("*")
+        if named:
+            return [named]
+        return server_addresses(host, port, local_to=dsn_host(self.conninfo))
 
 
 @dataclass(frozen=True)
@@ -592,6 +624,8 @@ def _resolve_targets(specs: list[tuple[str, TargetSpec]], problems: list[str]) -
                 t.kind,
                 login_check,
                 t.prepared_statements,
+                t.server,
+                dict(t.upstreams),
             )
         )
     return targets

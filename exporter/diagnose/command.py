@@ -20,14 +20,16 @@ import psycopg
 import psycopg.conninfo
 
 from exporter.config.errors import ConfigError
-from exporter.config.model import load_config, parse_duration
+from exporter.config.model import Target, load_config, parse_duration
 from exporter.db import lenienttext
 from exporter.db.failures import classify
 from exporter.db.redact import describe_conninfo, scrub
 from exporter.diagnose.analysis import IDLE_STATES, Criteria, Report, analyze, gather
+from exporter.diagnose.poolers import read_poolers, render_poolers, view_of
 from exporter.diagnose.text import render_text
 from exporter.escaping import json_text, terminal
-from exporter.kinds import kind_of
+from exporter.kinds import PGBOUNCER, kind_of
+from exporter.kinds.poolerbound import ServerView, view_dict
 
 APPLICATION_NAME = "pg-connections-exporter-diagnose"
 EXIT_FAILED = 1
@@ -55,6 +57,9 @@ class Source:
     connect_timeout: float
     statement_timeout: float
     lock_timeout: float
+    # With --config.file: the server's `server` label and the config's PgBouncer targets.
+    server: str = ""
+    poolers: tuple[Target, ...] = ()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,14 +129,23 @@ def main(argv: Sequence[str], stdin: TextIO | None = None) -> int:
         with _connect(source) as conn:
             facts = _bounded(source, lambda: gather(conn, query_text=not args.no_query_text))
             report = analyze(facts, criteria, ram)
+            view: ServerView | None = None
+            unread: dict[str, str] = {}
+            if source.poolers:
+                poolers, unread = read_poolers(source.poolers)
+                view = view_of(source.server, report.slots, poolers)
             if args.format == "text":
                 sys.stdout.write(render_text(report, source.name))
+                if view is not None:
+                    sys.stdout.write(render_poolers(view, unread))
                 sys.stdout.flush()
             result: dict[str, Any] | None = None
             if args.terminate:
                 result = _terminate(conn, source, report, args.yes, stdin, args.format)
             if args.format == "json":
                 doc = {"target": source.name, **report.as_dict()}
+                if view is not None:
+                    doc["poolers"] = view_dict(view, unread)
                 if result is not None:
                     doc["terminated"] = result
                 sys.stdout.write(json_text(doc, indent=2) + "\n")
@@ -183,6 +197,8 @@ def _source(args: argparse.Namespace) -> Source:
             connect_timeout or target.connect_timeout,
             statement_timeout or config.settings.query_timeout,
             config.settings.lock_timeout,
+            target.server_label(),
+            tuple(t for t in config.targets if t.kind == PGBOUNCER.name),
         )
     if args.target:
         raise DiagnoseError("--target needs --config.file", EXIT_USAGE)

@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 from exporter import __version__
 from exporter.db.failures import REASONS
 from exporter.metrics.families import RowFamily, ValueFamily, new_family, new_value_family
+from exporter.metrics.poolerview import derived_families
 from exporter.scrape.scraper import Scraper
 from exporter.scrape.target import QUERY_ERROR_REASONS, TargetResult, TargetScraper
 
@@ -56,6 +57,7 @@ class ExporterCollector(Collector):
         )
         results = self.scraper.scrape(timeout)
         yield from target_families(results)
+        yield from derived_families(results)
         reload = self.reload_status() if self.reload_status else None
         yield from self_families(self.scraper.targets, results, reload)
 

@@ -32,6 +32,7 @@ from exporter.metrics.collector import (
     self_families,
     target_families,
 )
+from exporter.metrics.poolerview import derived_families
 from exporter.scrape.scraper import Scraper, answer_by
 from exporter.scrape.target import TargetResult, TargetScraper
 
@@ -253,6 +254,7 @@ class _ProbeCollector(Collector):
         assert self._begun is not None
         scraper, result = self._begun[0], answer.result()  # settled by the deadline
         yield from target_families([result])
+        yield from derived_families([result])
         yield from self_families([scraper], [result])
 
 

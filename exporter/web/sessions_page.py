@@ -12,6 +12,7 @@ from a team of on-call phones costs the server one diagnosis per second at most.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -33,6 +34,9 @@ from exporter.diagnose.analysis import (
     holder_cells,
     session_cells,
 )
+from exporter.kinds import PGBOUNCER
+from exporter.kinds.poolerbound import ServerView, ordinary_slots, server_view
+from exporter.metrics.poolerview import bounds_of
 from exporter.scrape.target import TargetScraper
 from exporter.web.webpage import HEADERS, HTML, bar, esc, page, table
 
@@ -83,7 +87,7 @@ class SessionsPage:
             if recent is not None and time.monotonic() - recent[0] < REUSE_SECONDS:
                 return 200, HTML, recent[1], HEADERS
             try:
-                body = self._build(config, target, targets)
+                body = self._build(config, target, targets, self._targets())
             except Exception:
                 # A bug must cost this page, never the exporter's answer to the request.
                 log.exception("sessions page failed", extra={"target": wanted})
@@ -94,7 +98,11 @@ class SessionsPage:
             self._lock.release()
 
     def _build(
-        self, config: Config, target: TargetScraper, targets: Sequence[TargetScraper]
+        self,
+        config: Config,
+        target: TargetScraper,
+        targets: Sequence[TargetScraper],
+        every_target: Sequence[TargetScraper] = (),
     ) -> bytes:
         settings = config.sessions_page
         criteria = Criteria(
@@ -124,7 +132,82 @@ class SessionsPage:
             log.warning("sessions page query failed", extra={"target": name, "error": str(exc)})
             return _error_page(name, targets, f"query failed: {type(exc).__name__}")
         report = analyze(facts, criteria)
-        return page(f"Sessions: {name}", _nav(targets, name) + render(report, settings.query_text))
+        body = render(report, settings.query_text)
+        view = _poolers_view(target, report.slots, every_target)
+        if view is not None:
+            body += render_poolers(view)
+        return page(f"Sessions: {name}", _nav(targets, name) + body)
+
+
+def _poolers_view(
+    target: TargetScraper, slots: dict[str, Any], every_target: Sequence[TargetScraper]
+) -> ServerView | None:
+    """The exporter's PgBouncer targets pointing at this server, from their last scrape, set
+    against the slots just read; None when the exporter scrapes no PgBouncer."""
+    poolers = [t for t in every_target if t.kind.name == PGBOUNCER.name]
+    if not poolers:
+        return None
+    bounds = {
+        t.target.name: b
+        for t in poolers
+        if t.last_result is not None and (b := bounds_of(t.last_result)) is not None
+    }
+    return server_view(
+        target.target.server_label(), ordinary_slots(slots), int(slots["used"]), bounds
+    )
+
+
+def _exists(exists: bool) -> str:
+    return "yes" if exists else "not yet"
+
+
+def _figure(value: float) -> str:
+    return "no limit" if math.isinf(value) else f"{value:g}"
+
+
+def render_poolers(view: ServerView) -> str:
+    """The section "Poolers against the server" (the same figures as the recording rules)."""
+    ratio = view.overcommit_ratio
+    out = [
+        f"<h2 id='poolers'>Poolers against the server {esc(view.server)}</h2>",
+        "<div class='cards'>",
+        f"<div class='card'>poolers may open<b id='pooler-bound'>{_figure(view.bound)}</b></div>",
+        f"<div class='card'>slots left after {view.direct:g} direct"
+        f"<b id='slots-left'>{view.slots_after_direct:g} / {view.ordinary_slots}</b></div>",
+    ]
+    if ratio is not None:
+        cls = "bad" if ratio > 1 else "ok"
+        shown = "no limit" if math.isinf(ratio) else f"{ratio:.0%}"
+        out.append(f"<div class='card'>overcommit<b id='overcommit' class='{cls}'>{shown}</b>")
+        out.append("</div>")
+    out.append("</div>")
+    if ratio is not None and ratio > 1:
+        out.append(
+            "<p class='bad'>The poolers' settings let them open more server connections than "
+            "the slots left: lower pool_size and reserve_pool of the biggest pools, or cap them "
+            "with max_db_connections or max_user_connections "
+            "(runbook PgBouncerPoolsOvercommitServer).</p>"
+        )
+    out.append(
+        "<div id='poolers-table'>"
+        + table(
+            ["pooler", "may open", "holds now"],
+            [[p.pooler, _figure(p.bound), f"{p.current:g}"] for p in view.poolers],
+            numeric=[1, 2],
+            empty="no PgBouncer target of this exporter points at this server (yet scraped)",
+        )
+        + "</div><h3>Biggest pools</h3><div id='pools-table'>"
+        + table(
+            ["pooler", "database", "user", "may open", "limited by", "exists"],
+            [
+                [pooler, p.database, p.user, _figure(p.bound), p.limited_by, _exists(p.exists)]
+                for pooler, p in view.biggest_pools(10)
+            ],
+            numeric=[3],
+        )
+        + "</div>"
+    )
+    return "".join(out)
 
 
 def _borrow_and_gather(target: TargetScraper, timeout: float, query_text: bool) -> Any:

@@ -69,7 +69,9 @@ class RemoteTail:
         self.counts.up = True
         if self._current is None:
             newest = files[-1]
-            offset = newest.size if self.start_at_end else 0
+            # From the last byte before the end, read from the first newline on: if that byte
+            # ends a line, nothing of the next line is lost.
+            offset = max(newest.size - 1, 0) if self.start_at_end else 0
             self.counts.skip("start", offset)
             self._enter(newest, offset, resync=offset > 0)
         assert self._current is not None
@@ -86,7 +88,7 @@ class RemoteTail:
             self.counts.skip("behind", backlog)
             target = later[-1] if later else ours
             assert target is not None
-            self._enter(target, target.size, resync=True)
+            self._enter(target, max(target.size - 1, 0), resync=True)
             return None
         if ours is not None and ours.size > self._offset:
             self._rotation_seen = False

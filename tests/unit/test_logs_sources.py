@@ -18,7 +18,7 @@ from exporter.logs.filetail import FileTail
 from exporter.logs.jsonlog import JsonlogParser
 from exporter.logs.pgbouncer import PgbouncerParser
 from exporter.logs.prefix import compile_prefix
-from exporter.logs.remote import RemoteTail
+from exporter.logs.remote import ReadRequest, RemoteTail
 from exporter.logs.source import Piece
 from exporter.logs.stderr import StderrParser
 from exporter.logs.stream import LogStream
@@ -174,30 +174,34 @@ def test_two_readers_of_the_metrics_see_the_same_monotonic_totals(tmp_path: Path
     )
 
 
+def where(request: ReadRequest | None) -> tuple[str, int, int] | None:
+    return None if request is None else (request.name, request.offset, request.length)
+
+
 def test_remote_tail_plans_reads_from_the_listing() -> None:
     tail = RemoteTail("*.csv")
-    assert tail.plan([("a.csv", 100, 1.0), ("a.log", 50, 2.0)], 1000) is None  # at the end
-    assert tail.counts.skipped == {"start": 100}
+    # At the end: from its last byte, read again to see whether it ends a line.
+    request = tail.plan([("a.csv", 100, 1.0), ("a.log", 50, 2.0)], 1000)
+    assert where(request) == ("a.csv", 99, 1) and tail.counts.skipped == {"start": 99}
+    assert request is not None
+    [piece] = tail.take(request, b"\n")
+    assert piece.resync
     request = tail.plan([("a.csv", 160, 3.0)], 1000)
-    assert request is not None and (request.name, request.offset, request.length) == (
-        "a.csv",
-        100,
-        60,
-    )
+    assert where(request) == ("a.csv", 100, 60) and request is not None
     [piece] = tail.take(request, b"x" * 60)
-    assert piece.resync  # started mid-file at its end
+    assert not piece.resync and not piece.new_file
     # Rotated: once more to the old file's end, then the new one from its start.
     request = tail.plan([("a.csv", 160, 3.0), ("b.csv", 20, 4.0)], 1000)
-    assert request is not None and (request.name, request.offset) == ("a.csv", 160)
+    assert where(request) == ("a.csv", 160, 1000) and request is not None
     assert tail.take(request, b"") == []
     request = tail.plan([("a.csv", 160, 3.0), ("b.csv", 20, 4.0)], 1000)
-    assert request is not None and (request.name, request.offset, request.length) == (
-        "b.csv",
-        0,
-        20,
-    )
+    assert where(request) == ("b.csv", 0, 20) and request is not None
     [piece] = tail.take(request, b"y" * 20)
     assert piece.new_file and tail.counts.rotations == {"next_file": 1}
+    # Truncated under the same name (copy-truncate): from its start.
+    request = tail.plan([("b.csv", 5, 5.0)], 1000)
+    assert where(request) == ("b.csv", 0, 5)
+    assert tail.counts.rotations == {"next_file": 1, "truncated": 1}
 
 
 PARSERS = [

@@ -1,0 +1,174 @@
+"""The log sources against real programs: the real logging collector rotating by size under a
+steady rate of refusals (nothing lost, nothing counted twice), the remote function on a real
+server (reads the log, refuses other files), and a real PgBouncer's refused clients."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from exporter.logs.classify import Failure
+from exporter.logs.filetail import FileTail
+from exporter.logs.remote import LISTING_SQL, READ_SQL, RemoteTail
+from exporter.logs.stream import LogStream
+from harness.localpg import LocalCluster
+from tests.conftest import new_cluster
+from tests.helpers import wait_until
+
+SQL = Path(__file__).resolve().parents[1] / "exporter" / "logs" / "sql" / "pgce_read_log.sql"
+FULL = {"max_connections": 5, "superuser_reserved_connections": 0}
+
+
+def _refuse(cluster: LocalCluster, times: int, user: str = "postgres") -> None:
+    for _ in range(times):
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(cluster.dsn(user=user), connect_timeout=5).close()
+
+
+def _failures(stream: LogStream) -> Counter[str]:
+    out: Counter[str] = Counter()
+    for (reason, *_labels), count in stream.failures.counts.items():
+        out[reason] += count
+    return out
+
+
+def test_rotation_by_the_logging_collector_loses_and_duplicates_nothing() -> None:
+    cluster = new_cluster(
+        "15",
+        logging_collector="on",
+        log_destination="csvlog",
+        log_directory="log",
+        log_rotation_size="1kB",  # a new file every few refusals
+        log_filename="postgresql-%H%M%S.log",
+        **FULL,
+    )
+    try:
+        tail = FileTail(cluster.data / "log", "*.csv")
+        stream = LogStream({"target": "t"}, "csvlog", tail.counts)
+        stream.feed(tail.read_available(1 << 20))
+        held = [psycopg.connect(cluster.dsn()) for _ in range(5)]
+        sent = 0
+        for _ in range(30):  # ~3 s at a steady rate, read as it goes
+            _refuse(cluster, 2)
+            sent += 2
+            stream.feed(tail.read_available(1 << 16))
+            time.sleep(0.1)
+        wait_until(
+            lambda: (
+                stream.feed(tail.read_available(1 << 20)) is not None
+                and _failures(stream)["too_many_clients"] >= sent
+            ),
+            15,
+            what=f"{sent} refusals counted",
+        )
+        time.sleep(0.5)
+        stream.feed(tail.read_available(1 << 20))
+        assert _failures(stream) == {"too_many_clients": sent}
+        assert tail.counts.rotations.get("next_file", 0) >= 3
+        assert len(list((cluster.data / "log").glob("*.csv"))) >= 3
+        for conn in held:
+            conn.close()
+    finally:
+        cluster.stop()
+
+
+def _read_remote(conn: psycopg.Connection, tail: RemoteTail, stream: LogStream) -> None:
+    """What the core will do on the held connection: list, plan, read, feed."""
+    while True:
+        request = tail.plan(conn.execute(LISTING_SQL).fetchall(), 1 << 20)
+        if request is None:
+            return
+        [(data,)] = conn.execute(READ_SQL, (request.name, request.offset, request.length))
+        stream.feed(tail.take(request, data))
+        if not data:
+            return
+
+
+def test_the_remote_function_reads_only_the_log_directory() -> None:
+    cluster = new_cluster(
+        "18", logging_collector="on", log_destination="stderr", log_directory="log", **FULL
+    )
+    try:
+        cluster.execute(
+            SQL.read_text(),
+            "CREATE ROLE monitor LOGIN IN ROLE pg_monitor",
+            "GRANT EXECUTE ON FUNCTION pgce_read_log(text, bigint, integer) TO monitor",
+        )
+        with psycopg.connect(cluster.dsn()) as conn:
+            prefix = conn.execute("SHOW log_line_prefix").fetchone()
+        assert prefix is not None
+        with psycopg.connect(cluster.dsn(user="monitor"), autocommit=True) as conn:
+            tail = RemoteTail("*.log")
+            stream = LogStream({"target": "t"}, "stderr", tail.counts, log_line_prefix=prefix[0])
+            _read_remote(conn, tail, stream)
+            held = [psycopg.connect(cluster.dsn()) for _ in range(4)]  # and this one: full
+            _refuse(cluster, 3)
+            for c in held:
+                c.close()
+
+            def counted() -> bool:
+                _read_remote(conn, tail, stream)
+                return _failures(stream) == {"too_many_clients": 3}
+
+            wait_until(counted, 15, what="3 refusals read through pgce_read_log")
+            name = conn.execute(LISTING_SQL).fetchall()[0][0]
+            for bad in ("../postgresql.conf", "/etc/passwd", f"../log/{name}", "global/pg_control"):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege, match="not a file of"):
+                    conn.execute(READ_SQL, (bad, 0, 100))
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("SELECT pg_read_binary_file('postgresql.conf', 0, 100)")
+            with pytest.raises(psycopg.errors.InvalidParameterValue):
+                conn.execute(READ_SQL, (name, -1, 100))
+    finally:
+        cluster.stop()
+
+
+def test_pgbouncer_refusals_counted_exactly(pgbouncer_for) -> None:
+    cluster = new_cluster("15")
+    try:
+        bouncer = pgbouncer_for(
+            cluster, max_client_conn=4, default_pool_size=1, query_wait_timeout=1
+        )
+        tail = FileTail(bouncer.dir, "pgbouncer.log")
+        stream = LogStream({"target": "b"}, "pgbouncer", tail.counts)
+        stream.feed(tail.read_available(1 << 20))
+        # query_wait_timeout: one client holds the only server connection in a transaction.
+        holder = psycopg.connect(bouncer.dsn("postgres", "app"))
+        holder.execute("SELECT 1")
+        waiter = psycopg.connect(bouncer.dsn("postgres", "app"), autocommit=True)
+        with pytest.raises(psycopg.OperationalError, match="query_wait_timeout"):
+            waiter.execute("SELECT 1")
+        # max_client_conn: 4 clients in (the holder and 3 more), 5 refused.
+        others = [psycopg.connect(bouncer.dsn("postgres", "app")) for _ in range(3)]
+        for _ in range(5):
+            with pytest.raises(psycopg.OperationalError, match="max_client_conn"):
+                psycopg.connect(bouncer.dsn("postgres", "app"), connect_timeout=5)
+        for conn in [*others, holder]:
+            conn.close()
+        with pytest.raises(psycopg.OperationalError, match="authentication failed"):
+            psycopg.connect(bouncer.dsn("stranger", "app"), connect_timeout=5)
+        with pytest.raises(psycopg.OperationalError, match="no such database"):
+            psycopg.connect(bouncer.dsn("postgres", "nosuchdb"), connect_timeout=5)
+        expected = {
+            ("query_wait_timeout", "postgres", "app", "127.0.0.1"): 1,
+            ("max_client_conn", "", "", "127.0.0.1"): 5,
+            ("login_failed", "stranger", "", "127.0.0.1"): 1,
+            ("no_such_database", "postgres", "", "127.0.0.1"): 1,
+        }
+
+        def counted() -> bool:
+            stream.feed(tail.read_available(1 << 20))
+            return stream.failures.counts == expected
+
+        wait_until(counted, 10, what=f"{expected}, got {stream.failures.counts}")
+        assert all(isinstance(e, Failure) for e in stream.feed(tail.read_available(1 << 20)))
+        threading.Event().wait(0.3)
+        stream.feed(tail.read_available(1 << 20))
+        assert stream.failures.counts == expected
+    finally:
+        cluster.stop()

@@ -5,6 +5,7 @@ bound and monotony; and the parsers over arbitrary bytes (hypothesis)."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from hypothesis import given, settings
@@ -249,3 +250,15 @@ def test_parsers_take_any_bytes_in_any_pieces_with_bounded_state(
             assert sum(map(len, getattr(parser, "_record", []))) <= 2 * 4096 + 1
         parser.end_of_stream()
         assert len(classifier._pending) <= MAX_PENDING
+
+
+def test_the_readme_lists_every_family_the_stream_yields() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("\n## Refused connections\n", 1)[1].split("\n## ", 1)[0]
+    table = section[section.index("| Metric |") :]
+    listed = set(re.findall(r"`((?:pg|pgbouncer)_[a-z_]+)`", table))
+    names = set()
+    for log_format in ("csvlog", "pgbouncer"):
+        stream = LogStream({"target": "t"}, log_format, FileTail(".").counts)  # type: ignore[arg-type]
+        names |= {f.name + ("_total" if f.type == "counter" else "") for f in stream.collect()}
+    assert names == listed

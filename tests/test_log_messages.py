@@ -6,6 +6,7 @@ format counting exactly what was provoked, by reason, user, database and client 
 from __future__ import annotations
 
 import signal
+import subprocess
 from collections import Counter
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 from exporter.logs.classify import Failure, SetupTime
 from exporter.logs.filetail import FileTail
 from exporter.logs.stream import DEFAULT_PATTERNS, LogStream
+from harness.localpg import LocalCluster
 from tests.conftest import ALL_MAJORS, new_cluster
 from tests.helpers import wait_until
 
@@ -167,3 +169,100 @@ def test_the_log_directory_is_where_the_test_reads(tmp_path: Path) -> None:
     tail = FileTail(tmp_path / "absent", "*.csv")
     assert tail.read_available(1024) == []
     assert tail.counts.up is False and tail.counts.errors == {"missing": 1}
+
+
+# What a server in standby with hot_standby off answers, by major, and the reason it counts as.
+NOT_READY = {
+    "the database system is starting up": "starting_up",
+    "the database system is not yet accepting connections": "starting_up",
+    "the database system is not accepting connections": "in_recovery",
+}
+
+
+def _start_in_standby(cluster: LocalCluster) -> None:
+    """The postmaster of a standby that never reaches a consistent state to open (no primary,
+    hot_standby off): it stays up and refuses every client with 57P03."""
+    (cluster.data / "standby.signal").touch()
+    args = [str(cluster.bindir / "postgres"), "-D", str(cluster.data), "-p", str(cluster.port)]
+    args += ["-k", str(cluster.socket_dir), "-c", "hot_standby=off"]
+    for key, value in cluster.settings.items():
+        args += ["-c", f"{key}={value}"]
+    cluster.process = subprocess.Popen(
+        args,
+        **cluster._as_user(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=cluster.dir,
+        start_new_session=True,
+    )
+
+
+@pytest.mark.parametrize("major", ALL_MAJORS)
+def test_a_server_not_accepting_connections_yet(major: str) -> None:
+    cluster = new_cluster(
+        major, logging_collector="on", log_destination="csvlog", log_directory="log"
+    )
+    try:
+        cluster.shutdown()
+        tail = FileTail(cluster.data / "log", "*.csv")
+        stream = LogStream({"target": "t"}, "csvlog", tail.counts)
+        stream.feed(tail.read_available(1 << 20))
+        _start_in_standby(cluster)
+
+        def refused() -> str:
+            message = _refused(cluster.dsn(user="plain"))
+            return next((m for m in NOT_READY if m in message), "")
+
+        first = wait_until(refused, 20, what="a refusal while in standby")
+        for _ in range(2):
+            assert refused() == first
+        expected = {(NOT_READY[first], "plain", "postgres", "local"): 3}
+
+        def counted() -> bool:
+            stream.feed(tail.read_available(1 << 20))
+            return stream.failures.counts == expected
+
+        wait_until(counted, 15, what=f"{expected}, got {stream.failures.counts}")
+        print(f"PostgreSQL {major}: {first!r}")
+    finally:
+        cluster.stop()
+
+
+# Shorter than NAMEDATALEN (the server cuts names at 63 bytes): a CSV record's start after a
+# newline, and a JSON key/value pair.
+HOSTILE_USER = 'x"\n2026-12-07 02:48:52 UTC,"u","d",1,,,1,,,,0,FATAL,53300,"sorr'
+HOSTILE_DB = 'd","error_severity":"FATAL","message":"sorry, too many'
+
+
+@pytest.mark.parametrize("major", ["15", "18"])
+def test_names_from_clients_forge_no_line_label_or_count(major: str) -> None:
+    cluster = new_cluster(
+        major,
+        logging_collector="on",
+        log_destination="csvlog,jsonlog",
+        log_directory="log",
+        lc_messages="C",
+    )
+    assert len(HOSTILE_USER) < 64 and len(HOSTILE_DB) < 64
+    try:
+        streams = {}
+        tails = {}
+        for f in ("csvlog", "jsonlog"):
+            tails[f] = FileTail(cluster.data / "log", DEFAULT_PATTERNS[f])
+            streams[f] = LogStream({"target": "t"}, f, tails[f].counts)  # type: ignore[arg-type]
+            streams[f].feed(tails[f].read_available(1 << 20))
+        _refused(cluster.dsn(user=HOSTILE_USER))
+        _refused(cluster.dsn(dbname=HOSTILE_DB))
+        expected = {
+            ("role_does_not_exist", HOSTILE_USER, "postgres", "local"): 1,
+            ("database_does_not_exist", "postgres", HOSTILE_DB, "local"): 1,
+        }
+        for f, stream in streams.items():
+
+            def counted(stream: LogStream = stream, tail: FileTail = tails[f]) -> bool:
+                stream.feed(tail.read_available(1 << 20))
+                return stream.failures.counts == expected
+
+            wait_until(counted, 15, what=f"{f}: {expected}, got {stream.failures.counts}")
+    finally:
+        cluster.stop()

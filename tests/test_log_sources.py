@@ -4,9 +4,16 @@ server (reads the log, refuses other files), and a real PgBouncer's refused clie
 
 from __future__ import annotations
 
+import json
+import os
+import pwd
+import shutil
+import tempfile
 import threading
 import time
+import traceback
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -16,7 +23,7 @@ from exporter.logs.classify import Failure
 from exporter.logs.filetail import FileTail
 from exporter.logs.remote import LISTING_SQL, READ_SQL, RemoteTail
 from exporter.logs.stream import LogStream
-from harness.localpg import LocalCluster
+from harness.localpg import LocalCluster, _service_user
 from tests.conftest import new_cluster
 from tests.helpers import wait_until
 
@@ -172,3 +179,72 @@ def test_pgbouncer_refusals_counted_exactly(pgbouncer_for) -> None:
         assert stream.failures.counts == expected
     finally:
         cluster.stop()
+
+
+def _as_unprivileged(job: Callable[[], dict[str, object]]) -> dict[str, object]:
+    """Run `job` in a forked child as the servers' unprivileged user (root reads any file, so
+    a permission loss is only real for another user); its result comes back as JSON."""
+    user = _service_user()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns to pytest
+        status = 1
+        try:
+            os.close(read_end)
+            if user:
+                entry = pwd.getpwnam(user)
+                os.setgroups([])
+                os.setgid(entry.pw_gid)
+                os.setuid(entry.pw_uid)
+            with os.fdopen(write_end, "w") as out:
+                json.dump(job(), out)
+            status = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end) as results:
+        text = results.read()
+    _, status = os.waitpid(pid, 0)
+    assert status == 0 and text, f"the child failed (status {status})"
+    return json.loads(text)
+
+
+def test_a_log_that_loses_its_permissions_is_a_metric_then_read_on() -> None:
+    base = Path(tempfile.mkdtemp(prefix="pgce-logperm-"))  # pytest's tmp_path is root's only
+    base.chmod(0o777)
+    directory = base / "log"
+
+    def job() -> dict[str, object]:
+        directory.mkdir()
+        log = directory / "postgresql.log"
+        log.write_text("")
+        tail = FileTail(directory, "*.log")
+        stream = LogStream({"target": "t"}, "stderr", tail.counts, log_line_prefix="%m [%p] ")
+        line = "2026-12-07 03:00:00.000 UTC [7] FATAL:  sorry, too many clients already\n"
+        stream.feed(tail.read_available(1 << 20))
+        with log.open("a") as f:
+            f.write(line * 2)
+        log.chmod(0)
+        directory.chmod(0)
+        lost = [tail.read_available(1 << 20) for _ in range(3)]
+        up_while_lost, errors = tail.counts.up, dict(tail.counts.errors)
+        directory.chmod(0o700)
+        log.chmod(0o600)
+        with log.open("a") as f:
+            f.write(line)
+        stream.feed([p for pieces in lost for p in pieces])
+        stream.feed(tail.read_available(1 << 20))
+        return {
+            "up_while_lost": up_while_lost,
+            "errors": errors,
+            "up": tail.counts.up,
+            "counted": sum(stream.failures.counts.values()),
+        }
+
+    try:
+        got = _as_unprivileged(job)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    assert got == {"up_while_lost": False, "errors": {"permission": 3}, "up": True, "counted": 3}

@@ -58,7 +58,8 @@ class Histogram:
     def cumulative(self) -> list[tuple[str, float]]:
         out: list[tuple[str, float]] = []
         running = 0
-        for bound, count in zip((*self.buckets, float("inf")), self.per_bucket, strict=True):
+        per_bucket = self.per_bucket.copy()
+        for bound, count in zip((*self.buckets, float("inf")), per_bucket, strict=True):
             running += count
             out.append(("+Inf" if bound == float("inf") else repr(bound), float(running)))
         return out

@@ -63,6 +63,7 @@ class CsvlogParser(LineParser):
                     if self._record_len > self.splitter.max_line:
                         self.long_records += 1
                         self._record = []
+                        self._record_len = 0
                         self._dropping = True
                 if self._in_quotes:
                     continue

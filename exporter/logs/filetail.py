@@ -39,7 +39,8 @@ class _Candidate:
 class FileTail:
     """`read_available(budget)` gives the pieces written since the last call, at most
     `budget` bytes; never raises (a missing or unreadable log is `counts.up` false, a count
-    of the reason, and one log line when that starts)."""
+    of the reason, and one log line when that starts). One caller at a time (a task awaiting
+    it in an executor); its memory is one open file and the listing of the directory."""
 
     def __init__(
         self,

@@ -8,11 +8,14 @@ worked out from the listing (names, sizes, modification times) instead of inodes
 from __future__ import annotations
 
 import fnmatch
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from exporter.logs.source import MAX_BACKLOG_BYTES, Piece, SourceCounts
+
+log = logging.getLogger(__name__)
 
 LISTING_SQL = "SELECT name, size, modification FROM pg_catalog.pg_ls_logdir()"
 READ_SQL = "SELECT pgce_read_log(%s, %s, %s)"
@@ -63,6 +66,8 @@ class RemoteTail:
         """What to read next (None: nothing new); `listing` is LISTING_SQL's rows."""
         files = log_files(listing, self.pattern)
         if not files:
+            if self.counts.up or not self.counts.errors:
+                log.warning("no log file to read", extra={"pattern": self.pattern})
             self.counts.up = False
             self.counts.failed("missing")
             return None

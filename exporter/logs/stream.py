@@ -104,6 +104,8 @@ class LogStream:
         return events
 
     def collect(self) -> Iterator[Metric]:
+        """Safe beside a `feed` on another thread: it reads copies of the counts (a dict's
+        copy is taken whole under the GIL), never a dict while it grows."""
         yield from self._failure_families()
         yield from self._reader_families()
 
@@ -115,8 +117,9 @@ class LogStream:
                 "Clients PgBouncer refused or dropped, counted from its log, by reason"
                 " (max_client_conn, query_wait_timeout, query_timeout, client_login_timeout,"
                 " login_failed, no_such_database, server_unavailable, server_login_failing;"
-                " server_login_failed for its own logins to PostgreSQL); past 50 label sets,"
-                ' user, database and client_addr are "other".',
+                " server_login_failed for its own logins to PostgreSQL); past"
+                f" {self.failures.max_series} label sets, user, database and client_addr are"
+                ' "other".',
                 labels=(*names, "reason", "user", "database", "client_addr"),
             )
         else:
@@ -126,11 +129,12 @@ class LogStream:
                 " (too_many_clients, reserved_slots_only, database_limit, role_limit,"
                 " authentication_failed, no_hba_entry, hba_rejected, role_does_not_exist,"
                 " database_does_not_exist, starting_up, in_recovery, shutting_down,"
-                " authentication_timeout, could_not_fork, other); past 50 label sets,"
-                ' usename, datname and client_addr are "other".',
+                " authentication_timeout, could_not_fork, other); past"
+                f" {self.failures.max_series} label sets, usename, datname and client_addr are"
+                ' "other".',
                 labels=(*names, "reason", "usename", "datname", "client_addr"),
             )
-        for key, count in sorted(self.failures.counts.items()):
+        for key, count in sorted(self.failures.counts.copy().items()):
             family.add_metric([*base, *key], float(count))
         yield family
         if self.log_format == "pgbouncer":
@@ -143,7 +147,7 @@ class LogStream:
             " lines of one process.",
             labels=(*names, "phase"),
         )
-        for phase, h in sorted(self.setup.by_phase.items()):
+        for phase, h in sorted(self.setup.by_phase.copy().items()):
             histogram.add_metric([*base, phase], h.cumulative(), h.sum)
         yield histogram
 
@@ -179,7 +183,8 @@ class LogStream:
             " and cut lines).",
             labels=(*names, "reason"),
         )
-        for reason, size in sorted({**source.skipped, "long_line": parser.skipped_bytes}.items()):
+        skipped_bytes = {**source.skipped.copy(), "long_line": parser.skipped_bytes}
+        for reason, size in sorted(skipped_bytes.items()):
             skipped.add_metric([*base, reason], float(size))
         yield skipped
         unparsed = CounterMetricFamily(
@@ -197,7 +202,7 @@ class LogStream:
             " truncated one (truncated).",
             labels=(*names, "how"),
         )
-        for how, count in sorted(source.rotations.items()):
+        for how, count in sorted(source.rotations.copy().items()):
             rotations.add_metric([*base, how], float(count))
         yield rotations
         errors = CounterMetricFamily(
@@ -206,6 +211,6 @@ class LogStream:
             " error).",
             labels=(*names, "reason"),
         )
-        for reason, count in sorted(source.errors.items()):
+        for reason, count in sorted(source.errors.copy().items()):
             errors.add_metric([*base, reason], float(count))
         yield errors

@@ -24,8 +24,9 @@ from exporter.logs.filetail import FileTail
 from exporter.logs.remote import LISTING_SQL, READ_SQL, RemoteTail
 from exporter.logs.stream import LogStream
 from harness.localpg import LocalCluster, _service_user
-from tests.conftest import new_cluster
+from tests.conftest import new_cluster, require_program
 from tests.helpers import wait_until
+from tests.pgbouncer_server import PgBouncer
 
 SQL = Path(__file__).resolve().parents[1] / "exporter" / "logs" / "sql" / "pgce_read_log.sql"
 FULL = {"max_connections": 5, "superuser_reserved_connections": 0}
@@ -248,3 +249,39 @@ def test_a_log_that_loses_its_permissions_is_a_metric_then_read_on() -> None:
     finally:
         shutil.rmtree(base, ignore_errors=True)
     assert got == {"up_while_lost": False, "errors": {"permission": 3}, "up": True, "counted": 3}
+
+
+class _BouncerWithGhostDatabase(PgBouncer):
+    """Also a database `ghostdb` whose server role does not exist: its server logins fail."""
+
+    def _write_config(self) -> Path:
+        ini = super()._write_config()
+        ghost = (
+            f"ghostdb = host={self.cluster.socket_dir} port={self.cluster.port} dbname=postgres"
+            " user=ghost\n\n[pgbouncer]"
+        )
+        ini.write_text(ini.read_text().replace("[pgbouncer]", ghost, 1))
+        return ini
+
+
+def test_pgbouncer_server_login_failures_counted() -> None:
+    cluster = new_cluster("15")
+    bouncer = _BouncerWithGhostDatabase(require_program("pgbouncer"), cluster)
+    try:
+        bouncer.start()
+        tail = FileTail(bouncer.dir, "pgbouncer.log")
+        stream = LogStream({"target": "b"}, "pgbouncer", tail.counts)
+        stream.feed(tail.read_available(1 << 20))
+        with pytest.raises(psycopg.OperationalError, match='role "ghost" does not exist'):
+            psycopg.connect(bouncer.dsn("postgres", "ghostdb"), connect_timeout=5)
+        expected = {("server_login_failed", "ghost", "ghostdb", ""): 1}
+
+        def counted() -> bool:
+            stream.feed(tail.read_available(1 << 20))
+            return stream.failures.counts == expected
+
+        wait_until(counted, 10, what=f"{expected}, got {stream.failures.counts}")
+        assert stream.parser.counts.unparsed == 0
+    finally:
+        bouncer.stop()
+        cluster.stop()

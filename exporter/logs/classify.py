@@ -175,13 +175,13 @@ class PgbouncerClassifier:
     @staticmethod
     def _failure(entry: LogEntry) -> Failure | None:
         side, message = entry.severity[:1], entry.message
-        if side == "S":
-            if "server login failed" in message:
-                return Failure("server_login_failed", entry.user, entry.database, "")
-            return None
         if not message.startswith(_CLOSING):
             return None
         why = message[len(_CLOSING) :]
+        if side == "S":  # PgBouncer's own connection to PostgreSQL
+            if why.startswith("login failed"):
+                return Failure("server_login_failed", entry.user, entry.database, "")
+            return None
         if why.endswith(")") and " (age=" in why:
             why = why[: why.rindex(" (age=")]
         for start, reason in PGBOUNCER_FAILURES:

@@ -2,8 +2,9 @@
 
 Each client PgBouncer refuses or drops has exactly one `closing because: <reason>` line, so
 those are what is counted (the `pooler error` and `login failed` lines beside them are not
-counted again); a server login that fails has a `server login failed` line on the server side
-(`S-0x..`). Checked against Debian's pgbouncer 1.18.
+counted again); a server login that fails closes that server connection with `S-0x..: ...
+closing because: login failed` (the `WARNING server login failed: ...` line before it carries
+no database or user, and is not counted again). Checked against Debian's pgbouncer 1.18.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ _UNKNOWN = ("(nodb)", "(nouser)")
 
 
 class PgbouncerParser(LineParser):
-    MARKERS = (b" closing because: ", b"server login failed")
+    MARKERS = (b" closing because: ",)
 
     def _parse(self, line: bytes) -> LogEntry | None:
         match = _LINE.match(text(line))

@@ -263,6 +263,11 @@ PGBOUNCER_LOG = "".join(
         ("LOG", "app/postgres@127.0.0.1:42330 closing because: query_wait_timeout (age=5s)"),
         ("LOG", "app/postgres@127.0.0.1:42331 closing because: client close request (age=5s)"),
     )
+) + (
+    '2026-12-07 03:10:35.427 UTC [31115] WARNING server login failed: FATAL role "ghost" does'
+    " not exist\n"
+    "2026-12-07 03:10:35.427 UTC [31115] LOG S-0x5618c72a0d80: ghostdb/ghost@unix:23431 closing"
+    " because: login failed (age=0s)\n"
 )
 
 
@@ -274,4 +279,6 @@ def test_pgbouncer_counts_each_refused_client_once() -> None:
         Failure("login_failed", "stranger", "", "127.0.0.1"),
         Failure("max_client_conn", "", "", "127.0.0.1"),
         Failure("query_wait_timeout", "postgres", "app", "127.0.0.1"),
+        Failure("server_login_failed", "ghost", "ghostdb", ""),
     ]
+    assert parser.counts.unparsed == 0

@@ -22,7 +22,7 @@ import pytest
 from exporter.logs.classify import Failure
 from exporter.logs.filetail import FileTail
 from exporter.logs.remote import LISTING_SQL, READ_SQL, RemoteTail
-from exporter.logs.stream import LogStream
+from exporter.logs.stream import DEFAULT_PATTERNS, LogStream
 from harness.localpg import LocalCluster, _service_user
 from tests.conftest import new_cluster, require_program
 from tests.helpers import wait_until
@@ -85,6 +85,44 @@ def test_rotation_by_the_logging_collector_loses_and_duplicates_nothing() -> Non
         cluster.stop()
 
 
+@pytest.mark.parametrize("major", ["15", "18"])
+def test_a_storm_of_concurrent_refusals_is_counted_exactly(major: str) -> None:
+    """40 clients at once against a full server, as in the issue: each refusal counted once."""
+    cluster = new_cluster(
+        major, logging_collector="on", log_destination="csvlog", log_directory="log", **FULL
+    )
+    try:
+        tail = FileTail(cluster.data / "log", "*.csv")
+        stream = LogStream({"target": "t"}, "csvlog", tail.counts)
+        stream.feed(tail.read_available(1 << 20))
+        held = [psycopg.connect(cluster.dsn(user="postgres")) for _ in range(5)]
+        refused: list[str] = []
+
+        def attempt() -> None:
+            try:
+                psycopg.connect(cluster.dsn(), connect_timeout=10).close()
+            except psycopg.OperationalError as exc:
+                refused.append(str(exc))
+
+        threads = [threading.Thread(target=attempt) for _ in range(40)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        for conn in held:
+            conn.close()
+        assert len(refused) == 40 and all("too many clients" in r for r in refused)
+        expected = {("too_many_clients", "postgres", "postgres", "local"): 40}
+
+        def counted() -> bool:
+            stream.feed(tail.read_available(1 << 20))
+            return stream.failures.counts == expected
+
+        wait_until(counted, 15, what=f"{expected}, got {stream.failures.counts}")
+    finally:
+        cluster.stop()
+
+
 def _read_remote(conn: psycopg.Connection, tail: RemoteTail, stream: LogStream) -> None:
     """What the core will do on the held connection: list, plan, read, feed."""
     while True:
@@ -97,9 +135,12 @@ def _read_remote(conn: psycopg.Connection, tail: RemoteTail, stream: LogStream) 
             return
 
 
-def test_the_remote_function_reads_only_the_log_directory() -> None:
+@pytest.mark.parametrize(
+    ("major", "log_format"), [("15", "csvlog"), ("18", "jsonlog"), ("18", "stderr")]
+)
+def test_the_remote_function_reads_only_the_log_directory(major: str, log_format: str) -> None:
     cluster = new_cluster(
-        "18", logging_collector="on", log_destination="stderr", log_directory="log", **FULL
+        major, logging_collector="on", log_destination=log_format, log_directory="log", **FULL
     )
     try:
         cluster.execute(
@@ -111,8 +152,13 @@ def test_the_remote_function_reads_only_the_log_directory() -> None:
             prefix = conn.execute("SHOW log_line_prefix").fetchone()
         assert prefix is not None
         with psycopg.connect(cluster.dsn(user="monitor"), autocommit=True) as conn:
-            tail = RemoteTail("*.log")
-            stream = LogStream({"target": "t"}, "stderr", tail.counts, log_line_prefix=prefix[0])
+            tail = RemoteTail(DEFAULT_PATTERNS[log_format])
+            stream = LogStream(
+                {"target": "t"},
+                log_format,  # type: ignore[arg-type]
+                tail.counts,
+                log_line_prefix=prefix[0],
+            )
             _read_remote(conn, tail, stream)
             held = [psycopg.connect(cluster.dsn()) for _ in range(4)]  # and this one: full
             _refuse(cluster, 3)

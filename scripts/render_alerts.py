@@ -57,6 +57,8 @@ ALERTS = (
     "PostgresConnectionsExhausted",
     "PostgresConnectionsRejected",
     "PostgresConnectionsLoginCheckFailing",
+    "PostgresAuthenticationFailuresBurst",
+    "PostgresConnectionsExporterLogUnreadable",
     "PostgresConnectionsFillingUp",
     "PostgresIdleInTransactionTooLong",
     "PostgresIdleInTransactionHigh",
@@ -383,6 +385,13 @@ def render_groups(t: Mapping[str, Any]) -> list[dict[str, Any]]:
     reasons = "|".join(rejected["reasons"])
     rwin = duration(rejected["window"])
     failures = f'pg_connections_exporter_connect_failures_total{{{sel}, reason=~"{reasons}"}}'
+    # Refusals counted from the server's log (exporter/logs), by who was refused.
+    refused = f'pg_connection_failures_total{{{sel}, reason=~"{reasons}"}}'
+    who = "job, instance, target, reason, usename, datname, client_addr"
+    burst = a["PostgresAuthenticationFailuresBurst"]
+    burst_reasons = "|".join(burst["reasons"])
+    burst_window = duration(burst["window"])
+    auth_failures = f'pg_connection_failures_total{{{sel}, reason=~"{burst_reasons}"}}'
     login_failures = f'pg_connections_login_check_failures_total{{{sel}, reason=~"{reasons}"}}'
     filling = a["PostgresConnectionsFillingUp"]
     fwin, horizon = duration(filling["trend_window"]), seconds(filling["horizon"])
@@ -515,6 +524,11 @@ def render_groups(t: Mapping[str, Any]) -> list[dict[str, Any]]:
         alert(
             "PostgresConnectionsRejected",
             f"""
+            label_replace(
+                sum by ({who}) (increase({refused}[{rwin}])) > 0,
+                "source", "server_log", "", ""
+            )
+            or on(job, instance, target)
             (
                 pg_connections_login_check_success{{{sel}}} == 0
                 and on(job, instance, target)
@@ -527,7 +541,11 @@ def render_groups(t: Mapping[str, Any]) -> list[dict[str, Any]]:
             "PostgreSQL is refusing new client connections.",
             f"""
             {where}: new connections are refused:
-            {{{{ if $labels.reason }}}}{{{{ $value | humanize }}}} connection attempt(s) of the
+            {{{{ if eq $labels.source "server_log" }}}}{{{{ $value | humanize }}}} client
+            connection attempt(s) refused with reason {{{{ $labels.reason }}}} in the last
+            {rwin}, user {shown("$labels.usename")}, database {shown("$labels.datname")}, from
+            {shown("$labels.client_addr")} (counted from the server's log).{{{{ else if
+            $labels.reason }}}}{{{{ $value | humanize }}}} connection attempt(s) of the
             exporter failed with reason {{{{ $labels.reason }}}} in the last {rwin}.{{{{ else
             }}}}the exporter's login check fails (pg_connections_login_check_success =
             {{{{ $value }}}}).{{{{ end }}}}
@@ -551,6 +569,34 @@ def render_groups(t: Mapping[str, Any]) -> list[dict[str, Any]]:
             {rwin}: its role, password, database or pg_hba.conf entry is likely wrong (see
             pg_connections_login_check_failures_total by reason). Meanwhile
             PostgresConnectionsRejected cannot see refusals through it.
+            """,
+        ),
+        alert(
+            "PostgresAuthenticationFailuresBurst",
+            f"""
+            sum by (job, instance, target, client_addr) (
+                increase({auth_failures}[{burst_window}])
+            ) >= {burst["failures"]}
+            """,
+            "warning",
+            "Many failed logins from one client host.",
+            f"""
+            {where}: {{{{ $value | humanize }}}} connection attempts from client host
+            {shown("$labels.client_addr")} failed authentication ({", ".join(burst["reasons"])})
+            in the last {burst["window"]}, counted from the server's log: a password guesser,
+            or an application deployed with a wrong password, role or pg_hba.conf entry.
+            """,
+        ),
+        alert(
+            "PostgresConnectionsExporterLogUnreadable",
+            f"pg_connections_exporter_log_up{{{sel}}} == 0",
+            "warning",
+            "The exporter cannot read the server's log: refusals are not counted.",
+            f"""
+            {where}: the server's log cannot be read (pg_connections_exporter_log_up =
+            {{{{ $value }}}}; pg_connections_exporter_log_errors_total says why: missing,
+            permission, error): refused connections are not counted meanwhile, and
+            PostgresConnectionsRejected sees only the exporter's own attempts.
             """,
         ),
         alert(

@@ -36,6 +36,8 @@ EXPECTED = {
     "PostgresConnectionsExhausted": {"critical"},
     "PostgresConnectionsRejected": {"critical"},
     "PostgresConnectionsLoginCheckFailing": {"warning"},
+    "PostgresAuthenticationFailuresBurst": {"warning"},
+    "PostgresConnectionsExporterLogUnreadable": {"warning"},
     "PostgresConnectionsFillingUp": {"warning"},
     "PostgresIdleInTransactionTooLong": {"warning", "critical"},
     "PostgresIdleInTransactionHigh": {"warning"},

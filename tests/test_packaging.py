@@ -84,6 +84,8 @@ def test_wheel_carries_the_queries_and_the_console_script(dist: Path) -> None:
     queries = {n for n in names if n.startswith("exporter/queries/")}
     assert queries == {f"exporter/queries/{p.name}" for p in (REPO / "exporter/queries").glob("*")}
     assert any(n.endswith(".yaml") for n in queries)
+    # The remote log reader's function, for operators to install from the package.
+    assert "exporter/logs/sql/pgce_read_log.sql" in names
     assert not any(n.startswith("tests/") for n in names)
     ((name, target),) = pyproject()["project"]["scripts"].items()
     assert f"{name} = {target}" in scripts

@@ -8,17 +8,24 @@ the CPU of the connection's own backend (utime + stime from /proc) and of this p
 plus `record`: the exporter's share). For comparison, `connection_slots` (the scrape's query
 that computes pg_connections_used) run alone, as a scrape would if it ran only that.
 
-    python benchmarks/sampler_cost.py --sizes 100,1000 --runs 2000
+With --pgbouncer, the same for a PgBouncer (Debian's, tests/pgbouncer_server.py) in front of
+the server with N idle clients: SHOW LISTS and SHOW POOLS per sample (and SHOW CONFIG once a
+minute, as the sampler asks), the CPU of the pgbouncer process (it is single-threaded: its CPU
+is what its clients wait behind).
+
+    python benchmarks/sampler_cost.py --sizes 100,1000 --runs 2000 [--pgbouncer]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import shutil
 import statistics
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg
@@ -35,6 +42,7 @@ from exporter.sampling.sampler import TargetSampler  # noqa: E402
 from exporter.sampling.statements import POSTGRES_SAMPLE  # noqa: E402
 from harness.localpg import LocalCluster, debian_bindir, embedded_bindir  # noqa: E402
 from harness.processes import cpu_seconds, sigterm_as_interrupt  # noqa: E402
+from harness.workload import SessionSpec, Workload  # noqa: E402
 
 
 class Runner:
@@ -77,10 +85,60 @@ class Runner:
         )
 
 
+def pgbouncer_rows(cluster: LocalCluster, sizes: list[int], runs: int) -> None:
+    """Sample a PgBouncer with N idle clients; its process's CPU per sample."""
+    from tests.pgbouncer_server import PgBouncer  # the harness of the tests, not the exporter
+
+    binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+    bouncer = PgBouncer(binary, cluster, max_client_conn=max(sizes) + 50)
+    bouncer.start()
+    try:
+        assert bouncer.process is not None
+        with (
+            Workload(bouncer.dsn("postgres", "app")) as clients,
+            psycopg.connect(bouncer.dsn(), autocommit=True, row_factory=dict_row) as conn,
+        ):
+            opened = 0
+            for n in sizes:
+                with ThreadPoolExecutor(max_workers=8) as pool:
+                    list(
+                        pool.map(
+                            lambda _: clients.open(SessionSpec("idle", dbname="app")),
+                            range(n - opened),
+                        )
+                    )
+                opened = n
+                sampler = TargetSampler("pgbouncer", {"target": "bench"}, SamplerSettings())
+                times, client = [], 0.0
+                cpu = cpu_seconds(bouncer.process.pid)
+                for i in range(runs):
+                    own, start = time.process_time(), time.perf_counter()
+                    now = time.monotonic() + i  # one sample a second, as the sampler runs
+                    results = []
+                    for sql in sampler.statements(now):
+                        with conn.cursor() as cur:
+                            cur.execute(sql.encode(), prepare=False)
+                            results.append(cur.fetchall())
+                    sampler.record(now, results)
+                    times.append(time.perf_counter() - start)
+                    client += time.process_time() - own
+                server = cpu_seconds(bouncer.process.pid) - cpu
+                ms = sorted(t * 1000 for t in times)
+                print(
+                    f"| {n} | pgbouncer: SHOW LISTS, SHOW POOLS | {statistics.median(ms):.3f} "
+                    f"| {ms[int(len(ms) * 0.99)]:.3f} | {server * 1000 / runs:.3f} (pgbouncer) "
+                    f"| {client * 1000 / runs:.3f} |",
+                    flush=True,
+                )
+    finally:
+        bouncer.stop()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100,1000")
     parser.add_argument("--runs", type=int, default=2000, help="runs of each statement per size")
+    parser.add_argument("--pgbouncer", action="store_true", help="sample a PgBouncer instead")
     args = parser.parse_args(argv)
     sizes = sorted(int(s) for s in args.sizes.split(","))
     slots = next(q for q in builtin_queries() if q.name == "connection_slots")
@@ -98,6 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         cluster.execute(*SETUP_SQL)
         workload = BenchWorkload(cluster)
         stack.callback(workload.close)
+        if args.pgbouncer:
+            pgbouncer_rows(cluster, sizes, args.runs)
+            return 0
         dsn = cluster.dsn(user=MONITOR_ROLE, host="127.0.0.1")
         for n in sizes:
             workload.grow_to(n)

@@ -110,6 +110,13 @@ SELF_METRICS = (
 SAMPLER_METRICS = (*POSTGRES_METRICS, *PGBOUNCER_METRICS, *SELF_METRICS)
 
 
+def effective_interval(settings: SamplerSettings, targets: int, *, probe: bool = False) -> float:
+    """A target's interval with `targets` sampled in all: its configured one, stretched evenly
+    for every target once they would take more than `max_samples_per_second` together."""
+    own = settings.probe_interval if probe else settings.interval
+    return max(own, targets / settings.max_samples_per_second)
+
+
 def _level(level: float) -> str:
     return f"{level:g}"
 

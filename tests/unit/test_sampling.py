@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from exporter.config.errors import ConfigError
 from exporter.config.model import SamplerSettings, parse_config
 from exporter.sampling.accumulator import Accumulator, PeakWindow
-from exporter.sampling.sampler import SAMPLER_METRICS, TargetSampler
+from exporter.sampling.sampler import SAMPLER_METRICS, TargetSampler, effective_interval
 from exporter.sampling.statements import (
     BACKEND_CLASS,
     ORDINARY_SLOTS,
@@ -57,6 +57,25 @@ def test_the_default_levels_are_the_alerting_thresholds() -> None:
     )
     near = alerts["PgBouncerClientConnectionsNearLimit"]
     assert defaults.pgbouncer_levels == [near["warning_ratio"], near["critical_ratio"]]
+
+
+def test_the_sampler_section_is_read_with_durations() -> None:
+    data = {
+        "targets": [{"name": "a", "dsn": "host=db1"}],
+        "sampler": {"enabled": False, "interval": "500ms", "window": "10m", "levels": [0.9, 0.7]},
+    }
+    sampler = parse_config(data, "conf.yaml").sampler
+    assert (sampler.enabled, sampler.interval, sampler.window) == (False, 0.5, 600.0)
+    assert sampler.levels == [0.7, 0.9]
+
+
+def test_large_fleets_stretch_every_interval_to_the_cap() -> None:
+    defaults = SamplerSettings()
+    assert effective_interval(defaults, 100) == 1.0
+    assert effective_interval(defaults, 1000) == 5.0  # 200 samples a second in all
+    assert effective_interval(defaults, 1000, probe=True) == 5.0
+    slow_probes = SamplerSettings(probe_interval=10.0)
+    assert effective_interval(slow_probes, 10, probe=True) == 10.0
 
 
 def test_a_bad_level_names_the_file_and_key() -> None:

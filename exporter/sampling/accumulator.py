@@ -4,6 +4,7 @@ taken and missed. Pure logic (no clock, no I/O): every call is given the monoton
 from __future__ import annotations
 
 import math
+import threading
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,7 +52,8 @@ class Accumulator:
     before it, at most `max_gap` seconds (so a sampler that was stopped or missing does not
     credit its whole silence to the first sample after it); that time goes to every level
     the sample's ratio value / limit is at or above. Nothing resets on read: any number of
-    Prometheus servers, scraping at any intervals, read the same totals."""
+    Prometheus servers, scraping at any intervals, read the same totals. A lock makes a read
+    on another thread (the registry's) see whole samples only."""
 
     def __init__(self, levels: Sequence[float], window: float, max_gap: float) -> None:
         if max_gap <= 0:
@@ -64,9 +66,14 @@ class Accumulator:
         self._last: float | None = None
         self._taken = 0
         self._missed: Counter[str] = Counter()
+        self._lock = threading.Lock()
 
     def record(self, now: float, value: float, limit: float | None) -> None:
         """A sample taken at monotonic time `now`; `limit` None or <= 0: no ratio (no level)."""
+        with self._lock:
+            self._record(now, value, limit)
+
+    def _record(self, now: float, value: float, limit: float | None) -> None:
         credit = 0.0 if self._last is None else min(max(now - self._last, 0.0), self.max_gap)
         self._last = now
         self._taken += 1
@@ -83,13 +90,15 @@ class Accumulator:
         """A tick with no sample (the connection busy, the statement failed or timed out):
         counted by reason; the time since the last sample goes to the next one, up to
         `max_gap`."""
-        self._missed[reason] += 1
+        with self._lock:
+            self._missed[reason] += 1
 
     def read(self, now: float) -> Reading:
-        return Reading(
-            seconds_at=dict(self._seconds_at),
-            peak_value=self._values.peak(now),
-            peak_ratio=self._ratios.peak(now),
-            taken=self._taken,
-            missed=dict(self._missed),
-        )
+        with self._lock:
+            return Reading(
+                seconds_at=dict(self._seconds_at),
+                peak_value=self._values.peak(now),
+                peak_ratio=self._ratios.peak(now),
+                taken=self._taken,
+                missed=dict(self._missed),
+            )

@@ -381,6 +381,10 @@ def render_groups(t: Mapping[str, Any]) -> list[dict[str, Any]]:
 
     exhausted = a["PostgresConnectionsExhausted"]
     ewin = duration(exhausted["window"])
+    # Seconds the sampler counted at exhaustion (exporter/sampling), between scrapes.
+    exhausted_seconds = f'pg_connections_saturation_seconds_total{{{sel}, level="1"}}'
+    brief = a["PostgresConnectionsBrieflyExhausted"]
+    bwin = duration(brief["window"])
     rejected = a["PostgresConnectionsRejected"]
     reasons = "|".join(rejected["reasons"])
     rwin = duration(rejected["window"])
@@ -511,7 +515,17 @@ def render_groups(t: Mapping[str, Any]) -> list[dict[str, Any]]:
         ),
         alert(
             "PostgresConnectionsExhausted",
-            f"max_over_time(pg_connections_utilization_ratio{{{sel}}}[{ewin}]) >= 1",
+            # A scrape saw it in every window, or the sampler counted enough seconds of it in
+            # every window (the peak is the value shown).
+            f"""
+            max_over_time(pg_connections_utilization_ratio{{{sel}}}[{ewin}]) >= 1
+            or on(job, instance, target)
+            (
+                max_over_time(pg_connections_utilization_peak_ratio{{{sel}}}[{ewin}]) >= 1
+                and on(job, instance, target)
+                increase({exhausted_seconds}[{ewin}]) >= {exhausted["sampled_seconds"]}
+            )
+            """,
             "critical",
             "PostgreSQL has no connection slot left for ordinary roles.",
             f"""
@@ -520,6 +534,23 @@ def render_groups(t: Mapping[str, Any]) -> list[dict[str, Any]]:
             pg_use_reserved_connections) sessions can still connect.
             """,
             holders=saturation_holders(job),
+        ),
+        alert(
+            "PostgresConnectionsBrieflyExhausted",
+            f"increase({exhausted_seconds}[{bwin}]) >= {brief['seconds']}",
+            "warning",
+            "PostgreSQL was out of connection slots for seconds between scrapes.",
+            f"""
+            {where}: no slot was left for ordinary roles for about
+            {{{{ $value | printf "%.0f" }}}} seconds in the last {brief["window"]}
+            (sampled every second between scrapes)"""
+            + _sel(job)
+            + "{{ with query (printf `pg_connections_used_peak{%s}` $sel) }}"
+            ", peak {{ . | first | value }}"
+            f"{{{{ with query (printf `{SLOTS}{{%s}}` $sel) }}}}"
+            " of {{ . | first | value }}{{ end }} slots in use{{ end }}."
+            " Clients were likely refused: a connection storm (deploy, failover, pool"
+            " warm-up).",
         ),
         alert(
             "PostgresConnectionsRejected",

@@ -34,6 +34,7 @@ EXPECTED = {
     "PostgresConnectionsHigh": {"warning"},
     "PostgresConnectionsCritical": {"critical"},
     "PostgresConnectionsExhausted": {"critical"},
+    "PostgresConnectionsBrieflyExhausted": {"warning"},
     "PostgresConnectionsRejected": {"critical"},
     "PostgresConnectionsLoginCheckFailing": {"warning"},
     "PostgresAuthenticationFailuresBurst": {"warning"},

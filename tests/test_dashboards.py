@@ -46,6 +46,8 @@ REQUIRED_METRICS = {
     OVERVIEW_UID: {
         "pg_connections_utilization_ratio",
         "pg_connections_used",
+        "pg_connections_used_peak",
+        "pg_connections_saturation_seconds_total",
         "pg_connections_available",
         "pg_connections_max",
         "pg_connections_superuser_reserved",

@@ -34,6 +34,10 @@ MAY_BE_EMPTY = {
     (OVERVIEW_UID, "Poolers' figure and the server's slots"),
     (OVERVIEW_UID, "Poolers of this server"),
     (OVERVIEW_UID, "Biggest pools"),
+    # The between-scrapes sampler (exporter/sampling) is not wired into the exporter yet: its
+    # query of the panel (refId B) and the panel of its counters, only.
+    (OVERVIEW_UID, "Slots used: scraped and peak between scrapes", "B"),
+    (OVERVIEW_UID, "Time at each saturation level"),
 }
 # The stand-in for alerts/: same name and threshold as PostgresConnectionsHigh.
 RULES = {
@@ -269,7 +273,7 @@ def run_checks(prom: PrometheusServer, workload: Workload, instance: str) -> Non
             )
             if ranged.get("status") != "success":
                 problems.append(f"{uid}: panel {title!r} query {ref} (range): {ranged}")
-            if not data and (uid, title) not in MAY_BE_EMPTY:
+            if not data and not {(uid, title), (uid, title, ref)} & MAY_BE_EMPTY:
                 problems.append(f"{uid}: panel {title!r} query {ref} is empty:\n  {query}")
     assert not problems, "\n".join(problems)
 

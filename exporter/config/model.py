@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 
 import psycopg.conninfo
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -407,6 +408,35 @@ class ProbeSpec(StrictModel):
         return [parse_rule(rule) for rule in v]
 
 
+def _levels(v: list[float]) -> list[float]:
+    if any(not 0 < level <= 1 for level in v):
+        raise ValueError("each level is a fraction of the limit, above 0 and at most 1")
+    return sorted(set(v))
+
+
+Levels = Annotated[list[float], AfterValidator(_levels)]
+
+
+class SamplerSettings(StrictModel):
+    """Between scrapes (exporter/sampling/; not wired yet): one cheap sample per target every
+    `interval` on its held connection, kept as peaks over `window` and seconds at each level.
+    The levels' defaults are alerts/thresholds.yaml's (tests/unit/test_sampling.py holds them
+    to it); exhaustion (1) is always counted."""
+
+    enabled: bool = True
+    # Configured targets; /probe targets (sampled only while they are probed); and the most
+    # samples a second over all targets, past which every interval stretches evenly.
+    interval: Duration = Field(1.0, ge=0.1)
+    probe_interval: Duration = Field(1.0, ge=0.1)
+    max_samples_per_second: float = Field(200.0, gt=0)
+    window: Duration = Field(300.0, ge=10, le=3600)
+    # Utilization (slots in use / slots open to ordinary roles): PostgresConnectionsHigh's
+    # and PostgresConnectionsCritical's.
+    levels: Levels = [0.8, 0.9]
+    # Client connections / max_client_conn: PgBouncerClientConnectionsNearLimit's.
+    pgbouncer_levels: Levels = [0.8, 0.95]
+
+
 class ConfigFile(StrictModel):
     """The top level of a configuration file."""
 
@@ -421,6 +451,7 @@ class ConfigFile(StrictModel):
         SessionsPageSettings()
     )
     links: LinkSettings = LinkSettings()
+    sampler: SamplerSettings = SamplerSettings()
 
 
 @dataclass(frozen=True)
@@ -469,6 +500,7 @@ class Config:
     source: str
     sessions_page: SessionsPageSettings = field(default_factory=SessionsPageSettings)
     links: LinkSettings = field(default_factory=LinkSettings)
+    sampler: SamplerSettings = field(default_factory=SamplerSettings)
     auth_modules: Mapping[str, AuthModule] = field(default_factory=dict)
     probe: ProbeSpec = field(default_factory=ProbeSpec)
     # The target_files globs, absolute.
@@ -847,6 +879,7 @@ def parse_config(data: Any, source: str, base_dir: Path | None = None) -> Config
         target_files=patterns,
         sessions_page=spec.sessions_page,
         links=spec.links,
+        sampler=spec.sampler,
     )
 
 

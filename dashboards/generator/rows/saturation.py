@@ -172,6 +172,45 @@ def saturation_rows(L: Layout) -> None:
         9,
     )
     L.add(
+        timeseries(
+            "Slots used: scraped and peak between scrapes",
+            "pg_connections_used as each scrape saw it, and the most slots in use in any "
+            "sample of the last 5 minutes (pg_connections_used_peak: the exporter samples "
+            "every second between scrapes, so a storm of a few seconds shows here and not in "
+            "the scraped line), under the limit for ordinary roles (orange dashes).",
+            [
+                q(f"max by (target) (pg_connections_used{{{F}}})", "scraped"),
+                q(
+                    f"max by (target) (pg_connections_used_peak{{{F}}})",
+                    "peak of the last 5m (sampled every second)",
+                ),
+                q(limit_expr, "limit for ordinary roles"),
+            ],
+            "short",
+            overrides=[state_overrides[1]],
+        ),
+        12,
+        9,
+    )
+    L.add(
+        timeseries(
+            "Time at each saturation level",
+            "Share of the time, sampled every second between scrapes, that utilization was at "
+            "or above each level: the alerts' 80% and 90%, and 100% (exhaustion: ordinary "
+            "roles refused). 100% for a few seconds is PostgresConnectionsBrieflyExhausted.",
+            [
+                q(
+                    f"max by (level) (rate(pg_connections_saturation_seconds_total{{{F}}}"
+                    f"[$__rate_interval]))",
+                    "at or above {{level}}",
+                )
+            ],
+            "percentunit",
+        ),
+        12,
+        9,
+    )
+    L.add(
         table(
             "Firing alerts",
             "PostgresConnections* alerts firing for this target (from the ALERTS series of "

@@ -1,7 +1,7 @@
-"""BoundedHTTPServer's limits on a real loopback socket, with small limits so that each one is
+"""The HTTP server's limits on a real loopback socket, with small limits so that each one is
 reached in well under a second: the connection cap (503 at once), the header timeout (408, or
 closed when nothing came), the header size cap (431), keep-alive until the idle timeout, and
-idle connections costing no worker."""
+idle connections costing no thread."""
 
 from __future__ import annotations
 
@@ -10,26 +10,16 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler
 
 import pytest
+from aiohttp import web
 
 from exporter.web.httpserver import BoundedHTTPServer, HTTPLimits
 from tests.unit.fakes import wait_for
 
 
-class Hello(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self) -> None:
-        body = f"hello {threading.current_thread().name}\n".encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
+async def hello(request: web.BaseRequest) -> web.StreamResponse:
+    return web.Response(body=f"hello {threading.current_thread().name}\n".encode())
 
 
 LIMITS = HTTPLimits(
@@ -39,9 +29,10 @@ LIMITS = HTTPLimits(
 
 @pytest.fixture
 def server() -> Iterator[BoundedHTTPServer]:
-    srv = BoundedHTTPServer(("127.0.0.1", 0), Hello, LIMITS)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    srv = BoundedHTTPServer(("127.0.0.1", 0), hello, LIMITS)
+    thread = threading.Thread(target=srv.serve_forever, name="http", daemon=True)
     thread.start()
+    srv.wait_started()
     yield srv
     srv.shutdown()
     srv.server_close()
@@ -67,7 +58,7 @@ def test_a_request_is_answered_and_kept_alive(server: BoundedHTTPServer) -> None
         conn.request("GET", "/")
         response = conn.getresponse()
         assert response.status == 200
-        assert response.read().startswith(b"hello http-worker")
+        assert response.read() == b"hello http\n", "answered on the event loop's thread"
     assert server.open_connections == 1, "three requests, one connection"
     conn.close()
 
@@ -120,7 +111,8 @@ def test_a_keep_alive_connection_is_closed_after_the_idle_timeout(
 
 
 def test_idle_connections_hold_no_worker(server: BoundedHTTPServer) -> None:
-    """Both workers' worth of silent connections, and a request still gets through."""
+    """Both workers' worth of silent connections, and a request still gets through, on the
+    event loop's one thread."""
     idle = [connect(server) for _ in range(LIMITS.workers)]
     wait_for(lambda: server.open_connections == LIMITS.workers)
     conn = http.client.HTTPConnection(*server.server_address[:2], timeout=2)

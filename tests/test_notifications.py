@@ -92,12 +92,12 @@ def render_text(text: str, tmp_path: Path, data: dict[str, Any], kind: str = "te
             f"--template.data={data_file}",
         ],
         capture_output=True,
-        text=True,
         timeout=60,
         check=False,
     )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    # Decoded here, not with text=True: universal newlines would read a name's \r as \n.
+    return result.stdout.decode()
 
 
 def test_title_says_status_count_target_and_the_first_summary(tmp_path: Path) -> None:

@@ -10,7 +10,9 @@ headers and no cap on connections, which this module adds around its protocol:
   timeout), longer than any sane scrape interval, so that Prometheus's scrapes keep their
   connection;
 - beyond `max_connections` open connections (TLS handshakes included) a new one is answered
-  503 (plain HTTP) or closed (TLS) at once, never left waiting.
+  503 (plain HTTP) or closed (TLS) at once, never left waiting;
+- a request body is read, and the answer written, within `io_timeout` (else the connection is
+  closed).
 TLS is started per connection (`loop.start_tls`) with the context in force at accept time, so
 a rotated certificate or a changed client-certificate policy applies from the next handshake.
 """
@@ -286,7 +288,18 @@ class BoundedHTTPServer:
 
     async def _request(self, request: web.BaseRequest) -> web.StreamResponse:
         try:
-            return await self._handler(request)
+            response = await self._handler(request)
+            # Sent here, within io_timeout (aiohttp would wait for a client that never reads
+            # for ever); aiohttp finds it sent.
+            try:
+                await asyncio.wait_for(_send(request, response), self.limits.io_timeout)
+            except asyncio.TimeoutError:
+                log.debug("http answer not taken in time", extra={"client": request.remote})
+                if request.transport is not None:
+                    request.transport.abort()
+            if not response.keep_alive and isinstance(request.protocol, _Bounded):
+                request.protocol.force_close()  # at once: no lingering for an unread body
+            return response
         finally:
             protocol = request.protocol
             if isinstance(protocol, _Bounded):
@@ -328,6 +341,11 @@ class BoundedHTTPServer:
 
     def wait_started(self, timeout: float = 10.0) -> None:
         self._started.wait(timeout)
+
+
+async def _send(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    await response.prepare(request)
+    await response.write_eof()
 
 
 def _head_complete(buffer: bytearray) -> bool:

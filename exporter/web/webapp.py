@@ -78,7 +78,8 @@ def make_server(
     """An HTTP(S) server bound to host:port serving `app`, within `limits`
     (exporter.web.httpserver: no thread per connection, header and idle timeouts, a cap)."""
     limits = limits or HTTPLimits()
-    answers = _Answers(app, ThreadPoolExecutor(limits.workers, thread_name_prefix="http-worker"))
+    workers = ThreadPoolExecutor(limits.workers, thread_name_prefix="http-worker")
+    answers = _Answers(app, workers, limits.io_timeout)
     tls = app.web_config.ssl_context is not None  # a change that turns TLS off is refused
     return BoundedHTTPServer(
         (host, port),
@@ -130,15 +131,25 @@ class _Answers:
     """The endpoints. The event loop reads requests; the answers that block (a scrape, a
     page, a reload, bcrypt) are made on the bounded workers."""
 
-    def __init__(self, web: WebApp, workers: ThreadPoolExecutor) -> None:
+    def __init__(self, web: WebApp, workers: ThreadPoolExecutor, io_timeout: float) -> None:
         self.web = web
         self._workers = workers
+        self._io_timeout = io_timeout
 
     def close(self) -> None:
         self._workers.shutdown(wait=False, cancel_futures=True)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        keep = await self._discard_body(request)
+        try:
+            keep = await self._discard_body(request)
+        except asyncio.TimeoutError:
+            timed_out = web.Response(
+                status=408,
+                body=b"request timeout\n",
+                headers={"Server": SERVER, "Content-Type": _TEXT},
+            )
+            timed_out.force_close()
+            return timed_out
         req = _Request(request.method, request.raw_path, request.headers)
         loop = asyncio.get_running_loop()
         outcome = await loop.run_in_executor(self._workers, self.answer, req)
@@ -160,17 +171,17 @@ class _Answers:
         )
         return response
 
-    @staticmethod
-    async def _discard_body(request: web.BaseRequest) -> bool:
-        """Read and drop a request body (none is expected); a large or unreadable one ends the
-        connection after the answer instead (False)."""
+    async def _discard_body(self, request: web.BaseRequest) -> bool:
+        """Read and drop a request body (none is expected) within the I/O timeout (else
+        asyncio.TimeoutError); a large or unreadable one ends the connection after the answer
+        instead (False)."""
         try:
             length = int(request.headers.get("Content-Length") or 0)
         except ValueError:
             return False
         if 0 < length <= 1 << 16:
-            await request.read()
-        return length <= 1 << 16 and length >= 0
+            await asyncio.wait_for(request.read(), self._io_timeout)  # TimeoutError: a 408
+        return 0 <= length <= 1 << 16
 
     def answer(self, request: _Request) -> _Answer | _Deferred:
         if request.method not in ("GET", "HEAD", "POST"):

@@ -121,3 +121,36 @@ def test_idle_connections_hold_no_worker(server: BoundedHTTPServer) -> None:
     conn.close()
     for sock in idle:
         sock.close()
+
+
+def test_a_request_body_that_stops_coming_gets_408_within_the_io_timeout() -> None:
+    """POST /-/reload announcing a body it never sends: answered 408 and closed after the I/O
+    timeout, and the reload does not run."""
+    from prometheus_client import CollectorRegistry
+
+    from exporter.web.webapp import WebApp, make_server, serve_in_thread
+
+    reloads: list[int] = []
+
+    def reload() -> list[str]:
+        reloads.append(1)
+        return []
+
+    app = WebApp(CollectorRegistry(), "/metrics", lambda: [], reload=reload)
+    srv = make_server(app, "127.0.0.1", 0, HTTPLimits(io_timeout=0.5, header_timeout=5))
+    serve_in_thread(srv)
+    try:
+        sock = connect(srv)
+        sock.sendall(b"POST /-/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+        started = time.monotonic()
+        assert read_all(sock).startswith(b"HTTP/1.1 408")
+        assert 0.45 <= time.monotonic() - started < 5
+        assert reloads == []
+        sock = connect(srv)  # a whole body: reloaded
+        sock.sendall(b"POST /-/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        assert reloads == [1]
+        sock.close()
+    finally:
+        srv.shutdown()
+        srv.server_close()

@@ -27,6 +27,7 @@ import socket
 import ssl
 import threading
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -305,18 +306,26 @@ class BoundedHTTPServer:
             if isinstance(protocol, _Bounded):
                 protocol.request_done()
 
-    def serve_forever(self) -> None:
+    def serve_forever(
+        self, on_start: Callable[[asyncio.AbstractEventLoop], None] | None = None
+    ) -> None:
+        """Serve on a new event loop in this thread until shutdown() or stop_soon();
+        `on_start` is called on the loop once it serves (the app's tasks, signal handlers)."""
         self._stopped.clear()
         try:
-            asyncio.run(self._serve())
+            asyncio.run(self._serve(on_start))
         finally:
             self._stopped.set()
 
-    async def _serve(self) -> None:
+    async def _serve(self, on_start: Callable[[asyncio.AbstractEventLoop], None] | None) -> None:
         self._loop = asyncio.get_running_loop()
+        # What the loop hands off because it blocks (a reload from SIGHUP or the target files).
+        self._loop.set_default_executor(ThreadPoolExecutor(2, thread_name_prefix="loop"))
         self._stop = asyncio.Event()
         self._manager = web.Server(self._request, access_log=None)
         server = await self._loop.create_server(self._accept, sock=self.socket)
+        if on_start is not None:
+            on_start(self._loop)
         self._started.set()
         try:
             await self._stop.wait()
@@ -327,6 +336,11 @@ class BoundedHTTPServer:
             for conn in list(self._manager.connections):
                 if conn.transport is not None:
                     conn.transport.abort()
+
+    def stop_soon(self) -> None:
+        """On the loop (a signal handler): stop serving; serve_forever returns."""
+        if self._stop is not None:
+            self._stop.set()
 
     def shutdown(self) -> None:
         if self._loop is not None and self._stop is not None:

@@ -91,8 +91,13 @@ def make_server(
     )
 
 
-def serve_in_thread(server: BoundedHTTPServer) -> threading.Thread:
-    thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
+def serve_in_thread(
+    server: BoundedHTTPServer, on_start: Callable[[asyncio.AbstractEventLoop], None] | None = None
+) -> threading.Thread:
+    """Serve on an event loop thread of its own (tests, embedding); see serve_forever."""
+    thread = threading.Thread(
+        target=server.serve_forever, args=(on_start,), name="http", daemon=True
+    )
     thread.start()
     server.wait_started()
     return thread

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import queue
-import select
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -80,11 +78,22 @@ class Exporter:
         return int(self.server.server_address[1])
 
     def start(self) -> None:
+        """Serve on an event loop thread of its own (tests, embedding); `run()` serves on the
+        main thread."""
+        self._open()
+        serve_in_thread(self.server, self._on_loop)
+        self._listening()
+
+    def _open(self) -> None:
         self.scraper.open()
         self.probes.start()
+
+    def _on_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The exporter's tasks on the event loop, which ends them when it stops."""
         if self._load_config is not None:
-            self.target_files.start()
-        serve_in_thread(self.server)
+            loop.create_task(self.target_files.watch())
+
+    def _listening(self) -> None:
         log.info(
             "listening",
             extra={
@@ -96,7 +105,6 @@ class Exporter:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
-        self.target_files.stop()
         self.probes.close()
         self.scraper.close()
 
@@ -135,15 +143,25 @@ class Exporter:
         return problems
 
     def run(self) -> None:
-        """Serve until SIGTERM or SIGINT, reloading on SIGHUP, then close every connection."""
-        signals = _SignalInbox((signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
-        self.start()
-        try:
-            while (signum := signals.next()) == signal.SIGHUP:
-                self.reload()
-        finally:
-            signals.close()
-        log.info("stopping", extra={"signal": signal.Signals(signum).name})
+        """Serve on the main thread's event loop until SIGTERM or SIGINT, reloading on SIGHUP
+        (on the loop's executor), then close every connection."""
+        received: list[int] = []
+
+        def stop_on(signum: int) -> None:
+            received.append(signum)
+            self.server.stop_soon()
+
+        def on_loop(loop: asyncio.AbstractEventLoop) -> None:
+            self._on_loop(loop)
+            loop.add_signal_handler(signal.SIGHUP, lambda: loop.run_in_executor(None, self.reload))
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, stop_on, signum)
+
+        self._open()
+        self._listening()
+        self.server.serve_forever(on_loop)
+        name = signal.Signals(received[0]).name if received else "none"
+        log.info("stopping", extra={"signal": name})
         self.stop()
 
     def status(self) -> list[dict[str, Any]]:
@@ -172,41 +190,6 @@ class Exporter:
                 }
             )
         return out + self.probes.status()
-
-
-class _SignalInbox:
-    """Signals for the main thread to act on, outside the handler.
-
-    The handler only puts the signal on a SimpleQueue (reentrant, unlike an Event, which could
-    deadlock if the signal interrupts the main thread inside it). The kernel may deliver a
-    signal to any thread, and then a main thread blocked in a lock would not wake up to run the
-    Python handler: a wakeup fd, written by the C-level handler whichever thread it runs on,
-    wakes it instead.
-    """
-
-    def __init__(self, signums: tuple[signal.Signals, ...]) -> None:
-        self._queue: queue.SimpleQueue[int] = queue.SimpleQueue()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_w.setblocking(False)
-        self._previous_fd = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
-        for signum in signums:
-            signal.signal(signum, lambda n, _frame: self._queue.put(n))
-
-    def next(self) -> int:
-        """Wait for the next signal."""
-        while True:
-            try:
-                return self._queue.get_nowait()
-            except queue.Empty:
-                # Wakes when a signal arrives (the Python handler then runs before the next
-                # get_nowait); the timeout only bounds a wakeup that raced the handler.
-                if select.select([self._wake_r], [], [], 1.0)[0]:
-                    self._wake_r.recv(4096)
-
-    def close(self) -> None:
-        signal.set_wakeup_fd(self._previous_fd)
-        self._wake_r.close()
-        self._wake_w.close()
 
 
 def _address(addr: Any) -> str:

@@ -199,3 +199,45 @@ def test_tls_silent_clients_dropped_and_keep_alive_kept(
         silent.close()
     finally:
         exporter.stop()
+
+
+def test_tls_handshakes_count_toward_the_connection_cap(
+    cluster: LocalCluster,
+    pki: Path,  # noqa: F811 - the fixture imported above
+    tmp_path: Path,
+) -> None:
+    """Clients that connect over TLS and never say hello hold connections too: beyond the
+    cap, a new one is closed at once (over TLS no 503 can be written before a handshake)."""
+    web = tmp_path / "web.yml"
+    web.write_text(
+        f"tls_server_config:\n  cert_file: {pki}/server.crt\n  key_file: {pki}/server.key\n"
+    )
+    config = parse_config({"targets": [{"name": "pg", "dsn": cluster.dsn()}]}, "test config")
+    limits = HTTPLimits(max_connections=3, header_timeout=60.0)
+    exporter = Exporter(
+        config, "127.0.0.1", 0, web_config=WatchedWebConfig(str(web)), http_limits=limits
+    )
+    exporter.start()
+    try:
+        silent = [socket.create_connection(("127.0.0.1", exporter.port), timeout=30) for _ in "abc"]
+        wait_until(lambda: exporter.server.open_connections == 3, 20, what="three held")
+        with socket.create_connection(("127.0.0.1", exporter.port), timeout=30) as extra:
+            extra.settimeout(5)
+            started = time.monotonic()
+            try:
+                assert extra.recv(4096) == b"", "beyond the cap: closed without an answer"
+            except ConnectionResetError:
+                pass
+            except TimeoutError:
+                raise AssertionError("the fourth connection was kept waiting") from None
+            assert time.monotonic() - started < 5
+        for sock in silent:
+            sock.close()
+        wait_until(lambda: exporter.server.open_connections == 0, 20, what="all released")
+        trusted = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        conn = http.client.HTTPSConnection("127.0.0.1", exporter.port, timeout=30, context=trusted)
+        conn.request("GET", "/healthz")
+        assert conn.getresponse().status == 200
+        conn.close()
+    finally:
+        exporter.stop()

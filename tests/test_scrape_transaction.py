@@ -47,7 +47,12 @@ def test_used_equals_the_breakdown_while_sessions_come_and_go(
         with Workload(pg.dsn()) as w:
             w.open_many([SessionSpec("idle", application_name="steady")] * 5)
             churned = 0.0
-            for _ in range(60):
+            scrapes = 0
+            # 60 scrapes at least, and on until the churners (other processes, slow to start
+            # on a loaded machine) have been seen, for 60 s at most.
+            give_up = time.monotonic() + 60
+            while scrapes < 60 or (churned == 0 and time.monotonic() < give_up):
+                scrapes += 1
                 s = running.scrape()
                 breakdown = sum(v for _, v in s.series("pg_connections", target="db"))
                 assert s.value("pg_connections_used", target="db") == breakdown + 1

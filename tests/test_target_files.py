@@ -3,6 +3,7 @@ keeping their connections, and hostile files refused with the file named."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import psycopg
 import pytest
 import yaml
 
+from exporter.app import Exporter
 from exporter.config.errors import ConfigError
 from exporter.config.model import load_config
 from exporter.db.connection import APPLICATION_NAME
@@ -121,3 +123,24 @@ def test_no_files_yet_is_a_valid_config(tmp_path: Path) -> None:
     config.write_text("settings: {}\n")
     with pytest.raises(ConfigError, match="targets: none: give targets, target_files or"):
         load_config(config)
+
+
+def test_the_watcher_is_a_task_of_the_event_loop(cluster: LocalCluster, tmp_path: Path) -> None:
+    """No thread of its own: it runs on the exporter's event loop (here the thread start()
+    gives it) and still follows the files."""
+    config = _config(tmp_path)
+    _targets(tmp_path / "targets" / "a.yml", ("a", cluster.dsn()))
+    exporter = Exporter(
+        load_config(str(config)), "127.0.0.1", 0, load_config=lambda: load_config(str(config))
+    )
+    exporter.start()
+    try:
+        names = [t.name for t in threading.enumerate()]
+        assert "target-files" not in names, names
+        _targets(tmp_path / "targets" / "b.yml", ("b", cluster.dsn(dbname="template1")))
+        wait_until(
+            lambda: [t.target.name for t in exporter.scraper.targets] == ["a", "b"],
+            what="b from b.yml",
+        )
+    finally:
+        exporter.stop()

@@ -103,7 +103,7 @@ def test_threads_bounded_and_silent_targets_delay_no_other(
         assert all(s.value("pg_up", target=f"silent{i}") == 0 for i in range(SILENT))
         assert took < 3.0, f"a scrape answered after its deadline: {took:.2f}s"
     # 32 targets, 12 of them with a login check, yet a fixed number of threads: main, the
-    # HTTP selector and its 8 workers, 4 scrape threads, at most 8 connect and 4 login-check
+    # HTTP event loop and its 8 workers, 4 scrape threads, at most 8 connect and 4 login-check
     # threads, the watchdog thread (before this, ~3 threads per target: over 150).
     assert _threads(proc.proc.pid) <= 1 + 1 + 8 + 4 + 8 + 4 + 1
 

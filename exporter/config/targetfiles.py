@@ -11,10 +11,10 @@ expand to a document far larger than the file), and is validated like `targets:`
 
 from __future__ import annotations
 
+import asyncio
 import glob
 import logging
 import os
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -109,8 +109,9 @@ def _read(path: str, problems: list[str]) -> list[Any]:
 
 
 class TargetFilesWatcher:
-    """Looks at the target files every `interval()` seconds and calls `changed()` (a reload)
-    once a change has settled; the globs come from the config in force (`patterns()`)."""
+    """Looks at the target files every `interval()` seconds and calls `changed()` (a reload,
+    on the loop's executor) once a change has settled; the globs come from the config in force
+    (`patterns()`). A task on the exporter's event loop (`watch`), ended with it."""
 
     def __init__(
         self,
@@ -121,28 +122,20 @@ class TargetFilesWatcher:
         self._patterns = patterns
         self._interval = interval
         self._changed = changed
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._taken = fingerprint(patterns())
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="target-files", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def _run(self) -> None:
+    async def watch(self) -> None:
+        loop = asyncio.get_running_loop()
         previous = self._taken
-        while not self._stop.wait(self._interval()):
+        while True:
+            await asyncio.sleep(self._interval())
             try:
+                # A glob and a stat per file: quick enough for the loop.
                 seen = fingerprint(self._patterns())
                 if seen != self._taken and seen == previous:
                     self._taken = seen
                     log.info("target files changed: reloading", extra={"files": len(seen)})
-                    self._changed()
+                    await loop.run_in_executor(None, self._changed)
                 previous = seen
             except Exception:
                 log.exception("target files: look failed")

@@ -1,67 +1,43 @@
-"""The HTTP server's connection handling: bounded in threads, connections, time and bytes.
+"""The HTTP server on an asyncio event loop (aiohttp), bounded in connections, time and bytes.
 
-A thread per connection (http.server's ThreadingHTTPServer) lets a client that connects and
-sends nothing hold a thread forever, and a few thousand such clients exhaust the process. Here,
-as in Go's net/http, one thread waits on every connection at once (a selector) until a request's
-headers have arrived whole, and only then hands the request to a small fixed pool of workers,
-which run the usual `BaseHTTPRequestHandler` on it. So:
+aiohttp parses requests and keeps connections alive; it has no time limit on a request's
+headers and no cap on connections, which this module adds around its protocol:
 - a connection costs a descriptor and a buffer while it waits, never a thread;
 - its request headers must arrive within `header_timeout` of the connection (or of the first
   byte after an idle keep-alive pause), TLS handshake included, and be at most
-  `max_header_bytes` (431 beyond);
-- between requests a keep-alive connection may idle for `idle_timeout`, longer than any sane
-  scrape interval, so that Prometheus's scrapes keep their connection;
-- beyond `max_connections` open connections a new one is answered 503 (plain HTTP) or closed
-  (TLS) at once, never left waiting;
-- a worker reads a request body and writes the answer with `io_timeout` on the socket.
+  `max_header_bytes` (431 beyond; 408 when they do not come, or closed when nothing came);
+- between requests a keep-alive connection may idle for `idle_timeout` (aiohttp's keep-alive
+  timeout), longer than any sane scrape interval, so that Prometheus's scrapes keep their
+  connection;
+- beyond `max_connections` open connections (TLS handshakes included) a new one is answered
+  503 (plain HTTP) or closed (TLS) at once, never left waiting;
+- a request body is read, and the answer written, within `io_timeout` (else the connection is
+  closed).
+TLS is started per connection (`loop.start_tls`) with the context in force at accept time, so
+a rotated certificate or a changed client-certificate policy applies from the next handshake.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
-import heapq
-import itertools
 import logging
 import resource
-import selectors
 import socket
 import ssl
 import threading
-import time
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
+
+from aiohttp import web, web_protocol
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class HTTPLimits:
-    """What one exporter's HTTP server allows (README: "HTTP limits")."""
-
-    max_connections: int = 4096
-    header_timeout: float = 10.0
-    idle_timeout: float = 360.0
-    io_timeout: float = 30.0
-    max_header_bytes: int = 64 << 10
-    workers: int = 8
-
-
-_REFUSED = (
-    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
-    b"Content-Length: 21\r\nConnection: close\r\n\r\ntoo many connections\n"
-)
-_TOO_LARGE = (
-    b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain; charset=utf-8"
-    b"\r\nContent-Length: 29\r\nConnection: close\r\n\r\nrequest headers are too large\n"
-)
-_TIMED_OUT = (
-    b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain; charset=utf-8\r\n"
-    b"Content-Length: 16\r\nConnection: close\r\n\r\nrequest timeout\n"
-)
+# What answers a request: aiohttp's low-level handler.
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
 # The errors of a host without IPv6 (kernel without it, or disabled): IPv4 alone then.
@@ -96,407 +72,328 @@ def _listen(family: int, address: tuple[str, int], dual_stack: bool = False) -> 
     return sock
 
 
-def _unmapped(address: Any) -> Any:
-    """An IPv4 client of a dual-stack socket (::ffff:192.0.2.1) as its IPv4 address."""
-    if isinstance(address, tuple) and str(address[0]).startswith("::ffff:") and "." in address[0]:
-        return (address[0][7:], address[1])
-    return address
-
-
-@dataclass(eq=False)
-class _Conn:
-    sock: socket.socket
-    address: Any
-    deadline: float
-    buffer: bytearray = field(default_factory=bytearray)
-    handshaking: bool = False
-    idle: bool = False  # between requests: the idle timeout applies until a byte arrives
+def client_address(request: web.BaseRequest) -> str | None:
+    """The client's address; an IPv4 client of a dual-stack socket (::ffff:192.0.2.1) as its
+    IPv4 address."""
+    remote = request.remote
+    if remote is not None and remote.startswith("::ffff:") and "." in remote:
+        return remote[7:]
+    return remote
 
 
 @dataclass(frozen=True)
-class _Deferred:
-    """A request whose answer waits for `answer`; `finish` writes it and says whether the
-    connection is kept."""
+class HTTPLimits:
+    """What one exporter's HTTP server allows (README: "HTTP limits"). `workers` bounds the
+    threads that make answers which block (a scrape, a page)."""
 
-    answer: Future[Any]
-    finish: Callable[[], bool]
+    max_connections: int = 4096
+    header_timeout: float = 10.0
+    idle_timeout: float = 360.0
+    io_timeout: float = 30.0
+    max_header_bytes: int = 64 << 10
+    workers: int = 8
 
 
-class _Reader:
-    """The `rfile` a handler reads: the bytes already received, then the socket."""
+_REFUSED = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: 21\r\nConnection: close\r\n\r\ntoo many connections\n"
+)
+_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain; charset=utf-8"
+    b"\r\nContent-Length: 29\r\nConnection: close\r\n\r\nrequest headers are too large\n"
+)
+_TIMED_OUT = (
+    b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: 16\r\nConnection: close\r\n\r\nrequest timeout\n"
+)
 
-    def __init__(self, sock: socket.socket, buffer: bytearray, max_bytes: int) -> None:
-        self._sock = sock
-        self._buffer = buffer
-        self._max = max_bytes
 
-    def _fill(self) -> bool:
-        chunk = self._sock.recv(65536)
-        self._buffer += chunk
-        return bool(chunk)
+class _Bounded(web_protocol.RequestHandler):
+    """aiohttp's protocol with a header deadline and a header size cap. While a request's
+    head is awaited, the bytes are looked at (up to the blank line) before aiohttp parses
+    them; `request_done` (called by the server's handler wrapper) starts the wait for the
+    next head at its first byte."""
 
-    def readline(self, limit: int = -1) -> bytes:
-        while True:
-            end = self._buffer.find(b"\n")
-            if end >= 0 and (limit < 0 or end < limit):
-                return self._take(end + 1)
-            if 0 <= limit <= len(self._buffer):
-                return self._take(limit)
-            if not self._fill():
-                return self._take(len(self._buffer))
+    def __init__(self, server: BoundedHTTPServer, manager: web.Server, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._bounded = server
+        self._head = bytearray()
+        self._awaiting_head = True
+        self._head_timer: asyncio.TimerHandle | None = None
 
-    def read(self, n: int = -1) -> bytes:
-        want = self._max if n < 0 else n
-        while len(self._buffer) < want and self._fill():
-            pass
-        return self._take(min(want, len(self._buffer)))
+    def start_head_timer(self, delay: float) -> None:
+        self._cancel_head_timer()
+        self._head_timer = asyncio.get_running_loop().call_later(delay, self._head_expired)
 
-    def _take(self, n: int) -> bytes:
-        data = bytes(self._buffer[:n])
-        del self._buffer[:n]
-        return data
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
 
-    def remaining(self) -> bytearray:
-        """What was received beyond the request (a pipelined next one)."""
-        return self._buffer
+    def request_done(self) -> None:
+        """The answer is made: the next request's head is timed from its first byte (until
+        then the idle timeout applies)."""
+        self._awaiting_head = True
+        self._head.clear()
 
-    def close(self) -> None:
-        pass
+    def data_received(self, data: bytes) -> None:
+        if self._awaiting_head:
+            if not self._head and self._head_timer is None:  # the first byte after idling
+                self.start_head_timer(self._bounded.limits.header_timeout)
+            self._head += data
+            if _head_complete(self._head):
+                self._awaiting_head = False
+                self._head.clear()
+                self._cancel_head_timer()
+            elif len(self._head) > self._bounded.limits.max_header_bytes:
+                self._answer_and_close(_TOO_LARGE)
+                return
+        super().data_received(data)
+
+    def _head_expired(self) -> None:
+        self._head_timer = None
+        if self._awaiting_head:
+            self._answer_and_close(_TIMED_OUT if self._head else None)
+
+    def _answer_and_close(self, answer: bytes | None) -> None:
+        self._cancel_head_timer()
+        transport = self.transport
+        if transport is not None:
+            if answer is not None:
+                with contextlib.suppress(Exception):
+                    transport.write(answer)
+            transport.close()
+        self.force_close()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._cancel_head_timer()
+        self._bounded.release()
+        super().connection_lost(exc)
+
+
+class _Refused(asyncio.Protocol):
+    """Beyond the connection cap: an answer at once (plain HTTP), never a wait."""
+
+    def __init__(self, answer: bytes | None) -> None:
+        self._answer = answer
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        if self._answer is not None:
+            with contextlib.suppress(Exception):
+                transport.write(self._answer)
+        transport.close()
+
+
+class _TLSAccept(asyncio.Protocol):
+    """A TLS connection until its handshake is done (within the header timeout), with the
+    context in force now; then its client's certificate is checked and aiohttp's protocol
+    takes over."""
+
+    def __init__(self, server: BoundedHTTPServer, context: ssl.SSLContext) -> None:
+        self._server = server
+        self._context = context
+        self._task: asyncio.Task[None] | None = None
+        self._handed_over = False
+        self._early = bytearray()  # what came after the handshake, before the hand-over
+
+    def data_received(self, data: bytes) -> None:
+        self._early += data
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.pause_reading()  # the ClientHello is for start_tls to read
+        self._task = asyncio.get_running_loop().create_task(self._handshake(transport))
+
+    async def _handshake(self, transport: asyncio.Transport) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        timeout = self._server.limits.header_timeout
+        try:
+            tls = await loop.start_tls(
+                transport, self, self._context, server_side=True, ssl_handshake_timeout=timeout
+            )
+        except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError) as exc:
+            log.debug("tls handshake failed %r", exc, extra={"error": repr(exc)})
+            transport.close()
+            self._lost()
+            return
+        if tls is None or tls.is_closing() or self._handed_over:  # gone meanwhile
+            self._lost()
+            return
+        ssl_object = tls.get_extra_info("ssl_object")
+        refused = self._server.refuses_peer(ssl_object) if ssl_object is not None else None
+        if refused is not None:
+            log.debug("tls client refused", extra={"reason": refused})
+            tls.close()
+            self._lost()
+            return
+        protocol = self._server.new_protocol()
+        self._handed_over = True
+        tls.set_protocol(protocol)
+        protocol.connection_made(tls)
+        protocol.start_head_timer(max(0.0, timeout - (loop.time() - started)))
+        if self._early:
+            protocol.data_received(bytes(self._early))
+            self._early.clear()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if not self._handed_over:
+            if self._task is not None:
+                self._task.cancel()
+            self._lost()
+
+    def _lost(self) -> None:
+        if not self._handed_over:
+            self._handed_over = True  # counted once
+            self._server.release()
 
 
 class BoundedHTTPServer:
-    """An HTTP(S) server with the interface app.py uses (serve_forever, shutdown,
-    server_close, server_address), bounded as the module says."""
+    """An HTTP(S) server on its own event loop thread (serve_forever, shutdown, server_close,
+    server_address), bounded as the module says."""
 
     def __init__(
         self,
         address: tuple[str, int],
-        handler: type[BaseHTTPRequestHandler],
+        handler: Handler,
         limits: HTTPLimits,
         ssl_context: Callable[[], ssl.SSLContext | None] | None = None,
-        refuses_peer: Callable[[ssl.SSLSocket], str | None] | None = None,
+        refuses_peer: Callable[[ssl.SSLObject], str | None] | None = None,
+        on_close: Callable[[], None] | None = None,
     ) -> None:
         """`ssl_context` gives the context for each new connection (None: plain HTTP), so a
         rotated certificate applies from the next handshake; `refuses_peer` says why a client
         that completed its handshake is turned away (its certificate's SANs), or None."""
-        self.handler = handler
         self.limits = limits
         self.max_connections = _connection_cap(limits.max_connections)
+        self._handler = handler
         self._ssl_context = ssl_context
         self._refuses_peer = refuses_peer
+        self._on_close = on_close
         self.socket = listening_socket(*address)
         self.socket.setblocking(False)
         self.server_address = self.socket.getsockname()
-        self._selector = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        self._conns: set[_Conn] = set()
-        self._timeouts: list[tuple[float, int, _Conn]] = []
-        self._order = itertools.count()
-        # Connections handed back by workers: (connection, keep it open).
-        self._returned: list[tuple[_Conn, bool]] = []
-        self._returned_lock = threading.Lock()
-        self._workers = ThreadPoolExecutor(limits.workers, thread_name_prefix="http-worker")
-        self._stop = threading.Event()
+        self._open = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._manager: web.Server | None = None
+        self._stop: asyncio.Event | None = None
+        self._started = threading.Event()
         self._stopped = threading.Event()
         self._stopped.set()
 
-    # --- the interface of socketserver that app.py uses ---------------------------------------
+    @property
+    def open_connections(self) -> int:
+        return self._open
 
-    def serve_forever(self) -> None:
-        self._stopped.clear()
-        self._selector.register(self.socket, selectors.EVENT_READ, "accept")
-        self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+    def release(self) -> None:
+        self._open -= 1
+
+    def refuses_peer(self, ssl_object: ssl.SSLObject) -> str | None:
+        return self._refuses_peer(ssl_object) if self._refuses_peer is not None else None
+
+    def new_protocol(self) -> _Bounded:
+        assert self._manager is not None
+        limit = self.limits.max_header_bytes
+        return _Bounded(
+            self,
+            self._manager,
+            loop=self._loop,
+            keepalive_timeout=self.limits.idle_timeout,
+            max_line_size=limit,
+            max_field_size=limit,
+            max_headers=limit // 4,  # the byte cap decides
+            access_log=None,
+        )
+
+    def _accept(self) -> asyncio.Protocol:
+        """A protocol for each accepted connection: refused beyond the cap, else counted."""
+        context = self._ssl_context() if self._ssl_context is not None else None
+        if self._open >= self.max_connections:
+            log.debug(
+                "connection refused: too many connections", extra={"limit": self.max_connections}
+            )
+            return _Refused(None if context is not None else _REFUSED)
+        self._open += 1
+        if context is not None:
+            return _TLSAccept(self, context)
+        protocol = self.new_protocol()
+        protocol.start_head_timer(self.limits.header_timeout)
+        return protocol
+
+    async def _request(self, request: web.BaseRequest) -> web.StreamResponse:
         try:
-            while not self._stop.is_set():
-                self._once()
+            response = await self._handler(request)
+            # Sent here, within io_timeout (aiohttp would wait for a client that never reads
+            # for ever); aiohttp finds it sent.
+            try:
+                await asyncio.wait_for(_send(request, response), self.limits.io_timeout)
+            except asyncio.TimeoutError:
+                log.debug("http answer not taken in time", extra={"client": client_address(request)})
+                if request.transport is not None:
+                    request.transport.abort()
+            if not response.keep_alive and isinstance(request.protocol, _Bounded):
+                request.protocol.force_close()  # at once: no lingering for an unread body
+            return response
         finally:
-            for conn in list(self._conns):
-                self._close(conn)
-            self._selector.close()
+            protocol = request.protocol
+            if isinstance(protocol, _Bounded):
+                protocol.request_done()
+
+    def serve_forever(
+        self, on_start: Callable[[asyncio.AbstractEventLoop], None] | None = None
+    ) -> None:
+        """Serve on a new event loop in this thread until shutdown() or stop_soon();
+        `on_start` is called on the loop once it serves (the app's tasks, signal handlers)."""
+        self._stopped.clear()
+        try:
+            asyncio.run(self._serve(on_start))
+        finally:
             self._stopped.set()
 
+    async def _serve(self, on_start: Callable[[asyncio.AbstractEventLoop], None] | None) -> None:
+        self._loop = asyncio.get_running_loop()
+        # What the loop hands off because it blocks (a reload from SIGHUP or the target files).
+        self._loop.set_default_executor(ThreadPoolExecutor(2, thread_name_prefix="loop"))
+        self._stop = asyncio.Event()
+        self._manager = web.Server(self._request, access_log=None)
+        server = await self._loop.create_server(self._accept, sock=self.socket)
+        if on_start is not None:
+            on_start(self._loop)
+        self._started.set()
+        try:
+            await self._stop.wait()
+        finally:
+            server.close()
+            with contextlib.suppress(Exception):
+                await self._manager.shutdown(1.0)
+            for conn in list(self._manager.connections):
+                if conn.transport is not None:
+                    conn.transport.abort()
+
+    def stop_soon(self) -> None:
+        """On the loop (a signal handler): stop serving; serve_forever returns."""
+        if self._stop is not None:
+            self._stop.set()
+
     def shutdown(self) -> None:
-        self._stop.set()
-        self._wake()
+        if self._loop is not None and self._stop is not None:
+            with contextlib.suppress(RuntimeError):  # its loop already closed
+                self._loop.call_soon_threadsafe(self._stop.set)
         self._stopped.wait()
 
     def server_close(self) -> None:
-        self._workers.shutdown(wait=False, cancel_futures=True)
         self.socket.close()
-        self._wake_r.close()
-        self._wake_w.close()
+        if self._on_close is not None:
+            self._on_close()
 
-    @property
-    def open_connections(self) -> int:
-        return len(self._conns)
+    def wait_started(self, timeout: float = 10.0) -> None:
+        self._started.wait(timeout)
 
-    # --- the selector loop ---------------------------------------------------------------------
 
-    def _once(self) -> None:
-        timeout = None
-        while self._timeouts:
-            at, _, conn = self._timeouts[0]
-            if conn in self._conns and conn.deadline == at:
-                timeout = max(0.0, at - time.monotonic())
-                break
-            heapq.heappop(self._timeouts)
-        for key, events in self._selector.select(timeout):
-            if key.data == "accept":
-                self._accept()
-            elif key.data == "wake":
-                with contextlib.suppress(OSError):
-                    self._wake_r.recv(4096)
-            else:
-                self._readable(key.data, events)
-        self._take_returned()
-        self._expire()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                sock, address = self.socket.accept()
-                address = _unmapped(address)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                # EMFILE and the like: the listener stays readable, so pause a little rather
-                # than spin, then try again.
-                log.warning("cannot accept a connection", extra={"error": exc.strerror})
-                time.sleep(0.05)
-                return
-            if len(self._conns) >= self.max_connections:
-                self._refuse(sock)
-                continue
-            sock.setblocking(False)
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = _Conn(sock, address, time.monotonic() + self.limits.header_timeout)
-            context = self._ssl_context() if self._ssl_context is not None else None
-            if context is not None:
-                conn.sock = context.wrap_socket(
-                    sock, server_side=True, do_handshake_on_connect=False
-                )
-                conn.handshaking = True
-            self._conns.add(conn)
-            self._watch(conn, selectors.EVENT_READ)
-            self._schedule(conn)
-
-    def _refuse(self, sock: socket.socket) -> None:
-        """Beyond the connection cap: an answer at once, never a wait."""
-        log.debug("connection refused: too many connections", extra={"limit": self.max_connections})
-        with contextlib.suppress(OSError):
-            sock.setblocking(False)
-            if self._ssl_context is None or self._ssl_context() is None:
-                sock.send(_REFUSED)
-        sock.close()
-
-    def _readable(self, conn: _Conn, events: int) -> None:
-        if conn.handshaking:
-            self._handshake(conn)
-            return
-        try:
-            while True:
-                chunk = conn.sock.recv(65536)
-                if not chunk:
-                    self._close(conn)
-                    return
-                if conn.idle:  # the first byte of the next request: its headers are timed now
-                    conn.idle = False
-                    conn.deadline = time.monotonic() + self.limits.header_timeout
-                    self._schedule(conn)
-                conn.buffer += chunk
-                if not isinstance(conn.sock, ssl.SSLSocket) or not conn.sock.pending():
-                    break
-        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            pass
-        except OSError:
-            self._close(conn)
-            return
-        self._maybe_dispatch(conn)
-
-    def _maybe_dispatch(self, conn: _Conn) -> None:
-        if _head_complete(conn.buffer):
-            self._selector.unregister(conn.sock)
-            conn.deadline = float("inf")  # a worker has it
-            try:
-                self._workers.submit(self._serve, conn)
-            except RuntimeError:  # stopping: the workers are gone
-                self._close(conn)
-        elif len(conn.buffer) > self.limits.max_header_bytes:
-            self._answer_and_close(conn, _TOO_LARGE)
-
-    def _handshake(self, conn: _Conn) -> None:
-        assert isinstance(conn.sock, ssl.SSLSocket)
-        try:
-            conn.sock.do_handshake()
-        except ssl.SSLWantReadError:
-            self._selector.modify(conn.sock, selectors.EVENT_READ, conn)
-            return
-        except ssl.SSLWantWriteError:
-            self._selector.modify(conn.sock, selectors.EVENT_WRITE, conn)
-            return
-        except (ssl.SSLError, OSError) as exc:
-            log.debug("tls handshake failed", extra={"client": conn.address[0], "error": exc})
-            self._close(conn)
-            return
-        conn.handshaking = False
-        refused = self._refuses_peer(conn.sock) if self._refuses_peer is not None else None
-        if refused is not None:
-            log.debug("tls client refused", extra={"client": conn.address[0], "reason": refused})
-            self._close(conn)
-            return
-        self._selector.modify(conn.sock, selectors.EVENT_READ, conn)
-        self._readable(conn, selectors.EVENT_READ)  # data may already wait in the TLS buffer
-
-    def _expire(self) -> None:
-        now = time.monotonic()
-        while self._timeouts and self._timeouts[0][0] <= now:
-            at, _, conn = heapq.heappop(self._timeouts)
-            if conn in self._conns and conn.deadline == at:
-                if conn.idle or conn.handshaking or not conn.buffer:
-                    self._close(conn)
-                else:
-                    self._answer_and_close(conn, _TIMED_OUT)
-
-    def _answer_and_close(self, conn: _Conn, response: bytes) -> None:
-        with contextlib.suppress(OSError, ssl.SSLError):
-            conn.sock.send(response)  # non-blocking: whatever fits, then close
-        self._close(conn)
-
-    # --- workers -------------------------------------------------------------------------------
-
-    def _serve(self, conn: _Conn) -> None:
-        """One request on a worker: the handler reads it, answers (or defers its answer), and
-        says whether the connection is kept."""
-        keep = False
-        try:
-            conn.sock.settimeout(self.limits.io_timeout)
-            outcome = self._handle(conn)
-            if isinstance(outcome, _Deferred):
-                outcome.answer.add_done_callback(lambda _: self._resume(conn, outcome))
-                return  # the worker is free; the answer comes from another when it is due
-            keep = outcome
-        except Exception:
-            log.exception("http request failed", extra={"client": conn.address[0]})
-        self._hand_back(conn, keep)
-
-    def defer(self, handler: BaseHTTPRequestHandler, answer: Future[Any], finish: Any) -> None:
-        """Called by a handler in its request: answer later, by calling `finish` on a worker
-        once `answer` is done, instead of holding this worker while it waits (a /probe of a
-        slow server). `answer` must be done by a deadline of its own."""
-        handler._deferred = (answer, finish)  # type: ignore[attr-defined]  # read by _handle
-
-    def _resume(self, conn: _Conn, deferred: _Deferred) -> None:
-        try:
-            self._workers.submit(self._finish_deferred, conn, deferred)
-        except RuntimeError:  # stopping: the workers are gone
-            self._close_from_worker(conn)
-
-    def _finish_deferred(self, conn: _Conn, deferred: _Deferred) -> None:
-        keep = False
-        try:
-            keep = deferred.finish()
-        except Exception:
-            log.exception("http request failed", extra={"client": conn.address[0]})
-        self._hand_back(conn, keep)
-
-    def _hand_back(self, conn: _Conn, keep: bool) -> None:
-        if keep:
-            with self._returned_lock:
-                self._returned.append((conn, True))
-            self._wake()
-        else:
-            self._close_from_worker(conn)
-
-    def _handle(self, conn: _Conn) -> bool | _Deferred:
-        handler = self.handler.__new__(self.handler)
-        reader = _Reader(conn.sock, conn.buffer, 1 << 20)
-        handler.request = handler.connection = conn.sock
-        handler.client_address = conn.address
-        handler.server = self  # type: ignore[assignment]  # the handler's server, not socketserver's
-        handler.rfile = reader  # type: ignore[assignment]  # a bounded reader, read as a file
-        handler.wfile = conn.sock.makefile("wb", getattr(handler, "wbufsize", -1) or -1)  # type: ignore[assignment]  # buffered unless wbufsize 0
-        handler.close_connection = True
-        handler._deferred = None  # type: ignore[attr-defined]  # the server's slot for defer()
-
-        def end(write: Callable[[], None]) -> bool:
-            try:
-                write()
-                handler.wfile.flush()
-            except (OSError, ssl.SSLError) as exc:
-                log.debug("http connection ended", extra={"client": conn.address[0], "error": exc})
-                return False
-            finally:
-                with contextlib.suppress(OSError, ssl.SSLError):
-                    handler.wfile.close()
-            conn.buffer = reader.remaining()
-            return not handler.close_connection
-
-        try:
-            handler.handle_one_request()
-        except (OSError, ssl.SSLError) as exc:
-            log.debug("http connection ended", extra={"client": conn.address[0], "error": exc})
-            with contextlib.suppress(OSError, ssl.SSLError):
-                handler.wfile.close()
-            return False
-        deferred = handler._deferred  # type: ignore[attr-defined]  # set by _handle, defer()
-        if deferred is not None:
-            answer, finish = deferred
-            return _Deferred(answer, lambda: end(finish))
-        return end(lambda: None)
-
-    def _take_returned(self) -> None:
-        with self._returned_lock:
-            returned, self._returned = self._returned, []
-        for conn, keep in returned:
-            if not keep:
-                self._conns.discard(conn)
-                continue
-            try:
-                conn.sock.setblocking(False)
-            except OSError:
-                self._close(conn)
-                continue
-            now = time.monotonic()
-            if conn.buffer:  # a pipelined request already began
-                conn.idle, conn.deadline = False, now + self.limits.header_timeout
-            else:
-                conn.idle, conn.deadline = True, now + self.limits.idle_timeout
-            self._watch(conn, selectors.EVENT_READ)
-            self._schedule(conn)
-            self._maybe_dispatch(conn)
-
-    # --- bookkeeping ---------------------------------------------------------------------------
-
-    def _watch(self, conn: _Conn, events: int) -> None:
-        try:
-            self._selector.register(conn.sock, events, conn)
-        except (ValueError, KeyError, OSError):
-            self._close(conn)
-
-    def _schedule(self, conn: _Conn) -> None:
-        heapq.heappush(self._timeouts, (conn.deadline, next(self._order), conn))
-
-    def _close(self, conn: _Conn) -> None:
-        self._conns.discard(conn)
-        with contextlib.suppress(KeyError, ValueError, OSError):
-            self._selector.unregister(conn.sock)
-        with contextlib.suppress(OSError):
-            conn.sock.close()
-
-    def _close_from_worker(self, conn: _Conn) -> None:
-        """The loop owns the set of connections: a worker closes the socket and tells it."""
-        with contextlib.suppress(OSError):
-            conn.sock.close()
-        with self._returned_lock:
-            self._returned.append((conn, False))
-        self._wake()
-
-    def _wake(self) -> None:
-        with contextlib.suppress(OSError):
-            self._wake_w.send(b"\0")
+async def _send(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    await response.prepare(request)
+    await response.write_eof()
 
 
 def _head_complete(buffer: bytearray) -> bool:

@@ -7,26 +7,31 @@ every path is behind TLS and basic auth alike.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from http.server import BaseHTTPRequestHandler
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from aiohttp import web
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from exporter import __version__
 from exporter.metrics.collector import scrape_timeout
 from exporter.metrics.exposition import choose_encoder, encode
 from exporter.web.gcpause import ANSWERS
-from exporter.web.httpserver import BoundedHTTPServer, HTTPLimits
+from exporter.web.httpserver import BoundedHTTPServer, HTTPLimits, client_address
 from exporter.web.probe import ProbeRefused
 from exporter.web.webconfig import NO_WEB_CONFIG, WatchedWebConfig, WebConfig
 
 log = logging.getLogger(__name__)
+
+SERVER = f"pg-connections-exporter/{__version__}"
 
 # Part of Prometheus's scrape timeout kept for encoding and the network.
 SCRAPE_TIMEOUT_MARGIN = 0.5
@@ -72,98 +77,165 @@ def make_server(
 ) -> BoundedHTTPServer:
     """An HTTP(S) server bound to host:port serving `app`, within `limits`
     (exporter.web.httpserver: no thread per connection, header and idle timeouts, a cap)."""
-
-    class Handler(_Handler):
-        web = app
-
+    limits = limits or HTTPLimits()
+    workers = ThreadPoolExecutor(limits.workers, thread_name_prefix="http-worker")
+    answers = _Answers(app, workers, limits.io_timeout)
     tls = app.web_config.ssl_context is not None  # a change that turns TLS off is refused
     return BoundedHTTPServer(
         (host, port),
-        Handler,
-        limits or HTTPLimits(),
+        answers.handle,
+        limits,
         (lambda: app.web_config.ssl_context) if tls else None,
-        (lambda sock: app.web_config.refuses_peer(sock)) if tls else None,
+        (lambda peer: app.web_config.refuses_peer(peer)) if tls else None,
+        on_close=answers.close,
     )
 
 
-def serve_in_thread(server: BoundedHTTPServer) -> threading.Thread:
-    thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
+def serve_in_thread(
+    server: BoundedHTTPServer, on_start: Callable[[asyncio.AbstractEventLoop], None] | None = None
+) -> threading.Thread:
+    """Serve on an event loop thread of its own (tests, embedding); see serve_forever."""
+    thread = threading.Thread(
+        target=server.serve_forever, args=(on_start,), name="http", daemon=True
+    )
     thread.start()
+    server.wait_started()
     return thread
 
 
-class _Handler(BaseHTTPRequestHandler):
-    web: WebApp
-    server_version = f"pg-connections-exporter/{__version__}"
-    protocol_version = "HTTP/1.1"
-    # TCP_NODELAY: headers and body go out as two writes; with Nagle, the body waits for the
-    # client's delayed ACK of the headers, which added ~40 ms to every keep-alive scrape.
-    disable_nagle_algorithm = True
-    # Buffered: the headers and a gzipped body leave in one write (handle_one_request flushes
-    # after each request), one system call and one packet instead of two.
-    wbufsize = 1 << 14
+@dataclass(frozen=True)
+class _Request:
+    """What an answer is made from: the method, the target, the headers."""
 
-    def do_GET(self) -> None:
-        if not self._admitted():
-            return
-        url = urlsplit(self.path)
+    method: str
+    path: str
+    headers: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class _Answer:
+    status: int
+    content_type: str
+    body: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Deferred:
+    """A /probe whose run has begun: its answer is rendered once `due` is done (by its
+    deadline), without holding a worker meanwhile."""
+
+    due: Future[Any]
+    render: Callable[[], _Answer]
+
+
+_TEXT = "text/plain; charset=utf-8"
+
+
+class _Answers:
+    """The endpoints. The event loop reads requests; the answers that block (a scrape, a
+    page, a reload, bcrypt) are made on the bounded workers."""
+
+    def __init__(self, web: WebApp, workers: ThreadPoolExecutor, io_timeout: float) -> None:
+        self.web = web
+        self._workers = workers
+        self._io_timeout = io_timeout
+
+    def close(self) -> None:
+        self._workers.shutdown(wait=False, cancel_futures=True)
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        try:
+            keep = await self._discard_body(request)
+        except asyncio.TimeoutError:
+            timed_out = web.Response(
+                status=408,
+                body=b"request timeout\n",
+                headers={"Server": SERVER, "Content-Type": _TEXT},
+            )
+            timed_out.force_close()
+            return timed_out
+        req = _Request(request.method, request.raw_path, request.headers)
+        loop = asyncio.get_running_loop()
+        outcome = await loop.run_in_executor(self._workers, self.answer, req)
+        if isinstance(outcome, _Deferred):
+            await asyncio.wrap_future(outcome.due)
+            outcome = await loop.run_in_executor(self._workers, outcome.render)
+        headers = {
+            "Server": SERVER,
+            "Content-Type": outcome.content_type,
+            **self.web.web_config.headers,
+            **outcome.headers,
+        }
+        response = web.Response(status=outcome.status, body=outcome.body, headers=headers)
+        if not keep:
+            response.force_close()
+        log.debug(
+            "http request",
+            extra={"client": client_address(request), "request": f"{req.method} {req.path}"},
+        )
+        return response
+
+    async def _discard_body(self, request: web.BaseRequest) -> bool:
+        """Read and drop a request body (none is expected) within the I/O timeout (else
+        asyncio.TimeoutError); a large or unreadable one ends the connection after the answer
+        instead (False)."""
+        try:
+            length = int(request.headers.get("Content-Length") or 0)
+        except ValueError:
+            return False
+        if 0 < length <= 1 << 16:
+            await asyncio.wait_for(request.read(), self._io_timeout)  # TimeoutError: a 408
+        return 0 <= length <= 1 << 16
+
+    def answer(self, request: _Request) -> _Answer | _Deferred:
+        if request.method not in ("GET", "HEAD", "POST"):
+            return _Answer(501, _TEXT, b"unsupported method\n")
+        refused = self._admitted(request)
+        if refused is not None:
+            return refused
+        url = urlsplit(request.path)
         path = url.path
+        if request.method == "POST":
+            return self._post(path)
         if path == self.web.telemetry_path:
-            self._metrics()
-        elif (page := self.web.pages.get(path)) is not None:
-            self._send(*page(url.query))
-        elif path == "/probe" and self.web.probe is not None:
-            self._probe()
-        elif path == "/healthz":
-            self._send(200, "text/plain; charset=utf-8", b"ok\n")
-        elif path == "/-/reload":
-            self._send(405, "text/plain; charset=utf-8", b"use POST to reload\n", {"Allow": "POST"})
-        else:
-            self._send(404, "text/plain; charset=utf-8", b"not found\n")
+            return self._metrics(request)
+        if (page := self.web.pages.get(path)) is not None:
+            status, content_type, body, headers = page(url.query)
+            return _Answer(status, content_type, body, headers)
+        if path == "/probe" and self.web.probe is not None:
+            return self._probe(request, url.query)
+        if path == "/healthz":
+            return _Answer(200, _TEXT, b"ok\n")
+        if path == "/-/reload":
+            return _Answer(405, _TEXT, b"use POST to reload\n", {"Allow": "POST"})
+        return _Answer(404, _TEXT, b"not found\n")
 
-    def do_POST(self) -> None:
-        self._discard_body()
-        if not self._admitted():
-            return
-        if urlsplit(self.path).path != "/-/reload" or self.web.reload is None:
-            self._send(404, "text/plain; charset=utf-8", b"not found\n")
-            return
+    def _post(self, path: str) -> _Answer:
+        if path != "/-/reload" or self.web.reload is None:
+            return _Answer(404, _TEXT, b"not found\n")
         problems = self.web.reload()
         if problems:
             body = "configuration refused, the previous one keeps running:\n" + "".join(
                 f"  {p}\n" for p in problems
             )
-            self._send(500, "text/plain; charset=utf-8", body.encode())
-        else:
-            self._send(200, "text/plain; charset=utf-8", b"configuration reloaded\n")
+            return _Answer(500, _TEXT, body.encode())
+        return _Answer(200, _TEXT, b"configuration reloaded\n")
 
-    def _discard_body(self) -> None:
-        """Read and drop a request body (none is expected); a large or unreadable one ends the
-        connection after the answer instead."""
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = -1
-        if 0 < length <= 1 << 16:
-            self.rfile.read(length)
-        elif length != 0:
-            self.close_connection = True
-
-    def _admitted(self) -> bool:
+    def _admitted(self, request: _Request) -> _Answer | None:
         """The web config's rate limit (429), then its basic auth (401), as exporter-toolkit
-        orders them; the answer has been sent when False."""
+        orders them; None when admitted."""
         limiter = self.web.web_config.limiter
         if limiter is not None and not limiter.allow():
-            self._send(429, "text/plain; charset=utf-8", b"Too Many Requests\n")
-            return False
-        return self._authorized()
+            return _Answer(429, _TEXT, b"Too Many Requests\n")
+        return self._authorized(request)
 
-    def _authorized(self) -> bool:
-        """Basic auth, when the web config asks for it; a 401 has been sent when False."""
+    def _authorized(self, request: _Request) -> _Answer | None:
+        """Basic auth, when the web config asks for it; the 401 when refused."""
         auth = self.web.web_config.auth
         if auth is None:
-            return True
-        scheme, _, encoded = (self.headers.get("Authorization") or "").partition(" ")
+            return None
+        scheme, _, encoded = (request.headers.get("Authorization") or "").partition(" ")
         if scheme.lower() == "basic":
             try:
                 user, sep, password = (
@@ -172,18 +244,16 @@ class _Handler(BaseHTTPRequestHandler):
             except (binascii.Error, UnicodeDecodeError):
                 sep = ""
             if sep and auth.check(user, password):
-                return True
-        self._send(
+                return None
+        return _Answer(
             401,
-            "text/plain; charset=utf-8",
+            _TEXT,
             b"unauthorized\n",
             {"WWW-Authenticate": 'Basic realm="pg-connections-exporter"'},
         )
-        return False
 
-    def _probe(self) -> None:
+    def _probe(self, request: _Request, query: str) -> _Answer | _Deferred:
         assert self.web.probe is not None
-        query = urlsplit(self.path).query
         try:
             params = parse_qs(query, keep_blank_values=True, strict_parsing=bool(query))
         except ValueError:
@@ -191,59 +261,32 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             collector = self.web.probe(params)
         except ProbeRefused as refused:
-            self._send(refused.status, "text/plain; charset=utf-8", f"{refused.message}\n".encode())
-            return
+            return _Answer(refused.status, _TEXT, f"{refused.message}\n".encode())
         begin = getattr(collector, "begin", None)
-        defer = getattr(self.server, "defer", None)
-        if begin is None or defer is None:
-            self._metrics(collector)
-            return
-        # The target's run starts on the scrape pool; this worker is free until its answer
-        # (due by the deadline) is there: slow probes cannot take every worker.
-        header = self.headers.get("X-Prometheus-Scrape-Timeout-Seconds")
+        if begin is None:
+            return self._metrics(request, collector)
+        # The target's run starts on the scrape pool; no worker waits for its answer (due by
+        # the deadline): slow probes cannot take every worker.
+        header = request.headers.get("X-Prometheus-Scrape-Timeout-Seconds")
         token = scrape_timeout.set(_prometheus_timeout(header))
         try:
-            answer = begin()
+            due = begin()
         finally:
             scrape_timeout.reset(token)
-        defer(self, answer, lambda: self._metrics(collector))
+        return _Deferred(due, lambda: self._metrics(request, collector))
 
-    def _metrics(self, source: Collector | None = None) -> None:
-        timeout = _prometheus_timeout(self.headers.get("X-Prometheus-Scrape-Timeout-Seconds"))
-        token = scrape_timeout.set(timeout)
+    def _metrics(self, request: _Request, source: Collector | None = None) -> _Answer:
+        header = request.headers.get("X-Prometheus-Scrape-Timeout-Seconds")
+        token = scrape_timeout.set(_prometheus_timeout(header))
         try:
-            encoder, content_type = choose_encoder(self.headers.get("Accept"))
-            gzipped = "gzip" in (self.headers.get("Accept-Encoding") or "")
+            encoder, content_type = choose_encoder(request.headers.get("Accept"))
+            gzipped = "gzip" in (request.headers.get("Accept-Encoding") or "")
             # The scrape, its families and the encoding make no reference cycles (gcpause.py).
             with ANSWERS.during():
-                body = encode(encoder, self.registry if source is None else source, gzipped)
+                body = encode(encoder, self.web.registry if source is None else source, gzipped)
         finally:
             scrape_timeout.reset(token)
-        self._send(200, content_type, body, {"Content-Encoding": "gzip"} if gzipped else None)
-
-    @property
-    def registry(self) -> CollectorRegistry:
-        return self.web.registry
-
-    def _send(
-        self, code: int, content_type: str, body: bytes, headers: dict[str, str] | None = None
-    ) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in {**self.web.web_config.headers, **(headers or {})}.items():
-            self.send_header(name, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def do_HEAD(self) -> None:
-        self.do_GET()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug(
-            "http request", extra={"client": self.client_address[0], "request": format % args}
-        )
+        return _Answer(200, content_type, body, {"Content-Encoding": "gzip"} if gzipped else {})
 
 
 def _prometheus_timeout(header: str | None) -> float | None:

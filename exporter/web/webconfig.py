@@ -177,7 +177,7 @@ class WebConfig:
     def ssl_context(self) -> ssl.SSLContext | None:
         return self.tls.context if self.tls is not None else None
 
-    def refuses_peer(self, sock: ssl.SSLSocket) -> str | None:
+    def refuses_peer(self, sock: ssl.SSLObject | ssl.SSLSocket) -> str | None:
         """Why a client that completed its TLS handshake is turned away, or None."""
         return self.tls.refuses(sock) if self.tls is not None else None
 

@@ -121,7 +121,7 @@ class ServerTLS:
     files: tuple[Path, ...]
     allowed_sans: frozenset[str] | None = None
 
-    def refuses(self, sock: ssl.SSLSocket) -> str | None:
+    def refuses(self, sock: ssl.SSLObject | ssl.SSLSocket) -> str | None:
         """Why a client that completed its handshake is turned away (client_allowed_sans), or
         None. As with the toolkit, a client without a certificate is turned away too."""
         if self.allowed_sans is None:

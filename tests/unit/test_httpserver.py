@@ -1,7 +1,7 @@
-"""BoundedHTTPServer's limits on a real loopback socket, with small limits so that each one is
+"""The HTTP server's limits on a real loopback socket, with small limits so that each one is
 reached in well under a second: the connection cap (503 at once), the header timeout (408, or
 closed when nothing came), the header size cap (431), keep-alive until the idle timeout, and
-idle connections costing no worker."""
+idle connections costing no thread."""
 
 from __future__ import annotations
 
@@ -10,26 +10,16 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler
 
 import pytest
+from aiohttp import web
 
-from exporter.web.httpserver import BoundedHTTPServer, HTTPLimits
+from exporter.web.httpserver import BoundedHTTPServer, HTTPLimits, client_address
 from tests.unit.fakes import wait_for
 
 
-class Hello(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self) -> None:
-        body = f"hello {threading.current_thread().name}\n".encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
+async def hello(request: web.BaseRequest) -> web.StreamResponse:
+    return web.Response(body=f"hello {threading.current_thread().name}\n".encode())
 
 
 LIMITS = HTTPLimits(
@@ -39,9 +29,10 @@ LIMITS = HTTPLimits(
 
 @pytest.fixture
 def server() -> Iterator[BoundedHTTPServer]:
-    srv = BoundedHTTPServer(("127.0.0.1", 0), Hello, LIMITS)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    srv = BoundedHTTPServer(("127.0.0.1", 0), hello, LIMITS)
+    thread = threading.Thread(target=srv.serve_forever, name="http", daemon=True)
     thread.start()
+    srv.wait_started()
     yield srv
     srv.shutdown()
     srv.server_close()
@@ -67,7 +58,7 @@ def test_a_request_is_answered_and_kept_alive(server: BoundedHTTPServer) -> None
         conn.request("GET", "/")
         response = conn.getresponse()
         assert response.status == 200
-        assert response.read().startswith(b"hello http-worker")
+        assert response.read() == b"hello http\n", "answered on the event loop's thread"
     assert server.open_connections == 1, "three requests, one connection"
     conn.close()
 
@@ -120,7 +111,8 @@ def test_a_keep_alive_connection_is_closed_after_the_idle_timeout(
 
 
 def test_idle_connections_hold_no_worker(server: BoundedHTTPServer) -> None:
-    """Both workers' worth of silent connections, and a request still gets through."""
+    """Both workers' worth of silent connections, and a request still gets through, on the
+    event loop's one thread."""
     idle = [connect(server) for _ in range(LIMITS.workers)]
     wait_for(lambda: server.open_connections == LIMITS.workers)
     conn = http.client.HTTPConnection(*server.server_address[:2], timeout=2)
@@ -131,13 +123,41 @@ def test_idle_connections_hold_no_worker(server: BoundedHTTPServer) -> None:
         sock.close()
 
 
-class Peer(Hello):
-    def do_GET(self) -> None:
-        body = self.client_address[0].encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+def test_a_request_body_that_stops_coming_gets_408_within_the_io_timeout() -> None:
+    """POST /-/reload announcing a body it never sends: answered 408 and closed after the I/O
+    timeout, and the reload does not run."""
+    from prometheus_client import CollectorRegistry
+
+    from exporter.web.webapp import WebApp, make_server, serve_in_thread
+
+    reloads: list[int] = []
+
+    def reload() -> list[str]:
+        reloads.append(1)
+        return []
+
+    app = WebApp(CollectorRegistry(), "/metrics", lambda: [], reload=reload)
+    srv = make_server(app, "127.0.0.1", 0, HTTPLimits(io_timeout=0.5, header_timeout=5))
+    serve_in_thread(srv)
+    try:
+        sock = connect(srv)
+        sock.sendall(b"POST /-/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+        started = time.monotonic()
+        assert read_all(sock).startswith(b"HTTP/1.1 408")
+        assert 0.45 <= time.monotonic() - started < 5
+        assert reloads == []
+        sock = connect(srv)  # a whole body: reloaded
+        sock.sendall(b"POST /-/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        assert reloads == [1]
+        sock.close()
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+async def peer(request: web.BaseRequest) -> web.StreamResponse:
+    return web.Response(body=(client_address(request) or "").encode())
 
 
 def ipv6_loopback() -> bool:
@@ -153,15 +173,16 @@ def ipv6_loopback() -> bool:
 def test_an_empty_host_listens_on_ipv6_and_ipv4() -> None:
     """`:PORT` (the default --web.listen-address) is every address of both families, and an
     IPv4 client is named by its IPv4 address, not the dual-stack socket's ::ffff: form."""
-    srv = BoundedHTTPServer(("", 0), Peer, LIMITS)
+    srv = BoundedHTTPServer(("", 0), peer, LIMITS)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
+    srv.wait_started()
     try:
         port = srv.server_address[1]
-        for host, peer in (("::1", b"::1"), ("127.0.0.1", b"127.0.0.1")):
+        for host, address in (("::1", b"::1"), ("127.0.0.1", b"127.0.0.1")):
             conn = http.client.HTTPConnection(host, port, timeout=5)
             conn.request("GET", "/")
-            assert conn.getresponse().read() == peer
+            assert conn.getresponse().read() == address
             conn.close()
     finally:
         srv.shutdown()

@@ -162,9 +162,21 @@ def test_a_storm_between_two_scrapes_is_counted_and_its_peak_kept(exporter_for) 
                         break
                 assert refused, "the server took 20 sessions of an ordinary role"
                 full_at = time.monotonic()
-                (truth,) = observer.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
-                ).fetchone()  # type: ignore[misc]
+                # The refused attempt's backend is a client backend too until it has exited
+                # (on a loaded machine, after its client saw the refusal): the truth is the
+                # count once two reads 0.2 s apart agree.
+                counts: list[int] = []
+
+                def settled() -> bool:
+                    (n,) = observer.execute(
+                        "SELECT count(*) FROM pg_stat_activity"
+                        " WHERE backend_type = 'client backend'"
+                    ).fetchone()  # type: ignore[misc]
+                    counts.append(n)
+                    return len(counts) > 1 and counts[-1] == counts[-2]
+
+                wait_until(settled, 2.5, 0.2, "the client backends to settle")
+                truth = counts[-1]
                 time.sleep(max(0.0, full_at + 3.0 - time.monotonic()))
             # The sessions are closed; their backends exit within milliseconds.
             wait_until(

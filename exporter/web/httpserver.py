@@ -329,7 +329,9 @@ class BoundedHTTPServer:
             try:
                 await asyncio.wait_for(_send(request, response), self.limits.io_timeout)
             except asyncio.TimeoutError:
-                log.debug("http answer not taken in time", extra={"client": client_address(request)})
+                log.debug(
+                    "http answer not taken in time", extra={"client": client_address(request)}
+                )
                 if request.transport is not None:
                     request.transport.abort()
             if not response.keep_alive and isinstance(request.protocol, _Bounded):

@@ -237,16 +237,21 @@ def test_a_server_not_accepting_connections_yet(major: str) -> None:
             return next((m for m in NOT_READY if m in message), "")
 
         first = wait_until(refused, 20, what="a refusal while in standby")
+        # 14+ says "starting up" until recovery is consistent, then "not accepting
+        # connections": on a loaded machine the three attempts may straddle that moment.
+        seen = Counter([first])
         for _ in range(2):
-            assert refused() == first
-        expected = {(NOT_READY[first], "plain", "postgres", "local"): 3}
+            again = refused()
+            assert again, "a refusal of the table's wordings"
+            seen[again] += 1
+        expected = {(NOT_READY[w], "plain", "postgres", "local"): n for w, n in seen.items()}
 
         def counted() -> bool:
             stream.feed(tail.read_available(1 << 20))
             return stream.failures.counts == expected
 
         wait_until(counted, 15, what=f"{expected}, got {stream.failures.counts}")
-        print(f"PostgreSQL {major}: {first!r}")
+        print(f"PostgreSQL {major}: {dict(seen)!r}")
     finally:
         cluster.stop()
 

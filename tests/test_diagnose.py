@@ -1,8 +1,11 @@
 """`pg-connections-exporter diagnose` against real full servers: holders, counts and candidates
-compared with pg_stat_activity, a reserved slot on 18, --terminate with filters, bad input."""
+compared with pg_stat_activity, a reserved slot on 18, --terminate with filters, bad input;
+`gather` and `gather_async` finding the same facts, each bounded by its budget."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import os
 import subprocess
@@ -21,6 +24,8 @@ from exporter.diagnose.analysis import (
     Facts,
     Session,
     analyze,
+    gather,
+    gather_async,
     redact_query,
     terminate_statement,
 )
@@ -457,3 +462,136 @@ def test_query_texts_never_show_a_password(pg: LocalCluster) -> None:
 )  # fmt: skip
 def test_redact_query(query: str, shown: str) -> None:
     assert redact_query(query) == shown
+
+
+AGES = ("state_seconds", "xact_seconds", "query_seconds", "backend_seconds")
+
+
+def _steady(facts: Facts, diagnosers: set[int]) -> Facts:
+    """`facts` without what differs between two looks a moment apart: every age, and what
+    the two diagnosing sessions were doing (each is the active `own` one in its own look)."""
+    sessions = []
+    for s in facts.sessions:
+        s = dataclasses.replace(s, **dict.fromkeys(AGES))
+        if s.pid in diagnosers:
+            s = dataclasses.replace(
+                s, state=None, wait_event_type=None, wait_event=None, query=None, own=False
+            )
+        sessions.append(s)
+    return dataclasses.replace(facts, sessions=tuple(sorted(sessions, key=lambda s: s.pid)))
+
+
+def test_gather_and_gather_async_find_the_same_facts(pg: LocalCluster) -> None:
+    """The sync and the asyncio driver run one set of statements and row handling: on the
+    same sessions they find the same facts (query texts cut alike), ages apart."""
+    app, role, db, table = (f"{name}_{pg.port}" for name in ("same", "capped", "capped", "locked"))
+    pg.execute(
+        f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 7",
+        f"CREATE DATABASE {db} CONNECTION LIMIT 5",
+        f"CREATE TABLE {table} (id int)",
+    )
+    try:
+        with Workload(pg.dsn()) as w:
+            states = ("idle", "active", "idle in transaction", "idle in transaction (aborted)")
+            for state in states:
+                w.open(SessionSpec(state, user=role, dbname=db, application_name=app))
+            holder = w.hold_lock(table, SessionSpec(application_name=app)).info.backend_pid
+            waiter = w.wait_for_lock(table, SessionSpec(application_name=app)).info.backend_pid
+            wait_until(
+                lambda: truth(
+                    w.sessions[0], f"SELECT 1 FROM pg_locks WHERE pid = {waiter} AND NOT granted"
+                ),
+                what="the waiter queued behind the lock",
+            )
+            sync_conn = w.connect(SessionSpec(application_name=f"{app}-sync"), autocommit=False)
+            sync_pid = sync_conn.info.backend_pid
+
+            async def both_looks() -> tuple[Facts, Facts, int, float]:
+                aconn = await psycopg.AsyncConnection.connect(pg.dsn(application_name=app))
+                async with aconn:
+                    start = time.monotonic()
+                    by_sync = gather(sync_conn, query_text=True, query_chars=12)
+                    by_async = await gather_async(aconn, query_text=True, query_chars=12)
+                    return by_sync, by_async, aconn.info.backend_pid, time.monotonic() - start
+
+            def same_backends() -> tuple[Facts, Facts, int, float] | None:
+                # A background worker may start or end between the looks: look again.
+                looks = asyncio.run(both_looks())
+                pids = [{s.pid for s in facts.sessions} for facts in looks[:2]]
+                return looks if pids[0] == pids[1] else None
+
+            by_sync, by_async, async_pid, elapsed = wait_until(
+                same_backends, what="both looks on the same backends"
+            )
+        own_sync, own_async = (next(s for s in f.sessions if s.own) for f in (by_sync, by_async))
+        assert (own_sync.pid, own_sync.state) == (sync_pid, "active")
+        assert (own_async.pid, own_async.state) == (async_pid, "active")
+        # Each look's own statement (the backends query), cut alike.
+        assert own_async.query == own_sync.query and len(own_async.query or "") == 12
+        # The workload's sessions and the async look's own (application `app` too).
+        ours = {s.pid: s for s in by_async.sessions if s.application == app}
+        assert sorted(s.state or "" for s in ours.values()) == sorted(
+            [*states, "idle in transaction", "active", "active"]
+        )
+        assert ours[waiter].blocked_by == (holder,)
+        assert {s.query for s in ours.values() if s.state == "active"} == {
+            "SELECT pg_sl",
+            "SELECT count",
+            own_async.query,
+        }
+        assert by_async.role_limits[role] == 7 and by_async.database_limits[db] == 5
+        # Each age grew by the time between the two looks, no more.
+        before = {s.pid: s for s in by_sync.sessions}
+        for s in by_async.sessions:
+            for age in AGES:
+                then, now = getattr(before[s.pid], age), getattr(s, age)
+                if s.pid not in (sync_pid, async_pid) and then is not None:
+                    assert -0.01 <= now - then <= elapsed + 0.01, (s, age, then, now)
+        diagnosers = {sync_pid, async_pid}
+        assert _steady(by_sync, diagnosers) == _steady(by_async, diagnosers)
+    finally:
+        pg.execute(f"DROP TABLE {table}", f"DROP DATABASE {db} WITH (FORCE)", f"DROP ROLE {role}")
+
+
+@pytest.mark.parametrize("driver", ["gather", "gather_async"])
+def test_the_budget_bounds_gather_behind_a_locked_catalog(pg: LocalCluster, driver: str) -> None:
+    """Behind a held lock, the whole diagnosis stops at its budget though the session would
+    wait 20s; the connection comes back out of the transaction, its own timeout untouched."""
+    dsn = pg.dsn(options="-c lock_timeout=20s -c statement_timeout=20s")
+
+    async def behind_a_lock() -> None:
+        if driver == "gather":
+            conn: Any = psycopg.connect(dsn)
+
+            async def look(budget: float) -> Facts:
+                return gather(conn, budget=budget)
+
+            async def show_timeout() -> Any:
+                return conn.execute("SHOW statement_timeout").fetchone()
+        else:
+            conn = await psycopg.AsyncConnection.connect(dsn)
+
+            async def look(budget: float) -> Facts:
+                return await gather_async(conn, budget=budget)
+
+            async def show_timeout() -> Any:
+                return await (await conn.execute("SHOW statement_timeout")).fetchone()
+
+        try:
+            with Workload(pg.dsn()) as w:
+                w.hold_lock("pg_catalog.pg_authid")  # pg_roles: gather's second statement
+                start = time.monotonic()
+                with pytest.raises(psycopg.errors.QueryCanceled):
+                    await look(0.5)
+                elapsed = time.monotonic() - start
+            assert 0.4 <= elapsed < 3, elapsed
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            assert await show_timeout() == ("20s",)
+            assert (await look(0.5)).role == "postgres"  # the lock gone, within the budget
+        finally:
+            if driver == "gather":
+                conn.close()
+            else:
+                await conn.close()
+
+    asyncio.run(behind_a_lock())

@@ -2,7 +2,8 @@
 
 `gather` reads what the guide's "Immediate Recovery" and "Diagnose the Root Cause" queries read
 (every backend, the slot settings, per-database and per-role limits, the timeouts and memory
-settings), in one read-only transaction so that every part agrees. `analyze` turns those facts
+settings), in one read-only transaction so that every part agrees; `gather_async` does the same
+over an asyncio connection (both drive the one sans-io `_gather_steps`). `analyze` turns those facts
 into the report that the `diagnose` command prints (text or JSON) and the /sessions page shows:
 who holds the slots, who may still get in, what is stuck, which sessions could be ended (with
 the exact `pg_terminate_backend` statement) and what to change, each tied to the guide.
@@ -13,11 +14,13 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import psycopg
+from psycopg.abc import Params
+from psycopg.rows import tuple_row
 
 # The guide's sections, as its headings name them.
 GUIDE_RECOVERY = "Immediate Recovery"
@@ -155,6 +158,12 @@ class Criteria:
         )
 
 
+# Each step of `_gather_steps`: a statement and its parameters; what it is sent back is the
+# statement's rows (none for a statement without a result).
+Step = tuple[str, Params | None]
+Rows = list[tuple[Any, ...]]
+
+
 def gather(
     conn: psycopg.Connection[Any],
     query_text: bool = False,
@@ -165,85 +174,121 @@ def gather(
     backends). Each statement is bounded by the connection's statement and lock timeouts and,
     with `budget` (seconds), all of them together: each then gets what is left of it as a
     transaction-local statement_timeout, so the session's own setting is untouched."""
-    params = {"query_text": query_text, "query_chars": query_chars}
-    with conn.transaction(), _BudgetCursor(conn, budget) as cur:
-        cur.execute("SET TRANSACTION READ ONLY")
-        cur.execute(_WHOAMI_SQL)
-        role, superuser, reserved_member, sees_all, version = cur.fetchone() or (
-            "?",
-            False,
-            False,
-            False,
-            "?",
-        )
-        cur.execute(
-            "SELECT name, CASE name "
-            + " ".join(f"WHEN '{name}' THEN {column}" for name, column in _SETTINGS.items())
-            + " END, unit FROM pg_settings WHERE name = ANY(%s)",
-            (list(_SETTINGS),),
-        )
-        settings = {name: (value, unit) for name, value, unit in cur.fetchall()}
-        cur.execute(_BACKENDS_SQL, params)
-        sessions = tuple(
-            Session(
-                pid=r[0],
-                backend_type=r[1],
-                database=r[2],
-                user=r[3],
-                application=r[4],
-                client=r[5],
-                state=r[6],
-                state_seconds=r[7],
-                xact_seconds=r[8],
-                query_seconds=r[9],
-                backend_seconds=r[10],
-                wait_event_type=r[11],
-                wait_event=r[12],
-                blocked_by=tuple(r[13] or ()),
-                query=redact_query(r[14]) if r[14] is not None else None,
-                own=r[15],
-                client_backend=bool(r[16]),
-            )
-            for r in cur.fetchall()
-        )
-        cur.execute("SELECT datname::text, datconnlimit FROM pg_database WHERE datconnlimit >= 0")
-        database_limits = dict(cur.fetchall())
-        cur.execute(
-            "SELECT rolname::text, rolconnlimit FROM pg_roles"
-            " WHERE rolconnlimit >= 0 AND rolcanlogin"
-        )
-        role_limits = dict(cur.fetchall())
+    steps = _gather_steps(query_text, query_chars)
+    deadline = _Deadline(budget)
+    with conn.transaction(), conn.cursor(row_factory=tuple_row) as cur:
+        step = next(steps)
+        while True:
+            for query, params in deadline.bound(step):
+                cur.execute(query, params)
+            try:
+                step = steps.send(cur.fetchall() if cur.description is not None else [])
+            except StopIteration as done:
+                facts: Facts = done.value
+                break
+    return facts
+
+
+async def gather_async(
+    conn: psycopg.AsyncConnection[Any],
+    query_text: bool = False,
+    query_chars: int = QUERY_CHARS,
+    budget: float | None = None,
+) -> Facts:
+    """`gather` over an asyncio connection: the same statements, transaction and budget."""
+    steps = _gather_steps(query_text, query_chars)
+    deadline = _Deadline(budget)
+    async with conn.transaction(), conn.cursor(row_factory=tuple_row) as cur:
+        step = next(steps)
+        while True:
+            for query, params in deadline.bound(step):
+                await cur.execute(query, params)
+            try:
+                step = steps.send(await cur.fetchall() if cur.description is not None else [])
+            except StopIteration as done:
+                facts: Facts = done.value
+                break
+    return facts
+
+
+def _gather_steps(query_text: bool, query_chars: int) -> Generator[Step, Rows, Facts]:
+    """`gather`'s statements and what it makes of their rows, without I/O: a driver runs
+    each statement yielded, sends its rows back, and gets the Facts when the steps stop."""
+    yield "SET TRANSACTION READ ONLY", None
+    whoami = yield _WHOAMI_SQL, None
+    role, superuser, reserved_member, sees_all, version = (
+        whoami[0] if whoami else ("?", False, False, False, "?")
+    )
+    settings_rows = yield (
+        "SELECT name, CASE name "
+        + " ".join(f"WHEN '{name}' THEN {column}" for name, column in _SETTINGS.items())
+        + " END, unit FROM pg_settings WHERE name = ANY(%s)",
+        (list(_SETTINGS),),
+    )
+    backends = yield _BACKENDS_SQL, {"query_text": query_text, "query_chars": query_chars}
+    database_limits = yield (
+        "SELECT datname::text, datconnlimit FROM pg_database WHERE datconnlimit >= 0",
+        None,
+    )
+    role_limits = yield (
+        "SELECT rolname::text, rolconnlimit FROM pg_roles WHERE rolconnlimit >= 0 AND rolcanlogin",
+        None,
+    )
     return Facts(
         server_version=str(version).split()[0],
         role=role,
         superuser=bool(superuser),
         reserved_member=bool(reserved_member),
         sees_all=bool(sees_all or superuser),
-        settings=settings,
-        sessions=sessions,
-        database_limits=database_limits,
-        role_limits=role_limits,
+        settings={name: (value, unit) for name, value, unit in settings_rows},
+        sessions=tuple(_session(r) for r in backends),
+        database_limits=dict(database_limits),
+        role_limits=dict(role_limits),
     )
 
 
-class _BudgetCursor(psycopg.Cursor[Any]):
-    """A cursor whose statements share one time budget (none: no bound of its own)."""
+def _session(r: tuple[Any, ...]) -> Session:
+    """A row of _BACKENDS_SQL."""
+    return Session(
+        pid=r[0],
+        backend_type=r[1],
+        database=r[2],
+        user=r[3],
+        application=r[4],
+        client=r[5],
+        state=r[6],
+        state_seconds=r[7],
+        xact_seconds=r[8],
+        query_seconds=r[9],
+        backend_seconds=r[10],
+        wait_event_type=r[11],
+        wait_event=r[12],
+        blocked_by=tuple(r[13] or ()),
+        query=redact_query(r[14]) if r[14] is not None else None,
+        own=r[15],
+        client_backend=bool(r[16]),
+    )
 
-    def __init__(self, conn: psycopg.Connection[Any], budget: float | None) -> None:
-        super().__init__(conn)
-        self._deadline = None if budget is None else time.monotonic() + budget
 
-    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> _BudgetCursor:
-        if self._deadline is not None:
-            left = self._deadline - time.monotonic()
-            if left <= 0:
-                raise psycopg.errors.QueryCanceled("the diagnosis ran out of its time budget")
-            super().execute(
-                "SELECT set_config('statement_timeout', %s, true)",
-                (f"{max(1, round(left * 1000))}ms",),
-            )
-        super().execute(query, params, **kwargs)
-        return self
+class _Deadline:
+    """One time budget shared by a transaction's statements (none: no bound of its own)."""
+
+    def __init__(self, budget: float | None) -> None:
+        self._at = None if budget is None else time.monotonic() + budget
+
+    def bound(self, step: Step) -> list[Step]:
+        """`step`, preceded by what is left of the budget as its transaction-local
+        statement_timeout; none left: QueryCanceled, as if the server had cancelled it."""
+        if self._at is None:
+            return [step]
+        left = self._at - time.monotonic()
+        if left <= 0:
+            raise psycopg.errors.QueryCanceled("the diagnosis ran out of its time budget")
+        timeout: Step = (
+            "SELECT set_config('statement_timeout', %s, true)",
+            (f"{max(1, round(left * 1000))}ms",),
+        )
+        return [timeout, step]
 
 
 # PASSWORD '...' of CREATE/ALTER ROLE (also cut short by the truncation), and password=...

@@ -43,7 +43,7 @@ format: $(VENV)/.installed
 # `uv pip compile`, for every Python the project supports. `make lock` after a change to the
 # dependencies (it keeps the other pins; tests/test_docker_image.py fails until it is run);
 # `make lock-upgrade` takes the newest releases the specifiers allow (monthly, or for a fix).
-LOCK_FLAGS := --universal --python-version 3.10 --generate-hashes --custom-compile-command "make lock"
+LOCK_FLAGS := --universal --python-version 3.11 --generate-hashes --custom-compile-command "make lock"
 lock: $(VENV)/.installed
 	$(PY) -m pip install --quiet --disable-pip-version-check 'uv>=0.5'
 	$(BIN)/uv pip compile --quiet $(LOCK_FLAGS) pyproject.toml -o requirements.txt

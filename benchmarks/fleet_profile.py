@@ -22,6 +22,7 @@ Not part of the test suite: the figures depend on the machine.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import cProfile
 import gc
@@ -40,7 +41,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from fleet import PER_SERVER, address, start_servers  # noqa: E402
 
-from exporter.config.model import parse_config  # noqa: E402
+from exporter.config.model import Config, parse_config  # noqa: E402
 from exporter.metrics.collector import ExporterCollector, self_families, target_families  # noqa: E402
 from exporter.metrics.exposition import choose_encoder  # noqa: E402
 from exporter.scrape.scraper import Scraper  # noqa: E402
@@ -99,72 +100,77 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.concurrency:
             data["settings"] = {"scrape_concurrency": args.concurrency}
         config = parse_config(data, "fleet_profile")
-        scraper = Scraper(config)
-        scraper.open()
-        collector = ExporterCollector(scraper)
-        encoder, _ = choose_encoder(ACCEPT)
-        deadline = time.monotonic() + 120
-        while sum(r.up for r in scraper.scrape(10.0)) < args.targets:
-            if time.monotonic() > deadline:
-                raise SystemExit("not every target came up")
-            time.sleep(0.5)
-        phases: dict[str, list[float]] = {"runs": [], "families": [], "encode": [], "gzip": []}
-        profiler = cProfile.Profile(time.thread_time) if args.profile else None
-        size = 0
-        collections = _Collections()
-        for _ in range(args.rounds):
-            pause = contextlib.nullcontext() if args.gc_on else ANSWERS.during()
-            with pause:  # as the exporter answers, and until the answer is gone
-                if profiler:
-                    profiler.enable()
-                t0 = time.process_time()
-                if args.serial:
-                    end = time.monotonic() + 10.0
-                    results = [t.scrape(end) for t in scraper.targets]
-                else:
-                    results = scraper.scrape(10.0)
-                t1 = time.process_time()
-                families = list(target_families(results)) + list(
-                    self_families(scraper.targets, results)
-                )
-                t2 = time.process_time()
-                body = encoder(_Families(families))  # type: ignore[arg-type]
-                t3 = time.process_time()
-                size = len(gzip.compress(body, compresslevel=1))
-                t4 = time.process_time()
-                if profiler:
-                    profiler.disable()
-                for name, took in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
-                    phases[name].append(took)
-                assert sum(r.up for r in results) == args.targets
-                del results, families, body
-        count, seconds = collections.count, collections.seconds
-        unreachable = collections.collected + gc.collect()
-        _ = collector
-        if profiler:
-            profiler.dump_stats(args.profile)
-        status = proc_status(__import__("os").getpid())
-        total = [sum(x) for x in zip(*phases.values(), strict=True)]
-        print(f"{args.targets} targets, {args.rounds} rounds, body {size} bytes gzipped")
-        for name, values in phases.items():
-            per = 1000 * statistics.median(values) / args.targets
-            print(f"  {name:9s} median {statistics.median(values):.3f} s  ({per:.2f} ms/target)")
-        per = 1000 * statistics.median(total) / args.targets
-        print(f"  total     median {statistics.median(total):.3f} s  ({per:.2f} ms/target)")
-        print(
-            f"  garbage collector {'on' if args.gc_on else 'paused'}: "
-            f"{count / args.rounds:.1f} collections a round, "
-            f"{1000 * seconds / args.rounds / args.targets:.2f} ms/target; "
-            f"{unreachable} unreachable objects found in the rounds and after them"
-        )
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        rss, threads = status["VmRSS"], status["threads"]
-        print(f"  RSS {rss:.0f} MiB, peak {peak:.0f} MiB, threads {threads:.0f}")
-        scraper.close()
+        asyncio.run(_profile(config, args))
     finally:
         for server in servers:
             server.stop()
     return 0
+
+
+async def _profile(config: Config, args: argparse.Namespace) -> None:
+    """The rounds, on an event loop as the exporter runs them."""
+    scraper = Scraper(config)
+    await scraper.open()
+    collector = ExporterCollector(scraper)
+    encoder, _ = choose_encoder(ACCEPT)
+    deadline = time.monotonic() + 120
+    while sum(r.up for r in await scraper.scrape(10.0)) < args.targets:
+        if time.monotonic() > deadline:
+            raise SystemExit("not every target came up")
+        await asyncio.sleep(0.5)
+    phases: dict[str, list[float]] = {"runs": [], "families": [], "encode": [], "gzip": []}
+    profiler = cProfile.Profile(time.thread_time) if args.profile else None
+    size = 0
+    collections = _Collections()
+    for _ in range(args.rounds):
+        pause = contextlib.nullcontext() if args.gc_on else ANSWERS.during()
+        with pause:  # as the exporter answers, and until the answer is gone
+            if profiler:
+                profiler.enable()
+            t0 = time.process_time()
+            if args.serial:
+                end = time.monotonic() + 10.0
+                results = [await t.scrape(end) for t in scraper.targets]
+            else:
+                results = await scraper.scrape(10.0)
+            t1 = time.process_time()
+            families = list(target_families(results)) + list(
+                self_families(scraper.targets, results)
+            )
+            t2 = time.process_time()
+            body = encoder(_Families(families))  # type: ignore[arg-type]
+            t3 = time.process_time()
+            size = len(gzip.compress(body, compresslevel=1))
+            t4 = time.process_time()
+            if profiler:
+                profiler.disable()
+            for name, took in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+                phases[name].append(took)
+            assert sum(r.up for r in results) == args.targets
+            del results, families, body
+    count, seconds = collections.count, collections.seconds
+    unreachable = collections.collected + gc.collect()
+    _ = collector
+    if profiler:
+        profiler.dump_stats(args.profile)
+    status = proc_status(__import__("os").getpid())
+    total = [sum(x) for x in zip(*phases.values(), strict=True)]
+    print(f"{args.targets} targets, {args.rounds} rounds, body {size} bytes gzipped")
+    for name, values in phases.items():
+        per = 1000 * statistics.median(values) / args.targets
+        print(f"  {name:9s} median {statistics.median(values):.3f} s  ({per:.2f} ms/target)")
+    per = 1000 * statistics.median(total) / args.targets
+    print(f"  total     median {statistics.median(total):.3f} s  ({per:.2f} ms/target)")
+    print(
+        f"  garbage collector {'on' if args.gc_on else 'paused'}: "
+        f"{count / args.rounds:.1f} collections a round, "
+        f"{1000 * seconds / args.rounds / args.targets:.2f} ms/target; "
+        f"{unreachable} unreachable objects found in the rounds and after them"
+    )
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss, threads = status["VmRSS"], status["threads"]
+    print(f"  RSS {rss:.0f} MiB, peak {peak:.0f} MiB, threads {threads:.0f}")
+    await scraper.close()
 
 
 if __name__ == "__main__":

@@ -882,7 +882,7 @@ def report(
     args: argparse.Namespace,
     cluster: LocalCluster,
 ) -> str:
-    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         f"Run {when}: `python benchmarks/scrape_cost.py {' '.join(args.argv)}`".rstrip(),
         "",

@@ -49,7 +49,8 @@ class Exporter:
         self._reload_status = ReloadStatus(True, time.time())
         self.registry = CollectorRegistry(auto_describe=False)
         self._web_config = web_config
-        self.registry.register(ExporterCollector(self.scraper, self._reload_status_now))
+        collector = ExporterCollector(self.scraper, self._reload_status_now)
+        self.registry.register(collector)
         self.probes = Probes(self.scraper)
         self.registry.register(ProbeSelfCollector(self.probes))
         self.target_files = TargetFilesWatcher(
@@ -64,14 +65,18 @@ class Exporter:
             self.reload if load_config else None,
             web_config,
             probe=self.probes.collector,
+            scrape=collector.begin,
             pages={
                 "/": LandingPage(
                     lambda: self.config, self.status, telemetry_path, self.probes.summary
                 ),
-                "/sessions": SessionsPage(lambda: self.config, lambda: self.scraper.targets),
+                "/sessions": SessionsPage(
+                    lambda: self.config, lambda: self.scraper.targets, self.scraper.call
+                ),
             },
         )
         self.server = make_server(self.web, listen_host, listen_port, http_limits)
+        self._tasks: list[asyncio.Task[None]] = []
 
     @property
     def port(self) -> int:
@@ -80,18 +85,23 @@ class Exporter:
     def start(self) -> None:
         """Serve on an event loop thread of its own (tests, embedding); `run()` serves on the
         main thread."""
-        self._open()
-        serve_in_thread(self.server, self._on_loop)
+        serve_in_thread(self.server, self._on_loop, self._closing)
         self._listening()
 
-    def _open(self) -> None:
-        self.scraper.open()
-        self.probes.start()
-
-    def _on_loop(self, loop: asyncio.AbstractEventLoop) -> None:
-        """The exporter's tasks on the event loop, which ends them when it stops."""
+    async def _on_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On the event loop, before it serves: every target starts connecting; the
+        exporter's tasks, which the loop ends when it stops."""
+        await self.scraper.open()
+        self._tasks = [loop.create_task(self.probes.dynamic.sweep_forever())]
         if self._load_config is not None:
-            loop.create_task(self.target_files.watch())
+            self._tasks.append(loop.create_task(self.target_files.watch()))
+
+    async def _closing(self) -> None:
+        """On the event loop, once it stops serving: its tasks end, every connection closes."""
+        for task in self._tasks:
+            task.cancel()
+        await self.probes.close()
+        await self.scraper.close()
 
     def _listening(self) -> None:
         log.info(
@@ -103,10 +113,9 @@ class Exporter:
         )
 
     def stop(self) -> None:
+        """Stop serving and close every connection (on the loop, before it ends)."""
         self.server.shutdown()
         self.server.server_close()
-        self.probes.close()
-        self.scraper.close()
 
     def _reload_status_now(self) -> ReloadStatus:
         """The config's reload status, and the web config file's when there is one."""
@@ -128,7 +137,7 @@ class Exporter:
                 # A bug in reading a config must cost the reload, never the running exporter.
                 log.exception("reading the configuration failed")
                 return self._refuse([f"internal error reading the configuration: {exc!r}"])
-            self.scraper.reload(config)
+            self.scraper.call(self.scraper.reload(config))
             self.config = config
             self._reload_status = ReloadStatus(True, time.time())
         log.info("configuration reloaded", extra={"targets": len(config.targets)})
@@ -151,15 +160,14 @@ class Exporter:
             received.append(signum)
             self.server.stop_soon()
 
-        def on_loop(loop: asyncio.AbstractEventLoop) -> None:
-            self._on_loop(loop)
+        async def on_loop(loop: asyncio.AbstractEventLoop) -> None:
+            await self._on_loop(loop)
             loop.add_signal_handler(signal.SIGHUP, lambda: loop.run_in_executor(None, self.reload))
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, stop_on, signum)
+            self._listening()
 
-        self._open()
-        self._listening()
-        self.server.serve_forever(on_loop)
+        self.server.serve_forever(on_loop, self._closing)
         name = signal.Signals(received[0]).name if received else "none"
         log.info("stopping", extra={"signal": name})
         self.stop()

@@ -11,6 +11,8 @@ what ran on each major."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import shutil
 from collections import Counter, defaultdict
@@ -125,6 +127,17 @@ def pg_any_major(
 # tests/unit: fast tests of the exporter's own logic, no server. Every other test is marked
 # `integration` here, so `pytest -m "not integration"` (make test-fast) runs only the fast ones.
 UNIT_TESTS = Path(__file__).resolve().parent / "unit"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """An `async def` test runs on an event loop of its own (asyncio.run), as the exporter's
+    core does: no plugin needed for the few tests that await the core directly."""
+    if not inspect.iscoroutinefunction(pyfuncitem.obj):
+        return None
+    names = pyfuncitem._fixtureinfo.argnames
+    asyncio.run(pyfuncitem.obj(**{name: pyfuncitem.funcargs[name] for name in names}))
+    return True
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

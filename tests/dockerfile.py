@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import re
 import shutil
-import sys
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 from tests.helpers import REPO
 

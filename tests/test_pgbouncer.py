@@ -4,6 +4,7 @@ hung PgBouncer."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from typing import Any
@@ -206,20 +207,26 @@ def test_the_watchdog_ends_a_query_pgbouncer_does_not_answer(pg: LocalCluster, p
     bouncer = pgbouncer_for(pg)
     target = Target("bouncer", bouncer.dsn(), {}, 1.0, "pgbouncer")
     connection = TargetConnection(target, statement_timeout=1.0, lock_timeout=1.0)
-    conn = psycopg.connect(bouncer.dsn(), autocommit=True, cursor_factory=psycopg.ClientCursor)
-    try:
-        with connection.watchdog(conn, 5.0) as dog:
-            assert conn.execute("SHOW VERSION").fetchone()
-        assert not dog.fired and not conn.closed
-        bouncer.pause_process()
-        started = time.monotonic()
-        with pytest.raises(psycopg.OperationalError), connection.watchdog(conn, 0.5) as dog:
-            conn.execute("SHOW POOLS")
-        assert 0.5 <= time.monotonic() - started < 2
-        assert dog.fired and conn.closed
-    finally:
-        bouncer.resume_process()
-        conn.close()
+
+    async def check() -> None:
+        conn = await psycopg.AsyncConnection.connect(
+            bouncer.dsn(), autocommit=True, cursor_factory=psycopg.AsyncClientCursor
+        )
+        try:
+            with connection.watchdog(conn, 5.0) as dog:
+                assert await (await conn.execute("SHOW VERSION")).fetchone()
+            assert not dog.fired and not conn.closed
+            bouncer.pause_process()
+            started = time.monotonic()
+            with pytest.raises(psycopg.OperationalError), connection.watchdog(conn, 0.5) as dog:
+                await conn.execute("SHOW POOLS")
+            assert 0.5 <= time.monotonic() - started < 2
+            assert dog.fired and conn.closed
+        finally:
+            bouncer.resume_process()
+            await conn.close()
+
+    asyncio.run(check())
 
 
 def test_a_postgres_target_behind_pgbouncer_that_drops_prepared_statements(

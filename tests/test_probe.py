@@ -298,7 +298,8 @@ def test_reload_that_disallows_a_host_closes_its_connection(
     assert _probe(running.url, target=target, auth_module="mon")[0] == 200
     wait_until(lambda: _backends(cluster, usename="probe_mon"), what="held")
     config["probe"]["allowed_hosts"] = ["localhost"]
-    running.exporter.scraper.reload(parse_config(config, "reloaded"))
+    scraper = running.exporter.scraper
+    scraper.call(scraper.reload(parse_config(config, "reloaded")))
     wait_until(lambda: not _backends(cluster, usename="probe_mon"), 20, 0.2, "closed")
     metrics = running.scrape()
     assert metrics.value("pg_connections_exporter_probe_evictions_total", reason="config") == 1

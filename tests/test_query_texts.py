@@ -11,7 +11,7 @@ from exporter.db.connection import TargetConnection
 from harness.localpg import LocalCluster
 
 
-def test_targets_sending_the_same_query_share_its_text(pg: LocalCluster) -> None:
+async def test_targets_sending_the_same_query_share_its_text(pg: LocalCluster) -> None:
     """The built-in queries are ~14 KB of text with their parameters written in: at 1,000
     targets a copy each would be 14 MB. Each target writes the text for its own connection,
     and keeps the one copy every target shares."""
@@ -23,8 +23,9 @@ def test_targets_sending_the_same_query_share_its_text(pg: LocalCluster) -> None
     texts = []
     for target in config.targets:
         connection = TargetConnection(target, statement_timeout=5.0, lock_timeout=1.0)
-        with psycopg.connect(pg.dsn(), autocommit=True) as conn:
-            rows, _ = connection.query(conn, query.sql, query.params, time.monotonic() + 10)
+        async with await psycopg.AsyncConnection.connect(pg.dsn(), autocommit=True) as conn:
+            limit = time.monotonic() + 10
+            rows, _ = await connection.query(conn, query.sql, query.params, limit)
             assert rows, "the query ran"
             texts.append(connection._text(conn, query.sql, query.params))
     assert texts[0] == texts[1]

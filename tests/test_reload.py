@@ -146,11 +146,10 @@ def test_reload_while_a_scrape_waits_on_a_replaced_connection(
 
     waiting = threading.Thread(target=scrape)
     waiting.start()  # waits up to 2 s for "down"
-    wait_until(
-        lambda: running.exporter.scraper._inflight.get("down") is not None,
-        what="the scrape to be waiting on the down target",
-    )
-    running.exporter.scraper.reload(parse_config(config(1), "reloaded"))
+    scraper = running.exporter.scraper
+    down = next(t for t in scraper.targets if t.target.name == "down")
+    wait_until(lambda: scraper.busy(down), what="the scrape to be waiting on the down target")
+    scraper.call(scraper.reload(parse_config(config(1), "reloaded")))
     waiting.join(30)
     assert len(results) == 1 and isinstance(results[0], Samples), results
     assert results[0].value("pg_up", target="a") == 1

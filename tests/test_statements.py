@@ -3,10 +3,12 @@ would give, the statement prepared once under our name, and a silent server give
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import psycopg
 import pytest
@@ -27,21 +29,37 @@ FROM generate_series(1, 3) AS g
 
 
 @pytest.fixture
-def conn(pg_any_major: LocalCluster) -> Iterator[psycopg.Connection]:
+def dsn(pg_any_major: LocalCluster) -> str:
     with psycopg.connect(pg_any_major.dsn(), autocommit=True) as c:
         c.execute("DROP TYPE IF EXISTS pgce_mood; CREATE TYPE pgce_mood AS ENUM ('x', 'y')")
-        yield c
+    return pg_any_major.dsn()
 
 
-def _cursor_answer(conn: psycopg.Connection, sql: str) -> tuple[list[dict], tuple[str, ...]]:
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(sql)  # type: ignore[arg-type]
-        return cur.fetchall(), tuple(c.name for c in cur.description or ())
+@asynccontextmanager
+async def connected(dsn: str) -> AsyncIterator[psycopg.AsyncConnection]:
+    conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+    try:
+        yield conn
+    finally:
+        await conn.close()
 
 
-def test_rows_and_columns_are_a_cursors(conn: psycopg.Connection) -> None:
-    expected_rows, expected_columns = _cursor_answer(conn, VALUES_SQL)
-    rows, columns = execute(conn, VALUES_SQL.encode(), time.monotonic() + 10)
+async def _cursor_answer(
+    conn: psycopg.AsyncConnection, sql: str
+) -> tuple[list[dict], tuple[str, ...]]:
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(sql)  # type: ignore[arg-type]
+        return await cur.fetchall(), tuple(c.name for c in cur.description or ())
+
+
+async def test_rows_and_columns_are_a_cursors(dsn: str) -> None:
+    async with connected(dsn) as conn:
+        await _rows_and_columns_are_a_cursors(conn)
+
+
+async def _rows_and_columns_are_a_cursors(conn: psycopg.AsyncConnection) -> None:
+    expected_rows, expected_columns = await _cursor_answer(conn, VALUES_SQL)
+    rows, columns = await execute(conn, VALUES_SQL.encode(), time.monotonic() + 10)
     assert columns == expected_columns
     assert len(rows) == 3
     for got, want in zip(rows, expected_rows, strict=True):
@@ -52,18 +70,21 @@ def test_rows_and_columns_are_a_cursors(conn: psycopg.Connection) -> None:
             else:
                 assert (got[key], type(got[key])) == (want[key], type(want[key])), key
     # Prepared: the same rows, and the statement stays on the server under our name.
-    prepared, _ = execute(conn, VALUES_SQL.encode(), time.monotonic() + 10, b"pgce_t", True)
-    again, _ = execute(conn, VALUES_SQL.encode(), time.monotonic() + 10, b"pgce_t")
+    limit = time.monotonic() + 10
+    prepared, _ = await execute(conn, VALUES_SQL.encode(), limit, b"pgce_t", True)
+    again, _ = await execute(conn, VALUES_SQL.encode(), limit, b"pgce_t")
     assert [r["n"] for r in prepared] == [r["n"] for r in again] == [1, 2, 3]
-    names = conn.execute("SELECT name FROM pg_prepared_statements").fetchall()
-    assert ("pgce_t",) in names
+    cur = await conn.execute("SELECT name FROM pg_prepared_statements")
+    assert ("pgce_t",) in await cur.fetchall()
 
 
-def test_a_statement_without_rows_and_several_statements(conn: psycopg.Connection) -> None:
-    assert execute(conn, b"SET application_name = 'x'", time.monotonic() + 10) == ([], ())
-    # As a cursor: the first statement's result.
-    rows, columns = execute(conn, b"SELECT 1 AS a; SELECT 2 AS b", time.monotonic() + 10)
-    assert (rows, columns) == _cursor_answer(conn, "SELECT 1 AS a; SELECT 2 AS b")
+async def test_a_statement_without_rows_and_several_statements(dsn: str) -> None:
+    async with connected(dsn) as conn:
+        limit = time.monotonic() + 10
+        assert await execute(conn, b"SET application_name = 'x'", limit) == ([], ())
+        # As a cursor: the first statement's result.
+        rows, columns = await execute(conn, b"SELECT 1 AS a; SELECT 2 AS b", limit)
+        assert (rows, columns) == await _cursor_answer(conn, "SELECT 1 AS a; SELECT 2 AS b")
 
 
 @pytest.mark.parametrize(
@@ -76,36 +97,49 @@ def test_a_statement_without_rows_and_several_statements(conn: psycopg.Connectio
         "SELECT 1; SELECT 1/0",  # the second statement's error
     ],
 )
-def test_errors_are_a_cursors(conn: psycopg.Connection, sql: str) -> None:
-    conn.execute("SET statement_timeout = '50ms'")
-    with pytest.raises(psycopg.Error) as from_cursor:
-        _cursor_answer(conn, sql)
-    with pytest.raises(psycopg.Error) as from_execute:
-        execute(conn, sql.encode(), time.monotonic() + 10)
-    assert type(from_execute.value) is type(from_cursor.value)
-    assert str(from_execute.value) == str(from_cursor.value)
-    assert from_execute.value.sqlstate == from_cursor.value.sqlstate
-    assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE  # usable still
-    assert execute(conn, b"SELECT 7 AS v", time.monotonic() + 10)[0] == [{"v": 7}]
+async def test_errors_are_a_cursors(dsn: str, sql: str) -> None:
+    async with connected(dsn) as conn:
+        await conn.execute("SET statement_timeout = '50ms'")
+        with pytest.raises(psycopg.Error) as from_cursor:
+            await _cursor_answer(conn, sql)
+        with pytest.raises(psycopg.Error) as from_execute:
+            await execute(conn, sql.encode(), time.monotonic() + 10)
+        assert type(from_execute.value) is type(from_cursor.value)
+        assert str(from_execute.value) == str(from_cursor.value)
+        assert from_execute.value.sqlstate == from_cursor.value.sqlstate
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE  # usable still
+        assert (await execute(conn, b"SELECT 7 AS v", time.monotonic() + 10))[0] == [{"v": 7}]
 
 
-def test_a_missing_prepared_statement_is_postgres_error(conn: psycopg.Connection) -> None:
-    with pytest.raises(psycopg.errors.InvalidSqlStatementName):
-        execute(conn, b"SELECT 1", time.monotonic() + 10, b"pgce_never_prepared")
+async def test_a_missing_prepared_statement_is_postgres_error(dsn: str) -> None:
+    async with connected(dsn) as conn:
+        with pytest.raises(psycopg.errors.InvalidSqlStatementName):
+            await execute(conn, b"SELECT 1", time.monotonic() + 10, b"pgce_never_prepared")
 
 
-def test_a_server_that_never_answers_is_given_up_at_the_limit(pg: LocalCluster) -> None:
-    """A stopped backend (SIGSTOP) answers nothing: the limit, not a hang. The connection is
-    left mid-statement (the exporter discards such a one)."""
-    conn = psycopg.connect(pg.dsn(), autocommit=True)
-    pid = conn.info.backend_pid
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        start = time.monotonic()
-        with pytest.raises(psycopg.OperationalError, match="did not answer"):
-            execute(conn, b"SELECT 1", start + 0.5)
-        assert 0.45 < time.monotonic() - start < 3.0
-        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.ACTIVE
-    finally:
-        os.kill(pid, signal.SIGCONT)
-        conn.close()
+async def test_a_server_that_never_answers_is_given_up_at_the_limit(pg: LocalCluster) -> None:
+    """A stopped backend (SIGSTOP) answers nothing: the limit, not a hang. The connection,
+    left mid-statement, is closed (it can serve no one again), and the loop was free
+    meanwhile."""
+    async with connected(pg.dsn()) as conn:
+        pid = conn.info.backend_pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            start = time.monotonic()
+            ticks = 0
+
+            async def tick() -> None:
+                nonlocal ticks
+                while True:
+                    await asyncio.sleep(0.05)
+                    ticks += 1
+
+            ticking = asyncio.create_task(tick())
+            with pytest.raises(psycopg.OperationalError, match="did not answer"):
+                await execute(conn, b"SELECT 1", start + 0.5)
+            ticking.cancel()
+            assert 0.45 < time.monotonic() - start < 3.0
+            assert conn.closed
+            assert ticks >= 5  # the wait held no thread: the loop ran other tasks
+        finally:
+            os.kill(pid, signal.SIGCONT)

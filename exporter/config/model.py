@@ -310,9 +310,9 @@ class Settings(StrictModel):
     lock_timeout: Duration = 1.0
     # How often the target_files globs are looked at for a change.
     target_files_refresh: Duration = 10.0
-    # Targets scraped at once, on as many threads: the exporter's threads do not grow with its
-    # targets. A target waiting for its connection holds none; beyond this many targets whose
-    # servers are slow at once, the others queue.
+    # Targets whose queries run at once (tasks of the event loop). A target waiting for its
+    # connection holds no place; beyond this many targets whose servers are slow at once, the
+    # others queue.
     scrape_concurrency: int = Field(default=32, ge=1, le=1024)
 
 

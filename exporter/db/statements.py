@@ -1,21 +1,20 @@
 """A scrape's statements, sent over the connection's libpq handle instead of a psycopg cursor.
 
-A cursor costs ~0.2 ms of client CPU per statement (its generators, a Column per field, a
-row maker): at 1,000 targets with six statements each, a whole core-second per scrape round.
-`Connection.pgconn` is psycopg's documented way to libpq; this module sends one statement
-(optionally prepared under its own name), waits for its results without holding the GIL,
-loads the values with the connection's own loaders (so rows hold exactly what a cursor would
-give), and raises the psycopg error a cursor would. It is three times cheaper.
+`AsyncConnection.pgconn` is psycopg's documented way to libpq; this module sends one statement
+(optionally prepared under its own name), waits for its results on the event loop (the socket
+watched by the loop, no thread), loads the values with the connection's own loaders (so rows
+hold exactly what a cursor would give), and raises the psycopg error a cursor would. Why not a
+cursor: docs/architecture.md ("The hand-built parts"), figures in docs/benchmarks.md.
 
 The connection must not be used by anything else meanwhile (the target's connection is held
-by one scrape at a time). A statement that ends leaves it idle or in a transaction; one given
-up at its limit leaves it mid-result, and the connection is then replaced (its status is
-ACTIVE: TargetConnection's check after use discards it).
+by one user at a time). A statement that ends leaves it idle or in a transaction; one given up
+at its limit (or cancelled) leaves it mid-result: the connection is closed then (its status is
+ACTIVE; the pool replaces it).
 """
 
 from __future__ import annotations
 
-import select
+import asyncio
 import time
 import weakref
 from collections.abc import Callable, Sequence
@@ -25,8 +24,6 @@ import psycopg
 import psycopg.errors
 from psycopg import pq
 
-from exporter.db.turns import SCRAPES
-
 Row = dict[str, Any]
 
 _OK = (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK, pq.ExecStatus.EMPTY_QUERY)
@@ -34,13 +31,13 @@ _OK = (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK, pq.ExecStatus.EMPTY_QU
 # psycopg's loader for a type it does not know (postgres.INVALID_OID).
 _UNKNOWN_OID = 0
 # Each connection's loader of each type it has returned, made once.
-_LOADERS: weakref.WeakKeyDictionary[psycopg.Connection[Any], dict[int, Callable[[Any], Any]]] = (
-    weakref.WeakKeyDictionary()
-)
+_LOADERS: weakref.WeakKeyDictionary[
+    psycopg.AsyncConnection[Any], dict[int, Callable[[Any], Any]]
+] = weakref.WeakKeyDictionary()
 
 
-def execute(
-    conn: psycopg.Connection[Any],
+async def execute(
+    conn: psycopg.AsyncConnection[Any],
     text: bytes,
     limit: float,
     name: bytes | None = None,
@@ -53,13 +50,32 @@ def execute(
     (`prepare`: parse it under that name first); then `before` and `after` (our own
     statements: BEGIN, a SET, COMMIT) travel in the same message, around an EXECUTE of it,
     instead of a round trip each. Gives up waiting at `limit` (a time.monotonic() value) with
-    an OperationalError; a watchdog normally ends it earlier."""
+    an OperationalError (and closes the connection, mid-result); a caller's timeout may end it
+    earlier (cancelled: the connection is closed too)."""
+    try:
+        return await _execute(conn, text, limit, name, prepare, before, after)
+    except BaseException:
+        if conn.pgconn.transaction_status == pq.TransactionStatus.ACTIVE:
+            # Mid-statement: its protocol state is unknown, so it serves no one again.
+            await conn.close()
+        raise
+
+
+async def _execute(
+    conn: psycopg.AsyncConnection[Any],
+    text: bytes,
+    limit: float,
+    name: bytes | None,
+    prepare: bool,
+    before: Sequence[bytes],
+    after: Sequence[bytes],
+) -> tuple[list[Row], tuple[str, ...]]:
     pgconn = conn.pgconn
     skip = 0
     if name is not None:
         if prepare:
             pgconn.send_prepare(name, text)
-            _raise_first_error(conn, _results(pgconn, limit))
+            _raise_first_error(conn, await _results(pgconn, limit))
         if before or after:
             # One simple-protocol message: after an error the server runs none of the rest.
             pgconn.send_query(b"; ".join([*before, b"EXECUTE " + name, *after]))
@@ -69,22 +85,22 @@ def execute(
     else:
         assert not (before or after), "only a prepared statement travels with others"
         pgconn.send_query(text)
-    results = _results(pgconn, limit)
+    results = await _results(pgconn, limit)
     _raise_first_error(conn, results)
     if len(results) <= skip:
         return [], ()
     return _rows(conn, results[skip])
 
 
-def _results(pgconn: pq.abc.PGconn, limit: float) -> list[pq.abc.PGresult]:
+async def _results(pgconn: pq.abc.PGconn, limit: float) -> list[pq.abc.PGresult]:
     """Every result of the statement just sent, waiting for them on the socket."""
     try:
         while pgconn.flush():
-            _wait(pgconn, select.POLLOUT, limit)
+            await _ready(pgconn.socket, True, limit)
         results: list[pq.abc.PGresult] = []
         while True:
             while pgconn.is_busy():
-                _wait(pgconn, select.POLLIN, limit)
+                await _ready(pgconn.socket, False, limit)
                 pgconn.consume_input()
             result = pgconn.get_result()
             if result is None:
@@ -96,16 +112,33 @@ def _results(pgconn: pq.abc.PGconn, limit: float) -> list[pq.abc.PGresult]:
         raise psycopg.OperationalError(str(exc)) from None
 
 
-def _wait(pgconn: pq.abc.PGconn, event: int, limit: float) -> None:
-    poller = select.poll()  # not select(): a descriptor may be above FD_SETSIZE
-    poller.register(pgconn.socket, event)
-    with SCRAPES.given_up():
-        while not poller.poll(max(0, int((limit - time.monotonic()) * 1000)) or 0):
-            if time.monotonic() >= limit:
-                raise psycopg.OperationalError("the server did not answer in time")
+async def _ready(fileno: int, writing: bool, limit: float) -> None:
+    """Until the socket can be written (or read), by `limit` (time.monotonic()) at the latest."""
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    if writing:
+        loop.add_writer(fileno, wake)
+    else:
+        loop.add_reader(fileno, wake)
+    try:
+        # The loop's clock is time.monotonic() (asyncio's BaseEventLoop.time).
+        async with asyncio.timeout_at(limit - time.monotonic() + loop.time()):
+            await ready
+    except TimeoutError:
+        raise psycopg.OperationalError("the server did not answer in time") from None
+    finally:
+        if writing:
+            loop.remove_writer(fileno)
+        else:
+            loop.remove_reader(fileno)
 
 
-def _raise_first_error(conn: psycopg.Connection[Any], results: list[pq.abc.PGresult]) -> None:
+def _raise_first_error(conn: psycopg.AsyncConnection[Any], results: list[pq.abc.PGresult]) -> None:
     for result in results:
         if result.status == pq.ExecStatus.FATAL_ERROR:
             state = (result.error_field(pq.DiagnosticField.SQLSTATE) or b"").decode()
@@ -126,7 +159,7 @@ def _raise_first_error(conn: psycopg.Connection[Any], results: list[pq.abc.PGres
 
 
 def _rows(
-    conn: psycopg.Connection[Any], result: pq.abc.PGresult
+    conn: psycopg.AsyncConnection[Any], result: pq.abc.PGresult
 ) -> tuple[list[Row], tuple[str, ...]]:
     width = result.nfields
     if result.status != pq.ExecStatus.TUPLES_OK:

@@ -7,9 +7,11 @@ server disappears from /metrics too.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import platform
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 from prometheus_client.core import Metric
@@ -27,6 +29,11 @@ SELF = "pg_connections_exporter"
 # The HTTP handler sets this to the time Prometheus allows (X-Prometheus-Scrape-Timeout-Seconds).
 scrape_timeout: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "scrape_timeout", default=None
+)
+# The results of the scrape the HTTP handler already waited for on the event loop (begin()),
+# for the collect() the registry makes while the answer is rendered on a worker.
+scraped: contextvars.ContextVar[list[TargetResult] | None] = contextvars.ContextVar(
+    "scraped", default=None
 )
 
 
@@ -49,13 +56,21 @@ class ExporterCollector(Collector):
         self.scraper = scraper
         self.reload_status = reload_status
 
-    def collect(self) -> Iterator[Metric]:
+    def begin(self) -> Future[list[TargetResult]]:
+        """The scrape, started on the scraper's event loop: the HTTP handler awaits it there,
+        holding no worker, then renders with its results (`scraped`)."""
+        coro = self.scraper.scrape(self._timeout())
+        return asyncio.run_coroutine_threadsafe(coro, self.scraper.loop)
+
+    def _timeout(self) -> float:
         settings = self.scraper.config.settings
         timeout = scrape_timeout.get()
-        timeout = (
-            settings.scrape_timeout if timeout is None else min(timeout, settings.scrape_timeout)
-        )
-        results = self.scraper.scrape(timeout)
+        return settings.scrape_timeout if timeout is None else min(timeout, settings.scrape_timeout)
+
+    def collect(self) -> Iterator[Metric]:
+        results = scraped.get()
+        if results is None:  # a direct caller: scrape now, waiting on this thread
+            results = self.scraper.call(self.scraper.scrape(self._timeout()))
         yield from target_families(results)
         yield from derived_families(results)
         reload = self.reload_status() if self.reload_status else None

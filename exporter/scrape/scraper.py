@@ -1,29 +1,33 @@
 """Scrapes every target at once, within one deadline, sharing work between concurrent scrapes.
 
-Target runs share a bounded pool of threads (`settings.scrape_concurrency`), so the exporter's
-threads do not grow with its targets. A target is handed to the pool only once it has a
-connection (or has failed to get one for now), so a dead or still-connecting target holds no
-thread while others wait; a run is bounded by the deadline, and a server that stops answering
-has its connection cut (target.SILENT_SERVER_GRACE). A scrape that arrives while a target's run
-is still in flight joins that run instead of starting another: two Prometheus replicas and a
-curious human cost the server one set of queries, and the held connection is never asked for
-twice.
+Every target's run is a task of the exporter's event loop; at most
+`settings.scrape_concurrency` of them run their queries at once (a target still waiting for
+its connection holds no place, so a dead or still-connecting target delays no other). A run is
+bounded by the deadline, and a server that stops answering has its connection cut
+(target.SILENT_SERVER_GRACE). A scrape that arrives while a target's run is still in flight
+joins that run instead of starting another: two Prometheus replicas and a curious human cost
+the server one set of queries, and the held connection is never asked for twice.
+
+The methods are coroutines of the loop; `call` runs one from another thread (an HTTP worker
+rendering /metrics, a reload) and waits for it.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import logging
-import threading
 import time
-from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from exporter.config.model import Config
-from exporter.db.connection import EXPIRIES
 from exporter.scrape.target import TargetResult, TargetScraper
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEADLINE = "scrape deadline exceeded"
 
 
 class Scraper:
@@ -32,172 +36,133 @@ class Scraper:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.targets = [TargetScraper(t, config.queries, config.settings) for t in config.targets]
-        self._executor = _executor(config)
-        self._inflight: dict[str, Future[TargetResult]] = {}
-        self._lock = threading.Lock()
+        # Each target's run in flight (configured ones and /probe's from discovery alike).
+        self._inflight: dict[TargetScraper, asyncio.Task[TargetResult]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._places: asyncio.Semaphore | None = None
+        self._closing: set[asyncio.Task[None]] = set()
 
-    def open(self) -> None:
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the targets' connections live on (set by open())."""
+        if self._loop is None:
+            raise RuntimeError("the scraper is not open")
+        return self._loop
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run `coro` on the scraper's loop from another thread, and wait for its result."""
+        loop = self.loop
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            coro.close()
+            raise RuntimeError("Scraper.call on its own loop: await the coroutine instead")
+        return asyncio.run_coroutine_threadsafe(coro, loop).result()
+
+    async def open(self) -> None:
+        """On the loop that will run the scrapes: start connecting every target."""
+        self._loop = asyncio.get_running_loop()
+        self._places = asyncio.Semaphore(self.config.settings.scrape_concurrency)
         for target in self.targets:
-            target.open()
+            await target.open()
 
-    def close(self) -> None:
-        with self._lock:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            for target in self.targets:
-                target.close()
+    async def close(self) -> None:
+        for run in list(self._inflight.values()):
+            run.cancel()
+        for target in self.targets:
+            await target.close()
+        if self._closing:
+            await asyncio.wait(self._closing, timeout=5.0)
 
-    def reload(self, config: Config) -> None:
+    async def reload(self, config: Config) -> None:
         """Switch to `config`. A target whose connection settings are unchanged keeps its
         connection (and so its slot on a full server), its login check and its counters."""
-        with self._lock:
-            old = {t.target.name: t for t in self.targets}
-            targets = [
-                TargetScraper(t, config.queries, config.settings, old.get(t.name))
-                for t in config.targets
-            ]
-            old_executor, old_runs = self._executor, self._inflight
-            self.config, self.targets = config, targets
-            self._executor = _executor(config)
-            self._inflight = {}
+        old = {t.target.name: t for t in self.targets}
+        targets = [
+            TargetScraper(t, config.queries, config.settings, old.get(t.name))
+            for t in config.targets
+        ]
+        self.config, self.targets = config, targets
+        # Runs in flight keep the places they hold; new ones take the new setting's.
+        self._places = asyncio.Semaphore(config.settings.scrape_concurrency)
         for target in targets:
             if target.connection is not getattr(old.get(target.target.name), "connection", None):
-                target.open()
-        old_executor.shutdown(wait=False)
+                await target.open()
         successors = {t.target.name: t for t in targets}
         for name, scraper in old.items():
             # An old scraper is closed only once its run in flight (if any) has ended: a
-            # scrape waiting for that run must get its answer, not a closed pool.
-            def close(_run: object = None, scraper: TargetScraper = scraper) -> None:
-                # Quick (a connection's close sends one message): no thread of its own.
-                scraper.close(successors.get(scraper.target.name))
+            # scrape waiting for that run must get its answer, not a closed connection.
+            self.retire(scraper, successors.get(name))
 
-            run = old_runs.get(name)
+    def retire(self, scraper: TargetScraper, successor: TargetScraper | None = None) -> None:
+        """Close `scraper` (but what `successor` took over) once its run in flight ends."""
+        run = self._inflight.get(scraper)
+
+        async def close() -> None:
             if run is not None:
-                run.add_done_callback(close)  # runs at once if already done
-            else:
-                close()
+                await asyncio.wait([run])
+            await scraper.close(successor)
 
-    def scrape(self, timeout: float) -> list[TargetResult]:
+        task = self.loop.create_task(close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def scrape(self, timeout: float) -> list[TargetResult]:
         """One result per target, all within `timeout` seconds."""
         deadline = time.monotonic() + timeout
-        with self._lock:
-            runs = [(t, self._join_or_start(t, deadline)) for t in self.targets]
-        return [self._wait(t, run, deadline) for t, run in runs]
+        runs = [(t, self.start(t, deadline)) for t in self.targets]
+        if runs:
+            await asyncio.wait([r for _, r in runs], timeout=max(0.0, timeout))
+        return [_result(t, run) for t, run in runs]
 
-    def start_target(
-        self, name: str, timeout: float
-    ) -> tuple[TargetScraper, Future[TargetResult]] | None:
-        """One configured target's run (joining one in flight), or None if the configuration
-        has no target of that name: what /probe?target=NAME serves. The result comes in the
-        Future, by `timeout` at the latest (see answer_by), so that a caller need not hold a
-        thread."""
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            target = next((t for t in self.targets if t.target.name == name), None)
-            if target is None:
-                return None
-            run = self._join_or_start(target, deadline)
-        return target, answer_by(target, run, deadline)
+    async def scrape_target(self, name: str, timeout: float) -> TargetResult | None:
+        """One configured target's result within `timeout` (joining a run in flight), or None
+        if the configuration has no target of that name: what /probe?target=NAME serves."""
+        target = next((t for t in self.targets if t.target.name == name), None)
+        if target is None:
+            return None
+        return await self.answer(target, time.monotonic() + timeout)
 
-    def submit(self, target: TargetScraper, deadline: float) -> Future[TargetResult]:
-        """A run of `target` (one not of this config: /probe's from discovery) on the pool,
-        handed to it once the target has a connection or has failed to get one."""
-        with self._lock:
-            return self._submit(target, deadline)
+    async def answer(self, target: TargetScraper, deadline: float) -> TargetResult:
+        """`target`'s result by `deadline` (a run of one not of this config too: /probe's
+        servers from discovery), joining its run in flight."""
+        run = self.start(target, deadline)
+        await asyncio.wait([run], timeout=max(0.0, deadline - time.monotonic()))
+        return _result(target, run)
 
-    def _join_or_start(self, target: TargetScraper, deadline: float) -> Future[TargetResult]:
-        run = self._inflight.get(target.target.name)
+    def busy(self, target: TargetScraper) -> bool:
+        """Whether `target` has a run in flight."""
+        run = self._inflight.get(target)
+        return run is not None and not run.done()
+
+    def start(self, target: TargetScraper, deadline: float) -> asyncio.Task[TargetResult]:
+        """`target`'s run in flight, or a new one."""
+        run = self._inflight.get(target)
         if run is None or run.done():
-            run = self._inflight[target.target.name] = self._submit(target, deadline)
+            run = self._inflight[target] = self.loop.create_task(self._run(target, deadline))
+            run.add_done_callback(lambda done: self._ended(target, done))
         return run
 
-    def _submit(self, target: TargetScraper, deadline: float) -> Future[TargetResult]:
-        run: Future[TargetResult] = Future()
-        executor = self._executor
+    def _ended(self, target: TargetScraper, run: asyncio.Task[TargetResult]) -> None:
+        if self._inflight.get(target) is run:
+            del self._inflight[target]
 
-        def start() -> None:
-            # Once the target has a connection, or has failed to get one for now.
-            try:
-                inner = executor.submit(target.scrape, deadline)
-            except RuntimeError:  # the pool was shut down (a reload or stop)
-                run.set_result(TargetResult(target.target, False, 0.0, error="stopped"))
-                return
-            inner.add_done_callback(lambda done: _copy(done, run, target))
-
-        target.connection.when_ready(start)
-        return run
-
-    @staticmethod
-    def _wait(target: TargetScraper, run: Future[TargetResult], deadline: float) -> TargetResult:
-        try:
-            return run.result(timeout=max(0.0, deadline - time.monotonic()))
-        except FutureTimeout:
-            return TargetResult(target.target, False, 0.0, error=DEADLINE)
-        except Exception:
-            # A bug must cost this target's metrics, never the whole scrape.
-            log.exception("scrape of target failed", extra={"target": target.target.name})
-            return TargetResult(target.target, False, 0.0, error="internal error (see the log)")
+    async def _run(self, target: TargetScraper, deadline: float) -> TargetResult:
+        assert self._places is not None
+        return await target.scrape(deadline, self._places)
 
 
-class _AnswerBy:
-    """Settles a target's answer at its deadline if its run has not yet: an object of the
-    process's one expiry thread (connection.EXPIRIES), so no thread waits for it."""
-
-    def __init__(self, target: TargetScraper, answer: Future[TargetResult]) -> None:
-        self._target = target
-        self._answer = answer
-
-    @property
-    def finished(self) -> bool:
-        return self._answer.done()
-
-    def expire(self) -> None:
-        _settle(self._answer, TargetResult(self._target.target, False, 0.0, error=DEADLINE))
-
-
-DEADLINE = "scrape deadline exceeded"
-
-
-def answer_by(
-    target: TargetScraper, run: Future[TargetResult], deadline: float
-) -> Future[TargetResult]:
-    """`run`'s result, or by `deadline` a result saying it missed it (as Scraper.scrape
-    reports such a target), in a Future that never raises."""
-    answer: Future[TargetResult] = Future()
-
-    def done(run: Future[TargetResult]) -> None:
-        try:
-            result = run.result()
-        except Exception:
-            # A bug must cost this target's metrics, never the request.
-            log.exception("scrape of target failed", extra={"target": target.target.name})
-            result = TargetResult(target.target, False, 0.0, error="internal error (see the log)")
-        _settle(answer, result)
-
-    run.add_done_callback(done)
-    if not answer.done():
-        EXPIRIES.add(deadline, _AnswerBy(target, answer))
-    return answer
-
-
-def _settle(answer: Future[TargetResult], result: TargetResult) -> None:
-    with contextlib.suppress(InvalidStateError):  # the other of run and deadline came first
-        answer.set_result(result)
-
-
-def _executor(config: Config) -> ThreadPoolExecutor:
-    # Sized by the setting alone, not the configured targets: /probe's servers from discovery
-    # run here too. The pool starts a thread only when no idle one can take a run.
-    return ThreadPoolExecutor(
-        max_workers=config.settings.scrape_concurrency, thread_name_prefix="scrape"
-    )
-
-
-def _copy(done: Future[TargetResult], run: Future[TargetResult], target: TargetScraper) -> None:
-    """The result of a target's run on the pool, to the run scrapes wait for."""
-    if done.cancelled():
-        run.set_result(TargetResult(target.target, False, 0.0, error="stopped"))
-    elif (exc := done.exception()) is not None:
-        run.set_exception(exc)
-    else:
-        run.set_result(done.result())
+def _result(target: TargetScraper, run: asyncio.Task[TargetResult]) -> TargetResult:
+    """A run's result, or what a target that missed the deadline (or failed) reports."""
+    if not run.done():
+        return TargetResult(target.target, False, 0.0, error=DEADLINE)
+    if run.cancelled():
+        return TargetResult(target.target, False, 0.0, error="stopped")
+    exc = run.exception()
+    if exc is not None:
+        # A bug must cost this target's metrics, never the whole scrape.
+        log.error("scrape of target failed", exc_info=exc, extra={"target": target.target.name})
+        return TargetResult(target.target, False, 0.0, error="internal error (see the log)")
+    return run.result()

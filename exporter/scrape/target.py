@@ -11,12 +11,12 @@ left out rather than failing its query.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -24,7 +24,6 @@ import psycopg
 
 from exporter.config.model import QuerySpec, Settings, Target
 from exporter.db.connection import NotConnected, ScrapeTransaction, TargetConnection, Watchdog
-from exporter.db.turns import SCRAPES
 from exporter.kinds import WatchdogScope, kind_of
 from exporter.scrape.engine import (
     MetricSamples,
@@ -132,7 +131,8 @@ class TargetScraper:
         self._last_rows: dict[
             str, tuple[Any, frozenset[str], QuerySpec, tuple[MetricSamples, ...]]
         ] = {}
-        self._lock = threading.Lock()
+        # One run at a time (concurrent scrapes share one run: rarely contended).
+        self._lock = asyncio.Lock()
 
     def connection_reusable(self, target: Target, settings: Settings) -> bool:
         """Whether `target` under `settings` would open the very same connection as this one."""
@@ -145,40 +145,46 @@ class TargetScraper:
             self.settings.lock_timeout,
         )
 
-    def open(self) -> None:
-        self.connection.open()
+    async def open(self) -> None:
+        await self.connection.open()
 
-    def close(self, keep: TargetScraper | None = None) -> None:
+    async def close(self, keep: TargetScraper | None = None) -> None:
         """Close what this scraper owns, except what `keep` (its successor) took over."""
         if keep is None or keep.connection is not self.connection:
-            self.connection.close()
+            await self.connection.close()
         if self.login_checker is not None and (
             keep is None or keep.login_checker is not self.login_checker
         ):
             self.login_checker.close()
 
-    def scrape(self, deadline: float) -> TargetResult:
-        """Run every due query; never runs past `deadline` (a time.monotonic() value)."""
-        with self._lock:
+    async def scrape(
+        self, deadline: float, places: asyncio.Semaphore | None = None
+    ) -> TargetResult:
+        """Run every due query; never runs past `deadline` (a time.monotonic() value), but
+        for a server that stops answering, cut SILENT_SERVER_GRACE after it. With `places`,
+        the queries wait for one (taken once the connection is there: a target waiting for
+        its connection holds none)."""
+        async with self._lock:
             start = time.monotonic()
-            result = self._scrape(start, deadline)
+            result = await self._scrape(start, deadline, places or nullcontext())
             checker = self.login_checker
             if checker is not None:
                 # After the queries, so that the check's own backend is not counted by them.
                 attempt = checker.start_if_due()
-                login = checker.result(attempt, deadline - DEADLINE_MARGIN)
+                login = await checker.result(attempt, deadline - DEADLINE_MARGIN)
                 result = replace(result, login=login)
             self.last_result = result
             return result
 
-    def _scrape(self, start: float, deadline: float) -> TargetResult:
+    async def _scrape(
+        self, start: float, deadline: float, place: AbstractAsyncContextManager[Any]
+    ) -> TargetResult:
         wait = min(self.target.connect_timeout, deadline - DEADLINE_MARGIN - start)
         try:
-            with self.connection.connection(timeout=wait) as conn, SCRAPES.taken():
-                # The turn is given up while the server is waited for (turns.py).
+            async with self.connection.connection(timeout=wait) as conn, place:
                 version = conn.info.server_version
                 with self._guard(conn, deadline) as guard:
-                    outcomes = tuple(self._run_all(conn, version, deadline, guard))
+                    outcomes = tuple(await self._run_all(conn, version, deadline, guard))
                 up = not conn.broken and not conn.closed
         except NotConnected:
             # The reason only: the server's full message names hosts and ports, and goes to
@@ -189,7 +195,7 @@ class TargetScraper:
         return TargetResult(self.target, up, time.monotonic() - start, version, outcomes)
 
     def _guard(
-        self, conn: psycopg.Connection[Any], deadline: float
+        self, conn: psycopg.AsyncConnection[Any], deadline: float
     ) -> AbstractContextManager[Watchdog | None]:
         """What bounds the whole scrape (BEGIN, SETs, queries, COMMIT), as the kind says: on
         PostgreSQL a watchdog that cuts a connection the server no longer answers on (every
@@ -199,9 +205,9 @@ class TargetScraper:
         seconds = deadline + SILENT_SERVER_GRACE - time.monotonic()
         return self.connection.watchdog(conn, seconds)
 
-    def _run_all(
+    async def _run_all(
         self,
-        conn: psycopg.Connection[Any],
+        conn: psycopg.AsyncConnection[Any],
         version: int,
         deadline: float,
         guard: Watchdog | None = None,
@@ -230,15 +236,17 @@ class TargetScraper:
                 if conn.broken or conn.closed:
                     outcomes.append(self._failed(query, 0.0, "connection", "connection lost"))
                     continue
-                outcome = self._run(conn, query, deadline, tx, guard, read=read, last=query is last)
+                outcome = await self._run(
+                    conn, query, deadline, tx, guard, read=read, last=query is last
+                )
                 if tx is not None:
-                    tx.after_query()
+                    await tx.after_query()
                 if outcome.error is None and query.cache:
                     self._cache[query.name] = _CacheEntry(now + query.cache, outcome)
                 outcomes.append(outcome)
         finally:
             if tx is not None:
-                tx.finish()
+                await tx.finish()
         return outcomes
 
     @staticmethod
@@ -257,9 +265,9 @@ class TargetScraper:
             and not (entry is not None and entry.expires > time.monotonic())
         )
 
-    def _run(
+    async def _run(
         self,
-        conn: psycopg.Connection[Any],
+        conn: psycopg.AsyncConnection[Any],
         query: QuerySpec,
         deadline: float,
         tx: ScrapeTransaction | None = None,
@@ -284,10 +292,10 @@ class TargetScraper:
             with bound as dog:
                 # BEGIN (and its SET) and, for the scrape's last query, COMMIT travel in the
                 # query's own message (a round trip each fewer).
-                before = tx.opening(timeout) if tx is not None else []
-                self.connection.set_statement_timeout(conn, timeout)
+                before = await tx.opening(timeout) if tx is not None else []
+                await self.connection.set_statement_timeout(conn, timeout)
                 after = tx.closing() if tx is not None and last else []
-                rows, columns = self.connection.query(
+                rows, columns = await self.connection.query(
                     conn,
                     query.sql,
                     query.params,
@@ -300,16 +308,16 @@ class TargetScraper:
             return self._failed(query, time.monotonic() - start, "timeout", str(exc))
         except psycopg.Error as exc:
             if tx is not None and (
-                self.connection.stop_preparing(conn, exc)
+                self.connection.stop_preparing(exc)
                 or self.connection.several_statements(query.sql, exc)
                 or (retry and self.connection.stale_plan(exc))
             ):
                 # The server lacked our prepared statement, the query holds several statements,
                 # or its plan went stale: once more (unprepared, or prepared anew) in a new
                 # transaction, this one being aborted.
-                tx.after_query()
-                self.connection.forget_prepared(conn, query.sql, query.params)
-                return self._run(
+                await tx.after_query()
+                await self.connection.forget_prepared(conn, query.sql, query.params)
+                return await self._run(
                     conn, query, deadline, tx, guard, retry=False, read=read, last=last
                 )
             if dog is not None and dog.fired:

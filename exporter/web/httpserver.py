@@ -84,14 +84,15 @@ def client_address(request: web.BaseRequest) -> str | None:
 @dataclass(frozen=True)
 class HTTPLimits:
     """What one exporter's HTTP server allows (README: "HTTP limits"). `workers` bounds the
-    threads that make answers which block (a scrape, a page)."""
+    threads that make the answers which block (rendering a scrape's results, a page,
+    bcrypt, a reload); no worker waits for a scrape (it is awaited on the loop)."""
 
     max_connections: int = 4096
     header_timeout: float = 10.0
     idle_timeout: float = 360.0
     io_timeout: float = 30.0
     max_header_bytes: int = 64 << 10
-    workers: int = 8
+    workers: int = 4
 
 
 _REFUSED = (
@@ -213,7 +214,7 @@ class _TLSAccept(asyncio.Protocol):
             tls = await loop.start_tls(
                 transport, self, self._context, server_side=True, ssl_handshake_timeout=timeout
             )
-        except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError) as exc:
+        except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as exc:
             log.debug("tls handshake failed %r", exc, extra={"error": repr(exc)})
             transport.close()
             self._lost()
@@ -328,7 +329,7 @@ class BoundedHTTPServer:
             # for ever); aiohttp finds it sent.
             try:
                 await asyncio.wait_for(_send(request, response), self.limits.io_timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.debug(
                     "http answer not taken in time", extra={"client": client_address(request)}
                 )
@@ -343,35 +344,51 @@ class BoundedHTTPServer:
                 protocol.request_done()
 
     def serve_forever(
-        self, on_start: Callable[[asyncio.AbstractEventLoop], None] | None = None
+        self,
+        on_start: Callable[[asyncio.AbstractEventLoop], Awaitable[None]] | None = None,
+        on_stop: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """Serve on a new event loop in this thread until shutdown() or stop_soon();
-        `on_start` is called on the loop once it serves (the app's tasks, signal handlers)."""
+        `on_start` is awaited on the loop before it serves (the app's connections, tasks,
+        signal handlers), `on_stop` once it has stopped serving, before the loop ends."""
         self._stopped.clear()
         try:
-            asyncio.run(self._serve(on_start))
+            asyncio.run(self._serve(on_start, on_stop))
         finally:
             self._stopped.set()
 
-    async def _serve(self, on_start: Callable[[asyncio.AbstractEventLoop], None] | None) -> None:
+    async def _serve(
+        self,
+        on_start: Callable[[asyncio.AbstractEventLoop], Awaitable[None]] | None,
+        on_stop: Callable[[], Awaitable[None]] | None,
+    ) -> None:
         self._loop = asyncio.get_running_loop()
         # What the loop hands off because it blocks (a reload from SIGHUP or the target files).
         self._loop.set_default_executor(ThreadPoolExecutor(2, thread_name_prefix="loop"))
         self._stop = asyncio.Event()
         self._manager = web.Server(self._request, access_log=None)
-        server = await self._loop.create_server(self._accept, sock=self.socket)
-        if on_start is not None:
-            on_start(self._loop)
-        self._started.set()
+        server: asyncio.AbstractServer | None = None
         try:
+            if on_start is not None:
+                await on_start(self._loop)
+            # Accepting only once what the answers need is open.
+            server = await self._loop.create_server(self._accept, sock=self.socket)
+            self._started.set()
             await self._stop.wait()
         finally:
-            server.close()
+            self._started.set()  # a failed start is not waited for
+            if server is not None:
+                server.close()
             with contextlib.suppress(Exception):
                 await self._manager.shutdown(1.0)
             for conn in list(self._manager.connections):
                 if conn.transport is not None:
                     conn.transport.abort()
+            if on_stop is not None:
+                try:
+                    await on_stop()
+                except Exception:
+                    log.exception("stopping failed")
 
     def stop_soon(self) -> None:
         """On the loop (a signal handler): stop serving; serve_forever returns."""

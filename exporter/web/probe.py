@@ -12,13 +12,15 @@ allowed_hosts there are no such probes at all.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
@@ -33,7 +35,7 @@ from exporter.metrics.collector import (
     target_families,
 )
 from exporter.metrics.poolerview import derived_families
-from exporter.scrape.scraper import Scraper, answer_by
+from exporter.scrape.scraper import Scraper
 from exporter.scrape.target import TargetResult, TargetScraper
 
 log = logging.getLogger(__name__)
@@ -61,26 +63,6 @@ def effective_timeout(config: Config) -> float:
     return limit if header is None else min(header, limit)
 
 
-class _SingleFlight:
-    """Concurrent probes of one target share one run: the first starts it (on the scrape
-    pool), the others join it."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._run: Future[TargetResult] | None = None
-
-    def start(self, begin: Callable[[], Future[TargetResult]]) -> Future[TargetResult]:
-        """The run in flight, or a new one from `begin`."""
-        with self._lock:
-            if self._run is None or self._run.done():
-                self._run = begin()
-            return self._run
-
-    @property
-    def busy(self) -> bool:
-        return self._run is not None and not self._run.done()
-
-
 @dataclass
 class _Held:
     """A target from discovery and when it was last probed."""
@@ -90,33 +72,26 @@ class _Held:
     scraper: TargetScraper
     config: Config
     last_probe: float
-    flight: _SingleFlight = field(default_factory=_SingleFlight)
 
 
 class DynamicTargets:
-    """The servers from discovery this exporter holds a connection to."""
+    """The servers from discovery this exporter holds a connection to (their runs and
+    connections on the scraper's event loop)."""
 
-    def __init__(self, config: Callable[[], Config]) -> None:
-        self._config = config
+    def __init__(self, scraper: Scraper) -> None:
+        self._scraper = scraper
+        self._config: Callable[[], Config] = lambda: scraper.config
         self._held: dict[tuple[str, ProbeAddress], _Held] = {}
+        # Taken on HTTP workers (admit) and on the loop (sweep): never held across an await.
         self._lock = threading.Lock()
         self.evictions: Counter[str] = Counter({r: 0 for r in EVICTION_REASONS})
         self.refusals: Counter[str] = Counter({r: 0 for r in REFUSAL_REASONS})
-        self._stop = threading.Event()
-        self._sweeper: threading.Thread | None = None
 
-    def start(self) -> None:
-        self._sweeper = threading.Thread(target=self._sweep_loop, name="probe-idle", daemon=True)
-        self._sweeper.start()
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._sweeper is not None:
-            self._sweeper.join(timeout=5)
+    async def close(self) -> None:
         with self._lock:
             held, self._held = list(self._held.values()), {}
         for h in held:
-            h.scraper.close()
+            await h.scraper.close()
 
     def held(self) -> list[_Held]:
         with self._lock:
@@ -167,21 +142,27 @@ class DynamicTargets:
                 scraper = _scraper(config, module_name, address)
                 held = _Held(module_name, address, scraper, config, time.monotonic())
                 self._held[key] = held
-                held.scraper.open()
+                opening: TargetScraper | None = scraper
                 log.info("probe target added", extra={"target": held.scraper.target.name})
             elif held.config is not config:
                 # A reload: the new settings and queries, the connection kept if unchanged.
                 retired = held.scraper
                 held.scraper = _scraper(config, module_name, address, retired)
                 held.config = config
-                if held.scraper.connection is not retired.connection:
-                    held.scraper.open()
+                opening = (
+                    held.scraper if held.scraper.connection is not retired.connection else None
+                )
+            else:
+                opening = None
             held.last_probe = time.monotonic()
+            successor = held.scraper
+        if opening is not None:
+            self._scraper.call(opening.open())  # starts connecting; quick
         if retired is not None:
-            retired.close(held.scraper)
+            self._scraper.loop.call_soon_threadsafe(self._scraper.retire, retired, successor)
         return held
 
-    def sweep(self, now: float | None = None) -> None:
+    async def sweep(self, now: float | None = None) -> None:
         """Close the targets not probed for idle_timeout, and those the config no longer
         allows (their auth module removed, or their host no longer allowed)."""
         now = time.monotonic() if now is None else now
@@ -189,7 +170,7 @@ class DynamicTargets:
         gone: list[tuple[_Held, str]] = []
         with self._lock:
             for key, held in list(self._held.items()):
-                if held.flight.busy:
+                if self._scraper.busy(held.scraper):
                     continue
                 if now - held.last_probe >= config.probe.idle_timeout:
                     reason = "idle"
@@ -207,12 +188,14 @@ class DynamicTargets:
                 "probe target closed",
                 extra={"target": held.scraper.target.name, "reason": reason},
             )
-            held.scraper.close()
+            await held.scraper.close()
 
-    def _sweep_loop(self) -> None:
-        while not self._stop.wait(_sweep_interval(self._config().probe.idle_timeout)):
+    async def sweep_forever(self) -> None:
+        """A task of the loop: sweep() every little while (see _sweep_interval)."""
+        while True:
+            await asyncio.sleep(_sweep_interval(self._config().probe.idle_timeout))
             try:
-                self.sweep()
+                await self.sweep()
             except Exception:
                 log.exception("probe targets: sweep failed")
 
@@ -235,7 +218,7 @@ def _scraper(
 
 class _ProbeCollector(Collector):
     """The metrics of one probe: the target's own, then its pg_up and self-metrics. `begin`
-    starts the run (on the scrape pool) and gives its answer, due by the deadline, so that the
+    starts the run (on the event loop) and gives its answer, due by the deadline, so that the
     HTTP worker need not wait for it (webapp.py answers when it comes); collect() waits."""
 
     def __init__(self, start: Callable[[], tuple[TargetScraper, Future[TargetResult]]]) -> None:
@@ -263,13 +246,10 @@ class Probes:
 
     def __init__(self, scraper: Scraper) -> None:
         self.scraper = scraper
-        self.dynamic = DynamicTargets(lambda: scraper.config)
+        self.dynamic = DynamicTargets(scraper)
 
-    def start(self) -> None:
-        self.dynamic.start()
-
-    def close(self) -> None:
-        self.dynamic.close()
+    async def close(self) -> None:
+        await self.dynamic.close()
 
     def collector(self, params: Mapping[str, list[str]]) -> Collector:
         """What to render for these query parameters; ProbeRefused (a 4xx) if nothing."""
@@ -298,26 +278,33 @@ class Probes:
 
     def _configured(self, name: str) -> tuple[TargetScraper, Future[TargetResult]]:
         timeout = effective_timeout(self.scraper.config)
-        found = self.scraper.start_target(name, timeout)
-        if found is None:  # removed by a reload since the request was checked
-            target = Target(name, "", {}, 0.0)
+        target = next((t for t in self.scraper.targets if t.target.name == name), None)
+        if target is None:  # removed by a reload since the request was checked
+            gone = Target(name, "", {}, 0.0)
             answer: Future[TargetResult] = Future()
             answer.set_result(
-                TargetResult(target, False, 0.0, error="target removed from the configuration")
+                TargetResult(gone, False, 0.0, error="target removed from the configuration")
             )
-            return TargetScraper(target, (), self.scraper.config.settings), answer
-        return found
+            return TargetScraper(gone, (), self.scraper.config.settings), answer
+        deadline = time.monotonic() + timeout
+        return target, self._on_loop(self.scraper.answer(target, deadline))
 
     def _dynamic(self, held: _Held) -> tuple[TargetScraper, Future[TargetResult]]:
         scraper = held.scraper
         deadline = time.monotonic() + effective_timeout(self.scraper.config)
-        run = held.flight.start(lambda: self.scraper.submit(scraper, deadline))
 
-        def probed(_run: object) -> None:
-            held.last_probe = time.monotonic()  # idle from a probe's end, however long it ran
+        async def answer() -> TargetResult:
+            try:
+                return await self.scraper.answer(scraper, deadline)
+            finally:
+                # Idle from a probe's end, however long it ran.
+                held.last_probe = time.monotonic()
 
-        run.add_done_callback(probed)
-        return scraper, answer_by(scraper, run, deadline)
+        return scraper, self._on_loop(answer())
+
+    def _on_loop(self, coro: Coroutine[Any, Any, TargetResult]) -> Future[TargetResult]:
+        """`coro` started on the scraper's loop; its result in a Future of this thread."""
+        return asyncio.run_coroutine_threadsafe(coro, self.scraper.loop)
 
     def status(self) -> list[dict[str, str]]:
         """Landing-page rows of the targets from discovery (no DSN, no password)."""

@@ -15,8 +15,8 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, quote
 
@@ -26,11 +26,12 @@ from exporter.config.model import Config
 from exporter.db.connection import NotConnected
 from exporter.diagnose.analysis import (
     Criteria,
+    Facts,
     Report,
     analyze,
     format_bytes,
     format_seconds,
-    gather,
+    gather_async,
     holder_cells,
     session_cells,
 )
@@ -54,8 +55,14 @@ class SessionsPage:
     """The handler of /sessions; reads the config and targets in force at each request."""
 
     def __init__(
-        self, config: Callable[[], Config], targets: Callable[[], Sequence[TargetScraper]]
+        self,
+        config: Callable[[], Config],
+        targets: Callable[[], Sequence[TargetScraper]],
+        run: Callable[[Coroutine[Any, Any, Facts]], Facts],
     ) -> None:
+        """`run` runs a coroutine on the loop the targets' connections live on (Scraper.call)
+        and waits for it: the page is built on an HTTP worker."""
+        self._run = run
         self._config = config
         self._targets = targets
         self._lock = threading.Lock()
@@ -110,7 +117,7 @@ class SessionsPage:
         )
         name = target.target.name
         try:
-            facts = _borrow_and_gather(target, settings.timeout, settings.query_text)
+            facts = self._run(_borrow_and_gather(target, settings.timeout, settings.query_text))
         except NotConnected:
             failure = target.connection.last_failure
             error = (
@@ -210,16 +217,14 @@ def render_poolers(view: ServerView) -> str:
     return "".join(out)
 
 
-def _borrow_and_gather(target: TargetScraper, timeout: float, query_text: bool) -> Any:
+async def _borrow_and_gather(target: TargetScraper, timeout: float, query_text: bool) -> Facts:
     """The diagnosis over the target's held connection, borrowed like a scrape borrows it."""
     connection = target.connection
-    with (
-        connection.connection(timeout=target.target.connect_timeout) as conn,
-        connection.watchdog(conn, timeout + SILENT_GRACE),
-    ):
-        # One budget for all the page's statements (transaction-local timeouts): a scrape
-        # waiting for the connection waits at most that long.
-        return gather(conn, query_text=query_text, budget=timeout)
+    async with connection.connection(timeout=target.target.connect_timeout) as conn:
+        with connection.watchdog(conn, timeout + SILENT_GRACE):
+            # One budget for all the page's statements (transaction-local timeouts): a scrape
+            # waiting for the connection waits at most that long.
+            return await gather_async(conn, query_text=query_text, budget=timeout)
 
 
 def _error_page(name: str, targets: Sequence[TargetScraper], error: str) -> bytes:
@@ -242,7 +247,7 @@ def _nav(targets: Sequence[TargetScraper], current: str | None) -> str:
 def render(report: Report, query_text: bool) -> str:
     """The report as HTML, in the order an on-call engineer reads it."""
     slots, server = report.slots, report.server
-    now = datetime.now(timezone.utc).strftime("%H:%M:%S UTC")
+    now = datetime.now(UTC).strftime("%H:%M:%S UTC")
     out = [
         f"<h1>Sessions: PostgreSQL {esc(server['version'])}</h1>",
         f"<p>As of {now} <a class='button' href='' id='refresh'>Refresh</a></p>",

@@ -12,7 +12,7 @@ import base64
 import binascii
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,8 +22,9 @@ from aiohttp import web
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from exporter import __version__
-from exporter.metrics.collector import scrape_timeout
+from exporter.metrics.collector import scrape_timeout, scraped
 from exporter.metrics.exposition import choose_encoder, encode
+from exporter.scrape.target import TargetResult
 from exporter.web.gcpause import ANSWERS
 from exporter.web.httpserver import BoundedHTTPServer, HTTPLimits, client_address
 from exporter.web.probe import ProbeRefused
@@ -57,7 +58,11 @@ class WebApp:
         web_config: WatchedWebConfig | None = None,
         pages: Mapping[str, Page] | None = None,
         probe: Probe | None = None,
+        scrape: Callable[[], Future[list[TargetResult]]] | None = None,
     ) -> None:
+        """`scrape` starts the scrape the telemetry path renders (ExporterCollector.begin),
+        so that the scrape is awaited on the loop, not on a worker."""
+        self.scrape = scrape
         self.registry = registry
         self.pages = dict(pages or {})
         self.telemetry_path = telemetry_path
@@ -92,11 +97,13 @@ def make_server(
 
 
 def serve_in_thread(
-    server: BoundedHTTPServer, on_start: Callable[[asyncio.AbstractEventLoop], None] | None = None
+    server: BoundedHTTPServer,
+    on_start: Callable[[asyncio.AbstractEventLoop], Awaitable[None]] | None = None,
+    on_stop: Callable[[], Awaitable[None]] | None = None,
 ) -> threading.Thread:
     """Serve on an event loop thread of its own (tests, embedding); see serve_forever."""
     thread = threading.Thread(
-        target=server.serve_forever, args=(on_start,), name="http", daemon=True
+        target=server.serve_forever, args=(on_start, on_stop), name="http", daemon=True
     )
     thread.start()
     server.wait_started()
@@ -147,7 +154,7 @@ class _Answers:
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         try:
             keep = await self._discard_body(request)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             timed_out = web.Response(
                 status=408,
                 body=b"request timeout\n",
@@ -199,7 +206,7 @@ class _Answers:
         if request.method == "POST":
             return self._post(path)
         if path == self.web.telemetry_path:
-            return self._metrics(request)
+            return self._telemetry(request)
         if (page := self.web.pages.get(path)) is not None:
             status, content_type, body, headers = page(url.query)
             return _Answer(status, content_type, body, headers)
@@ -275,9 +282,27 @@ class _Answers:
             scrape_timeout.reset(token)
         return _Deferred(due, lambda: self._metrics(request, collector))
 
-    def _metrics(self, request: _Request, source: Collector | None = None) -> _Answer:
+    def _telemetry(self, request: _Request) -> _Answer | _Deferred:
+        """The scrape started on the loop; the answer rendered once it has its results."""
+        if self.web.scrape is None:
+            return self._metrics(request)
         header = request.headers.get("X-Prometheus-Scrape-Timeout-Seconds")
         token = scrape_timeout.set(_prometheus_timeout(header))
+        try:
+            due = self.web.scrape()
+        finally:
+            scrape_timeout.reset(token)
+        return _Deferred(due, lambda: self._metrics(request, results=due.result()))
+
+    def _metrics(
+        self,
+        request: _Request,
+        source: Collector | None = None,
+        results: list[TargetResult] | None = None,
+    ) -> _Answer:
+        header = request.headers.get("X-Prometheus-Scrape-Timeout-Seconds")
+        token = scrape_timeout.set(_prometheus_timeout(header))
+        given = scraped.set(results)
         try:
             encoder, content_type = choose_encoder(request.headers.get("Accept"))
             gzipped = "gzip" in (request.headers.get("Accept-Encoding") or "")
@@ -285,6 +310,7 @@ class _Answers:
             with ANSWERS.during():
                 body = encode(encoder, self.web.registry if source is None else source, gzipped)
         finally:
+            scraped.reset(given)
             scrape_timeout.reset(token)
         return _Answer(200, content_type, body, {"Content-Encoding": "gzip"} if gzipped else {})
 

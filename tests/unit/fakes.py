@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import threading
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,58 +18,52 @@ def config(*names: str, **settings: Any) -> Config:
 
 
 class FakeConnection:
-    """`when_ready` at once, or (ready=False) only when `become_ready()` is called."""
-
-    def __init__(self, ready: bool = True) -> None:
-        self.ready = ready
-        self.waiters: list[Callable[[], None]] = []
+    def __init__(self) -> None:
         self.connect_failures: dict[str, int] = {}
-
-    def when_ready(self, callback: Callable[[], None]) -> None:
-        if self.ready:
-            callback()
-        else:
-            self.waiters.append(callback)
-
-    def become_ready(self) -> None:
-        self.ready = True
-        waiters, self.waiters = self.waiters, []
-        for callback in waiters:
-            callback()
 
 
 class FakeTarget:
-    """A target's scraper whose run blocks until `release` is set (when given), then answers
-    up with one query outcome, or raises `error`."""
+    """A target's scraper whose run (holding one of the scraper's places) waits until
+    `release` is set (when given), then answers up with one query outcome, or raises `error`."""
 
     def __init__(
         self,
         target: Any,
-        release: threading.Event | None = None,
-        ready: bool = True,
+        release: asyncio.Event | None = None,
         error: Exception | None = None,
     ) -> None:
         self.target = target
-        self.connection = FakeConnection(ready)
+        self.connection = FakeConnection()
         self.release = release
         self.error = error
         self.runs = 0
-        self.running = threading.Event()
+        self.running = asyncio.Event()
         self.closed = False
         self.query_errors: dict[tuple[str, str], int] = {}
         self.login_checker = None
+        self.last_result: TargetResult | None = None
 
-    def scrape(self, deadline: float) -> TargetResult:
+    def connection_reusable(self, target: Any, settings: Any) -> bool:
+        return False
+
+    async def scrape(
+        self, deadline: float, places: asyncio.Semaphore | None = None
+    ) -> TargetResult:
         self.runs += 1
-        self.running.set()
-        if self.release is not None:
-            self.release.wait(30)
+        assert places is not None, "the scraper bounds its runs"
+        async with places:
+            self.running.set()
+            if self.release is not None:
+                await self.release.wait()
         if self.error is not None:
             raise self.error
         outcome = QueryOutcome("connections", 0.001)
         return TargetResult(self.target, True, 0.002, 150000, (outcome,))
 
-    def close(self, successor: object = None) -> None:
+    async def open(self) -> None:
+        pass
+
+    async def close(self, successor: object = None) -> None:
         self.closed = True
 
 

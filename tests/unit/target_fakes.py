@@ -5,8 +5,9 @@ in tests/; these only stand in where the behaviour under test is the exporter's.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -34,7 +35,7 @@ class FakeServer:
 
 
 class FakeConn:
-    """The psycopg.Connection attributes the scraper reads, over a FakeServer."""
+    """The psycopg.AsyncConnection attributes the scraper reads, over a FakeServer."""
 
     def __init__(self, server: FakeServer) -> None:
         self.server = server
@@ -45,7 +46,7 @@ class FakeConn:
         self.closed = False
         self.executed: list[str] = []
 
-    def execute(self, sql: str, params: Any = None) -> None:
+    async def execute(self, sql: str, params: Any = None) -> None:
         self.executed.append(sql)
 
     def fileno(self) -> int:
@@ -56,7 +57,7 @@ class FakeTransaction:
     def __init__(self, log: list[str]) -> None:
         self._log = log
 
-    def opening(self, statement_timeout: float | None = None) -> list[str]:
+    async def opening(self, statement_timeout: float | None = None) -> list[str]:
         self._log.append("begin")
         return []
 
@@ -64,10 +65,10 @@ class FakeTransaction:
         self._log.append("closing")
         return []
 
-    def after_query(self) -> None:
+    async def after_query(self) -> None:
         self._log.append("after_query")
 
-    def finish(self) -> None:
+    async def finish(self) -> None:
         self._log.append("finish")
 
 
@@ -85,15 +86,19 @@ class FakeTargetConnection:
         self.calls: list[str] = []
         self.timeouts: list[float] = []
         self.watchdogs: list[float] = []
+        # Set: connected. Cleared: still connecting (connection() waits for it).
+        self.ready = asyncio.Event()
+        self.ready.set()
 
-    @contextmanager
-    def connection(self, timeout: float) -> Iterator[FakeConn]:
+    @asynccontextmanager
+    async def connection(self, timeout: float) -> AsyncIterator[FakeConn]:
+        await self.ready.wait()
         yield self.conn
 
-    def set_statement_timeout(self, conn: FakeConn, seconds: float) -> None:
+    async def set_statement_timeout(self, conn: FakeConn, seconds: float) -> None:
         self.timeouts.append(seconds)
 
-    def query(
+    async def query(
         self,
         conn: FakeConn,
         sql: str,
@@ -105,10 +110,10 @@ class FakeTargetConnection:
         columns, rows = conn.server.run(sql)
         return [dict(zip(columns, row, strict=True)) for row in rows], columns
 
-    def forget_prepared(self, conn: FakeConn, sql: str, params: Any) -> None:
+    async def forget_prepared(self, conn: FakeConn, sql: str, params: Any) -> None:
         pass
 
-    def stop_preparing(self, conn: FakeConn, exc: Exception) -> bool:
+    def stop_preparing(self, exc: Exception) -> bool:
         return False
 
     def several_statements(self, sql: str, exc: Exception) -> bool:
@@ -127,5 +132,5 @@ class FakeTargetConnection:
         self.watchdogs.append(seconds)
         yield FakeDog()
 
-    def close(self, timeout: float = 5.0) -> None:
+    async def close(self, timeout: float = 5.0) -> None:
         pass

@@ -3,6 +3,8 @@ scrape timeout it passes down (results built by hand and through the engine, no 
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Coroutine
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -116,7 +118,10 @@ class RecordingScraper:
         self.targets: list[Any] = []
         self.timeouts: list[float] = []
 
-    def scrape(self, timeout: float) -> list[TargetResult]:
+    def call(self, coro: Coroutine[Any, Any, list[TargetResult]]) -> list[TargetResult]:
+        return asyncio.run(coro)
+
+    async def scrape(self, timeout: float) -> list[TargetResult]:
         self.timeouts.append(timeout)
         return []
 

@@ -92,11 +92,18 @@ def _connection(kind: str, prepared_statements: bool = True) -> TargetConnection
     return TargetConnection(target, statement_timeout=5.0, lock_timeout=1.0)
 
 
+def _kwargs(connection: TargetConnection) -> dict[str, Any]:
+    """The keyword arguments its pool connects with."""
+    kwargs = connection._pool.kwargs
+    assert isinstance(kwargs, dict)
+    return kwargs
+
+
 def test_connect_options_by_kind() -> None:
-    bouncer = _connection("pgbouncer")._connect_kwargs
-    assert bouncer["cursor_factory"] is psycopg.ClientCursor
+    bouncer = _kwargs(_connection("pgbouncer"))
+    assert bouncer["cursor_factory"] is psycopg.AsyncClientCursor
     assert bouncer["prepare_threshold"] is None
-    postgres = _connection("postgres")._connect_kwargs
+    postgres = _kwargs(_connection("postgres"))
     assert "cursor_factory" not in postgres
     assert postgres["prepare_threshold"] > 10**9  # never by count, only when asked
     for kwargs in (bouncer, postgres):
@@ -105,26 +112,30 @@ def test_connect_options_by_kind() -> None:
 
 
 def test_only_postgres_prepares_and_only_when_the_target_allows() -> None:
-    conn = FakeConn(FakeServer())
-    assert _connection("postgres").prepared(conn, "SELECT 1")
-    assert not _connection("postgres").prepared(conn, "SELECT 1; SELECT 2")
-    assert not _connection("postgres", prepared_statements=False).prepared(conn, "SELECT 1")
-    assert not _connection("pgbouncer").prepared(conn, "SHOW POOLS")
+    assert _connection("postgres").prepared("SELECT 1")
+    assert not _connection("postgres").prepared("SELECT 1; SELECT 2")
+    assert not _connection("postgres", prepared_statements=False).prepared("SELECT 1")
+    assert not _connection("pgbouncer").prepared("SHOW POOLS")
 
 
-def test_session_set_up_and_statement_timeout_only_where_the_kind_has_one() -> None:
+async def test_session_set_up_and_statement_timeout_only_where_the_kind_has_one() -> None:
     postgres, conn = _connection("postgres"), FakeConn(FakeServer())
-    postgres._configure(conn)  # type: ignore[arg-type]
+    await postgres._configure(conn)  # type: ignore[arg-type]
     assert len(conn.executed) == 1 and "lock_timeout" in conn.executed[0]
-    postgres.set_statement_timeout(conn, 5.0)  # type: ignore[arg-type]
+    await postgres.set_statement_timeout(conn, 5.0)  # type: ignore[arg-type]
     assert len(conn.executed) == 1  # unchanged since the session was set up: no round trip
-    postgres.set_statement_timeout(conn, 2.0)  # type: ignore[arg-type]
-    postgres.set_statement_timeout(conn, 2.0)  # type: ignore[arg-type]
+    await postgres.set_statement_timeout(conn, 2.0)  # type: ignore[arg-type]
+    await postgres.set_statement_timeout(conn, 2.0)  # type: ignore[arg-type]
     assert len(conn.executed) == 2 and "statement_timeout" in conn.executed[1]
+    # A new session starts from the setting it was given, whatever the last one had.
+    conn = FakeConn(FakeServer())
+    await postgres._configure(conn)  # type: ignore[arg-type]
+    await postgres.set_statement_timeout(conn, 2.0)  # type: ignore[arg-type]
+    assert len(conn.executed) == 2
 
     bouncer, conn = _connection("pgbouncer"), FakeConn(FakeServer())
-    bouncer._configure(conn)  # type: ignore[arg-type]
-    bouncer.set_statement_timeout(conn, 2.0)  # type: ignore[arg-type]
+    await bouncer._configure(conn)  # type: ignore[arg-type]
+    await bouncer.set_statement_timeout(conn, 2.0)  # type: ignore[arg-type]
     assert conn.executed == []  # the console refuses SET
 
 
@@ -142,10 +153,10 @@ class _RecordingConnection(TargetConnection):
         yield None
 
 
-def test_pgbouncer_liveness_check_is_a_bounded_show_version() -> None:
+async def test_pgbouncer_liveness_check_is_a_bounded_show_version() -> None:
     conn = FakeConn(FakeServer())
     connection = _RecordingConnection("pgbouncer")
-    connection._check(conn)  # type: ignore[arg-type]  # FakeConn stands in for a psycopg one
+    await connection._check(conn)  # type: ignore[arg-type]  # FakeConn stands in for a psycopg one
     assert conn.executed == ["SHOW VERSION"]
     assert connection.watchdogs == [3.0]
 
@@ -159,20 +170,20 @@ class _SocketConn(FakeConn):
         return self._sock.fileno()
 
 
-def test_postgres_liveness_check_reads_only_when_the_server_said_something() -> None:
+async def test_postgres_liveness_check_reads_only_when_the_server_said_something() -> None:
     ours, server = socket.socketpair()
     with ours, server:
         conn = _SocketConn(ours)
         connection = _RecordingConnection("postgres")
-        connection._check(conn)  # type: ignore[arg-type]  # FakeConn stands in for psycopg's
+        await connection._check(conn)  # type: ignore[arg-type]  # FakeConn stands in for psycopg's
         assert conn.executed == []  # nothing to read: no round trip
         server.send(b"E")  # e.g. the server's goodbye before it closes the session
-        connection._check(conn)  # type: ignore[arg-type]
+        await connection._check(conn)  # type: ignore[arg-type]
         assert conn.executed == [""]
         assert connection.watchdogs == []
         conn.broken = True
         with pytest.raises(psycopg.OperationalError):
-            connection._check(conn)  # type: ignore[arg-type]
+            await connection._check(conn)  # type: ignore[arg-type]
 
 
 def test_what_each_kind_offers() -> None:

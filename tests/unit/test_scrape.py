@@ -1,117 +1,111 @@
-"""Scraper: every target under one deadline, a slow or connecting target delaying no other,
-and concurrent scrapes sharing one run per target (fake target scrapers, real thread pool)."""
+"""Scraper: every target under one deadline, a slow target delaying no other, concurrent
+scrapes sharing one run per target, runs bounded by scrape_concurrency (fake target scrapers
+on a real event loop)."""
 
 from __future__ import annotations
 
-import threading
+import asyncio
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from exporter.scrape.scraper import Scraper
-from tests.unit.fakes import config, install, wait_for
+from tests.unit.fakes import config, install
 
 
-@pytest.fixture
-def release() -> Iterator[threading.Event]:
-    """Set at the end of each test, so that no blocked fake run outlives it."""
-    event = threading.Event()
-    yield event
-    event.set()
+async def scraper_of(*names: str, **settings: object) -> Scraper:
+    scraper = Scraper(config(*names, **settings))
+    await scraper.open()
+    return scraper
 
 
-def scraper_of(*names: str, **settings: object) -> Scraper:
-    return Scraper(config(*names, **settings))
-
-
-def test_every_target_answers_in_config_order() -> None:
-    scraper = scraper_of("a", "b", "c")
+async def test_every_target_answers_in_config_order() -> None:
+    scraper = await scraper_of("a", "b", "c")
     fakes = install(scraper)
-    results = scraper.scrape(5)
+    results = await scraper.scrape(5)
     assert [r.target.name for r in results] == ["a", "b", "c"]
     assert all(r.up for r in results)
     assert [f.runs for f in fakes.values()] == [1, 1, 1]
-    scraper.close()
+    await scraper.close()
     assert all(f.closed for f in fakes.values())
 
 
-def test_a_target_past_the_deadline_is_down_and_delays_no_other(release) -> None:
-    scraper = scraper_of("slow", "b", "c")
+async def test_a_target_past_the_deadline_is_down_and_delays_no_other() -> None:
+    scraper = await scraper_of("slow", "b", "c")
+    release = asyncio.Event()
     install(scraper, slow={"release": release})
     started = time.monotonic()
-    results = scraper.scrape(0.3)
+    results = await scraper.scrape(0.3)
     elapsed = time.monotonic() - started
     by_name = {r.target.name: r for r in results}
     assert not by_name["slow"].up
     assert by_name["slow"].error == "scrape deadline exceeded"
     assert by_name["b"].up and by_name["c"].up
-    # The scrape ends at its deadline, not when the slow run would (30 s).
+    # The scrape ends at its deadline, not when the slow run does.
     assert 0.25 <= elapsed < 5, elapsed
-
-
-def test_a_connecting_target_holds_no_thread(release) -> None:
-    """With one thread for all targets, a target still connecting must not take it."""
-    scraper = scraper_of("connecting", "b", scrape_concurrency=1)
-    fakes = install(scraper, connecting={"ready": False})
-    results = scraper.scrape(0.5)
-    assert [r.up for r in results] == [False, True]
-    assert fakes["connecting"].runs == 0
-    # Once connected, the run a scrape is waiting for starts.
-    waiting = threading.Thread(target=lambda: results.extend(scraper.scrape(5)))
-    waiting.start()
-    wait_for(lambda: bool(fakes["connecting"].connection.waiters))
-    fakes["connecting"].connection.become_ready()
-    waiting.join(5)
-    assert results[2].up and fakes["connecting"].runs == 1
-
-
-def test_concurrent_scrapes_join_one_run_per_target(release) -> None:
-    scraper = scraper_of("a", "b")
-    fakes = install(scraper, a={"release": release})
-    answers: list[list[bool]] = []
-
-    def scrape() -> None:
-        answers.append([r.up for r in scraper.scrape(10)])
-
-    threads = [threading.Thread(target=scrape) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    wait_for(lambda: fakes["a"].running.is_set())
-    time.sleep(0.1)  # the other scrapes arrive while a's run is in flight
-    # /probe?target=a joins the same run.
-    probe = []
-    prober = threading.Thread(target=lambda: probe.append(scraper.start_target("a", 10)))
-    prober.start()
     release.set()
-    for thread in [*threads, prober]:
-        thread.join(10)
+
+
+async def test_concurrent_scrapes_join_one_run_per_target() -> None:
+    scraper = await scraper_of("a", "b")
+    release = asyncio.Event()
+    fakes = install(scraper, a={"release": release})
+    scrapes = [asyncio.create_task(scraper.scrape(10)) for _ in range(4)]
+    await asyncio.wait_for(fakes["a"].running.wait(), 5)
+    # /probe?target=a, arriving while a's run is in flight, joins the same run.
+    probe = asyncio.create_task(scraper.scrape_target("a", 10))
+    await asyncio.sleep(0.05)
+    release.set()
+    answers = [[r.up for r in results] for results in await asyncio.gather(*scrapes)]
     assert answers == [[True, True]] * 4
+    probed = await probe
+    assert probed is not None and probed.up
     assert fakes["a"].runs == 1
-    assert probe[0][1].result(10).up and probe[0][0] is fakes["a"]
     # A run that has ended is not joined: the next scrape runs the target again.
-    scraper.scrape(5)
+    await scraper.scrape(5)
     assert fakes["a"].runs == 2
 
 
-def test_start_target_of_an_unknown_name_is_none() -> None:
-    scraper = scraper_of("a")
+async def test_scrape_target_of_an_unknown_name_is_none() -> None:
+    scraper = await scraper_of("a")
     install(scraper)
-    assert scraper.start_target("nope", 1) is None
+    assert await scraper.scrape_target("nope", 1) is None
 
 
-def test_a_failing_run_costs_only_its_target(caplog: pytest.LogCaptureFixture) -> None:
-    scraper = scraper_of("broken", "b")
+async def test_a_failing_run_costs_only_its_target(caplog: pytest.LogCaptureFixture) -> None:
+    scraper = await scraper_of("broken", "b")
     install(scraper, broken={"error": RuntimeError("bug")})
-    results = scraper.scrape(5)
+    results = await scraper.scrape(5)
     assert [r.up for r in results] == [False, True]
     assert results[0].error == "internal error (see the log)"
     assert "scrape of target failed" in caplog.text
 
 
-def test_threads_are_bounded_by_scrape_concurrency(release) -> None:
-    scraper = scraper_of(*[f"t{i}" for i in range(6)], scrape_concurrency=2)
+async def test_runs_are_bounded_by_scrape_concurrency() -> None:
+    scraper = await scraper_of(*[f"t{i}" for i in range(6)], scrape_concurrency=2)
+    release = asyncio.Event()
     fakes = install(scraper, **{f"t{i}": {"release": release} for i in range(6)})
-    scraper.scrape(0.3)
+    await scraper.scrape(0.3)
     running = sum(f.running.is_set() for f in fakes.values())
     assert running == 2, running
+    release.set()
+
+
+async def test_a_reload_closes_a_removed_target_once_its_run_ends() -> None:
+    scraper = await scraper_of("a", "b")
+    release = asyncio.Event()
+    fakes = install(scraper, a={"release": release})
+    waiting = asyncio.create_task(scraper.scrape(10))
+    await asyncio.wait_for(fakes["a"].running.wait(), 5)
+    await scraper.reload(config("b"))
+    await asyncio.sleep(0.05)
+    assert not fakes["a"].closed  # a scrape still waits for its run
+    release.set()
+    assert [r.up for r in await waiting] == [True, True]
+    for _ in range(100):
+        if fakes["a"].closed:
+            break
+        await asyncio.sleep(0.01)
+    assert fakes["a"].closed
+    assert [t.target.name for t in scraper.targets] == ["b"]
+    await scraper.close()

@@ -5,6 +5,7 @@ tests/test_scrape_transaction.py and tests/test_pgbouncer.py."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -42,7 +43,7 @@ def scraper(
 
 
 def scrape(scraping: TargetScraper) -> TargetResult:
-    return scraping.scrape(time.monotonic() + 10)
+    return asyncio.run(scraping.scrape(time.monotonic() + 10))
 
 
 def values(result: TargetResult) -> dict[str, float]:
@@ -151,7 +152,7 @@ def test_postgres_bounds_queries_by_statement_timeout_and_the_scrape_by_one_watc
         },
     )
     deadline = time.monotonic() + 10
-    scraping.scrape(deadline)
+    asyncio.run(scraping.scrape(deadline))
     assert fake.timeouts == [2.0, Settings().query_timeout]
     (guard,) = fake.watchdogs
     assert 10 < guard <= 10 + SILENT_SERVER_GRACE
@@ -180,6 +181,20 @@ def test_missing_columns_leave_out_a_pgbouncer_metric_but_fail_a_postgres_query(
 
 def test_no_time_left_fails_the_query_as_deadline_without_running_it() -> None:
     scraping, _, server = scraper([query("q")], {"SELECT q": ONE})
-    result = scraping.scrape(time.monotonic() + 0.1)  # within the deadline margin
+    result = asyncio.run(scraping.scrape(time.monotonic() + 0.1))  # within the deadline margin
     assert errors(result) == {"q": "deadline"}
     assert server.ran == []
+
+
+async def test_a_target_waiting_for_its_connection_holds_no_place() -> None:
+    """With one place for every target's queries, a target still connecting must not take it."""
+    places = asyncio.Semaphore(1)
+    connecting, waiting, _ = scraper([query("q")], {"SELECT q": (("v",), [(1,)])})
+    waiting.ready.clear()
+    ready, _, _ = scraper([query("q")], {"SELECT q": (("v",), [(2,)])})
+    stuck = asyncio.create_task(connecting.scrape(time.monotonic() + 10, places))
+    await asyncio.sleep(0.01)
+    result = await asyncio.wait_for(ready.scrape(time.monotonic() + 10, places), 2)
+    assert values(result) == {"q_value": 2}
+    waiting.ready.set()  # connected: its run goes on
+    assert values(await asyncio.wait_for(stuck, 2)) == {"q_value": 1}

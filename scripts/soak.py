@@ -993,7 +993,7 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict[str, Any]
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
         },
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": " ".join(["python", "scripts/soak.py", *sys.argv[1:]]),
         "scrapes_requested": args.scrapes,
         "scrapes_done": soak.done,

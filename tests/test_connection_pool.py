@@ -6,6 +6,7 @@ pins) and attempts spaced while they fail, the sampler's never-waiting borrow.""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 import threading
 import time
@@ -145,7 +146,7 @@ async def test_failed_attempts_are_counted_and_spaced(refuser: _Refuser) -> None
         await connection.close()
     attempts = refuser.attempts
     assert 4 <= len(attempts) <= 6, attempts
-    gaps = [b - a for a, b in zip(attempts, attempts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
     for i, gap in enumerate(gaps):
         assert gap >= 0.85 * min(10.0, 2.0**i), (i, gaps)
     # Each attempt counted once, under its reason, and the last one remembered.

@@ -17,6 +17,7 @@ from exporter.config.errors import ConfigError
 from exporter.config.model import Config
 from exporter.config.targetfiles import TargetFilesWatcher
 from exporter.metrics.collector import ExporterCollector, ReloadStatus
+from exporter.scrape.logfeed import LogFeeds
 from exporter.scrape.scraper import Scraper
 from exporter.web.httpserver import HTTPLimits
 from exporter.web.landing import LandingPage, slot_figures
@@ -52,6 +53,9 @@ class Exporter:
         self.registry.register(ExporterCollector(self.scraper, self._reload_status_now))
         self.probes = Probes(self.scraper)
         self.registry.register(ProbeSelfCollector(self.probes))
+        # The targets' logs (exporter/scrape/logfeed.py): tasks on the loop, kept over reloads.
+        self.log_feeds = LogFeeds(config.targets)
+        self.registry.register(self.log_feeds)
         self.target_files = TargetFilesWatcher(
             lambda: self.config.target_files,
             lambda: self.config.settings.target_files_refresh,
@@ -92,6 +96,7 @@ class Exporter:
         """The exporter's tasks on the event loop, which ends them when it stops."""
         if self._load_config is not None:
             loop.create_task(self.target_files.watch())
+        self.log_feeds.start(loop)
 
     def _listening(self) -> None:
         log.info(
@@ -107,6 +112,7 @@ class Exporter:
         self.server.server_close()
         self.probes.close()
         self.scraper.close()
+        self.log_feeds.close()
 
     def _reload_status_now(self) -> ReloadStatus:
         """The config's reload status, and the web config file's when there is one."""
@@ -129,6 +135,7 @@ class Exporter:
                 log.exception("reading the configuration failed")
                 return self._refuse([f"internal error reading the configuration: {exc!r}"])
             self.scraper.reload(config)
+            self.log_feeds.update(config.targets)
             self.config = config
             self._reload_status = ReloadStatus(True, time.time())
         log.info("configuration reloaded", extra={"targets": len(config.targets)})

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -49,4 +50,22 @@ def test_a_reload_keeps_unchanged_streams_and_drops_the_others(tmp_path: Path) -
     assert after["b"] is not before["b"]  # its series' labels changed: a new stream
     feeds.update(targets(tmp_path, {"name": "a", "dsn": "host=db1"}))
     assert feeds._feeds == {}
+    feeds.close()
+
+
+def test_a_stderr_prefix_the_reader_cannot_parse_is_logged_and_not_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad = {"directory": str(tmp_path), "format": "stderr", "log_line_prefix": "%u%d "}
+    good = {**bad, "log_line_prefix": "%m [%p] %u@%d "}
+    feeds = LogFeeds(
+        targets(
+            tmp_path,
+            {"name": "bad", "dsn": "host=db1", "log": bad},
+            {"name": "good", "dsn": "host=db1", "log": good},
+        )
+    )
+    assert [f.name for f in feeds._feeds.values()] == ["good"]
+    [record] = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert getattr(record, "target", None) == "bad" and "%u%d" in getattr(record, "error", "")
     feeds.close()

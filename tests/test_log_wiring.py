@@ -4,6 +4,8 @@ a reload, and a log directory that vanishes reported without stopping the export
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import tempfile
 import threading
@@ -18,7 +20,7 @@ from exporter.app import Exporter
 from exporter.config.model import parse_config
 from harness.localpg import LocalCluster
 from tests.conftest import new_cluster
-from tests.helpers import RunningExporter, Samples
+from tests.helpers import RunningExporter, Samples, wait_until
 
 FAILURES = "pg_connection_failures_total"
 # One slot for the exporter's own connection, five for the test to fill the server with.
@@ -73,6 +75,17 @@ def _refuse_over_tcp(cluster: LocalCluster, times: int) -> list[str]:
     return refused
 
 
+def _open_in(directory: Path) -> list[str]:
+    """Files of `directory` this process holds open."""
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith(f"{directory}/"):
+                out.append(target)
+    return out
+
+
 def _target(cluster: LocalCluster, **log: Any) -> dict[str, Any]:
     spec: dict[str, Any] = {"name": "main", "dsn": cluster.dsn()}
     if log:
@@ -87,6 +100,7 @@ def test_refusals_are_counted_on_metrics_and_kept_over_a_reload(
     log = {"source": "file", "directory": str(cluster.data / "log"), "format": "csvlog"}
     exp = Reloadable({"targets": [_target(cluster, **log)]})
     held: list[psycopg.Connection] = []
+    stopped = False
     try:
         first = exp.running.scrape_until(
             lambda s: (
@@ -128,6 +142,8 @@ def test_refusals_are_counted_on_metrics_and_kept_over_a_reload(
         # refusals already counted are not counted again).
         exp.reload({"targets": [_target(cluster), other]})
         assert exp.running.scrape().series(FAILURES, target="main") == []
+        logs = cluster.data / "log"
+        wait_until(lambda: not _open_in(logs), 10, what="its log file closed")
         exp.reload({"targets": [_target(cluster, **log), other]})
         again = exp.running.scrape_until(
             lambda s: s.get("pg_connections_exporter_log_up", target="main") == 1,
@@ -135,10 +151,16 @@ def test_refusals_are_counted_on_metrics_and_kept_over_a_reload(
         )
         assert again.get(FAILURES, **who) is None
         assert again.get(FAILURES, **{**who, "usename": "", "datname": "", "client_addr": ""}) == 0
+        assert _open_in(logs)
+        # Stopped: its task cancelled and the file closed.
+        exp.running.stop()
+        stopped = True
+        wait_until(lambda: not _open_in(logs), 10, what="the log file closed on stop")
     finally:
         for conn in held:
             conn.close()
-        exp.running.stop()
+        if not stopped:
+            exp.running.stop()
 
 
 def test_a_vanished_log_directory_is_log_up_0_and_the_exporter_keeps_serving(

@@ -17,6 +17,7 @@ from exporter.config.errors import ConfigError
 from exporter.config.model import Config
 from exporter.config.targetfiles import TargetFilesWatcher
 from exporter.metrics.collector import ExporterCollector, ReloadStatus
+from exporter.scrape.logfeed import LogFeeds
 from exporter.scrape.scraper import Scraper
 from exporter.web.httpserver import HTTPLimits
 from exporter.web.landing import LandingPage, slot_figures
@@ -53,6 +54,9 @@ class Exporter:
         self.registry.register(collector)
         self.probes = Probes(self.scraper)
         self.registry.register(ProbeSelfCollector(self.probes))
+        # The targets' logs (exporter/scrape/logfeed.py): tasks on the loop, kept over reloads.
+        self.log_feeds = LogFeeds(config.targets)
+        self.registry.register(self.log_feeds)
         self.target_files = TargetFilesWatcher(
             lambda: self.config.target_files,
             lambda: self.config.settings.target_files_refresh,
@@ -95,13 +99,16 @@ class Exporter:
         self._tasks = [loop.create_task(self.probes.dynamic.sweep_forever())]
         if self._load_config is not None:
             self._tasks.append(loop.create_task(self.target_files.watch()))
+        self.log_feeds.start(loop)
 
     async def _closing(self) -> None:
-        """On the event loop, once it stops serving: its tasks end, every connection closes."""
+        """On the event loop, once it stops serving: its tasks end, every connection and log
+        file closes."""
         for task in self._tasks:
             task.cancel()
         await self.probes.close()
         await self.scraper.close()
+        self.log_feeds.close()
 
     def _listening(self) -> None:
         log.info(
@@ -138,6 +145,7 @@ class Exporter:
                 log.exception("reading the configuration failed")
                 return self._refuse([f"internal error reading the configuration: {exc!r}"])
             self.scraper.call(self.scraper.reload(config))
+            self.log_feeds.update(config.targets)
             self.config = config
             self._reload_status = ReloadStatus(True, time.time())
         log.info("configuration reloaded", extra={"targets": len(config.targets)})

@@ -95,6 +95,19 @@ def duration(value: Any) -> str:
     return text
 
 
+def first_or_increase(counter: str, window: str, sel: str) -> str:
+    """A log counter's increase over the window, counting a series that appeared within it
+    (a user, database or client host refused for the first time) from 0: increase() alone
+    sees no rise in a series whose first sample already holds the storm. Only while the
+    target's log was read a window ago: a Prometheus that starts scraping an exporter with
+    counts already would otherwise take them all for new."""
+    return (
+        f"(({counter} unless {counter} offset {window}) and on(job, instance, target)"
+        f" pg_connections_exporter_log_up{{{sel}}} offset {window})"
+        f" or increase({counter}[{window}])"
+    )
+
+
 def pct(ratio: float) -> str:
     return f"{ratio * 100:g}%"
 
@@ -556,7 +569,7 @@ def render_groups(t: Mapping[str, Any]) -> list[dict[str, Any]]:
             "PostgresConnectionsRejected",
             f"""
             label_replace(
-                sum by ({who}) (increase({refused}[{rwin}])) > 0,
+                sum by ({who}) ({first_or_increase(refused, rwin, sel)}) > 0,
                 "source", "server_log", "", ""
             )
             or on(job, instance, target)
@@ -606,7 +619,7 @@ def render_groups(t: Mapping[str, Any]) -> list[dict[str, Any]]:
             "PostgresAuthenticationFailuresBurst",
             f"""
             sum by (job, instance, target, client_addr) (
-                increase({auth_failures}[{burst_window}])
+                {first_or_increase(auth_failures, burst_window, sel)}
             ) >= {burst["failures"]}
             """,
             "warning",

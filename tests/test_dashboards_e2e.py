@@ -38,6 +38,9 @@ MAY_BE_EMPTY = {
     # query of the panel (refId B) and the panel of its counters, only.
     (OVERVIEW_UID, "Slots used: scraped and peak between scrapes", "B"),
     (OVERVIEW_UID, "Time at each saturation level"),
+    # Refusals per second: the test's two are past the rate window by the time it queries.
+    (OVERVIEW_UID, "Refused connections by reason"),
+    (OVERVIEW_UID, "Log reader: read and skipped", "B"),  # nothing skipped: only while behind
 }
 # The stand-in for alerts/: same name and threshold as PostgresConnectionsHigh.
 RULES = {
@@ -169,7 +172,15 @@ def approx(value: float) -> Any:
 
 def test_every_panel_against_prometheus(exporter_for, pgbouncer_for) -> None:
     prometheus_bin = require_program("prometheus")
-    busy = new_cluster("18", max_connections=30)
+    # Its log read by the exporter (the "Refused connections" row), with setup times.
+    busy = new_cluster(
+        "18",
+        max_connections=30,
+        logging_collector="on",
+        log_destination="csvlog",
+        log_directory="log",
+        log_connections="receipt,authentication,authorization,setup_durations",
+    )
     quiet = None
     prometheus = None
     pooled = None
@@ -195,6 +206,7 @@ def test_every_panel_against_prometheus(exporter_for, pgbouncer_for) -> None:
                         "dsn": busy.dsn(),
                         "login_check": {"interval": "1h"},
                         "labels": {"node_instance": NODE_INSTANCE},
+                        "log": {"directory": str(busy.data / "log"), "format": "csvlog"},
                     },
                     {"name": "quiet", "dsn": quiet.dsn()},
                     {"name": "bouncer", "kind": "pgbouncer", "dsn": bouncer.dsn()},
@@ -219,6 +231,55 @@ def test_every_panel_against_prometheus(exporter_for, pgbouncer_for) -> None:
         busy.stop()
 
 
+NO_SUCH_DB = 'pg_connection_failures_total{target="busy", datname="no_such_db"}'
+
+
+def refuse_twice(prom: PrometheusServer, workload: Workload) -> None:
+    """A login to a missing database, seen by Prometheus, then another: its series rises."""
+    for n in (1, 2):
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(**{**workload.base, "dbname": "no_such_db"}, connect_timeout=5).close()
+        wait_until(
+            lambda n=n: [v for _m, v in prom.vector(NO_SUCH_DB)] == [n],
+            30,
+            0.2,
+            f"{n} refusal(s) in prometheus",
+        )
+
+
+def check_refused(r: Result) -> None:
+    uid = OVERVIEW_UID
+    expect(
+        r,
+        uid,
+        "Log read",
+        "A",
+        lambda s: assert_equal(by(s, "target"), {"busy": 1}),
+    )
+
+    def who(samples: Any) -> None:
+        got = by(samples, "reason", "usename", "datname", "client_addr")
+        assert list(got) == [("database_does_not_exist", "postgres", "no_such_db", "local")]
+        assert got[("database_does_not_exist", "postgres", "no_such_db", "local")] >= 1
+
+    expect(r, uid, "Who was refused", "A", who)
+    # The workload's connections set up: 18's three phases, and received -> authorized (the
+    # log has receipt and authorization too).
+    expect(
+        r,
+        uid,
+        "Connection setup time (p90)",
+        "A",
+        lambda s: assert_equal(
+            set(by(s, "phase")), {"total", "fork", "authentication", "received_to_authorized"}
+        ),
+    )
+
+
+def assert_equal(got: Any, want: Any) -> None:
+    assert got == want, f"got {got}, want {want}"
+
+
 def run_checks(prom: PrometheusServer, workload: Workload, instance: str) -> None:
     # A quiet baseline first, so "Above 80% for" sees when utilization crossed the line.
     wait_until(
@@ -227,6 +288,7 @@ def run_checks(prom: PrometheusServer, workload: Workload, instance: str) -> Non
         0.2,
         "prometheus to scrape the exporter",
     )
+    refuse_twice(prom, workload)
     opened = time.time()
     workload.open_many(WORKLOAD)
     workload.hold_lock("locked_table", LOCKER)
@@ -283,6 +345,7 @@ def run_checks(prom: PrometheusServer, workload: Workload, instance: str) -> Non
     check_fleet(results[FLEET_UID], elapsed)
     check_reclaimable(results[OVERVIEW_UID], elapsed)
     check_poolers(prom, instance)
+    check_refused(results[OVERVIEW_UID])
 
 
 POOLER_PANELS = (

@@ -163,3 +163,28 @@ def test_the_pieces_fit_together(objects: list[dict[str, Any]], tmp_path: Path) 
     with pytest.raises(ConfigError):
         data["probe"]["allowed_hosts"] = ["not a host"]
         parse_config(data, "configmap config.yaml")
+
+
+def test_the_log_sidecar_example_reads_the_servers_log_volume_read_only(tmp_path: Path) -> None:
+    """deploy/kubernetes/sidecar: the exporter beside PostgreSQL, its log volume mounted
+    read-only where the exporter's config reads the log, the server writing it there."""
+    objects = kustomize(KUSTOMIZE_ROOT / "sidecar")
+    for obj in objects:
+        validate(obj)
+    by_kind = _by_kind(objects)
+    pod = by_kind["StatefulSet"]["spec"]["template"]["spec"]
+    containers = {c["name"]: c for c in pod["containers"]}
+    exporter, postgres = containers["exporter"], containers["postgres"]
+    mounts = {m["name"]: m for m in exporter["volumeMounts"]}
+    assert mounts["log"]["readOnly"] is True
+    assert "data" not in mounts  # the exporter sees the log, not the server's files
+    settings = dict(a.split("=", 1) for a in postgres["args"] if "=" in a)
+    server_mounts = {m["name"]: m["mountPath"] for m in postgres["volumeMounts"]}
+    assert settings["log_directory"] == server_mounts["log"] == mounts["log"]["mountPath"]
+    assert settings["log_destination"] == "csvlog" and settings["logging_collector"] == "on"
+    data = yaml.safe_load(by_kind["ConfigMap"]["data"]["config.yaml"])
+    (tmp_path / "password").write_text("x")
+    data["targets"][0]["password_file"] = str(tmp_path / "password")
+    [target] = parse_config(data, "sidecar config.yaml").targets
+    assert target.log is not None and target.log.format == settings["log_destination"]
+    assert str(target.log.directory) == mounts["log"]["mountPath"]

@@ -12,6 +12,7 @@ from .rows.long_running import long_running_rows
 from .rows.pgbouncer import pgbouncer_rows
 from .rows.poolers import poolers_rows
 from .rows.reclaimable import reclaimable_rows
+from .rows.refused import refused_rows
 from .rows.saturation import saturation_rows
 from .rows.why_so_many import why_so_many_rows
 
@@ -28,6 +29,7 @@ def overview() -> dict:
     locks_rows(L)
     limits_rows(L)
     why_so_many_rows(L)
+    refused_rows(L)
     health_rows(L)
     return dashboard(
         OVERVIEW_UID,

@@ -257,6 +257,61 @@ class LoginCheckSpec(StrictModel):
         return None if v is None else _validate_dsn(v)
 
 
+LogFormat = Literal["csvlog", "jsonlog", "stderr", "pgbouncer"]
+
+
+class LogSpec(StrictModel):
+    """Where a target's log is read from, and in which format (README, "Refused
+    connections"); the reader is exporter/logs, driven by exporter/scrape/logfeed."""
+
+    source: Literal["file", "remote"] = "file"
+    # source: file: the log directory as seen from where the exporter runs.
+    directory: Path | None = None
+    format: LogFormat
+    # The files of the format in the directory; default by format (*.csv, *.json, *.log).
+    pattern: str | None = Field(default=None, min_length=1, max_length=200)
+    # stderr: the server's log_line_prefix (with source: file the exporter has no way to SHOW
+    # it yet, so it is given here).
+    log_line_prefix: str | None = Field(default=None, max_length=1000)
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        if v == "remote":
+            raise ValueError(
+                "source: remote (reading the log over the held connection) is not supported "
+                "yet in this release; use source: file with the log directory"
+            )
+        return v
+
+    @field_validator("directory")
+    @classmethod
+    def _directory(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_absolute():
+            raise ValueError(f"{str(v)!r} is not an absolute path")
+        return v
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, v: str | None) -> str | None:
+        if v is not None and "/" in v:
+            raise ValueError("a file name pattern within the directory, without '/'")
+        return v
+
+    @model_validator(mode="after")
+    def _needs(self) -> LogSpec:
+        if self.source == "file" and self.directory is None:
+            raise ValueError("directory is required with source: file")
+        if self.format == "stderr" and not self.log_line_prefix:
+            raise ValueError(
+                "format stderr needs log_line_prefix: the server's (SHOW log_line_prefix), "
+                "for example '%m [%p] %q%u@%d %h '"
+            )
+        if self.format != "stderr" and self.log_line_prefix is not None:
+            raise ValueError("log_line_prefix is for format stderr only")
+        return self
+
+
 class TargetSpec(StrictModel):
     """A PostgreSQL server, or a PgBouncer admin console, to scrape."""
 
@@ -274,6 +329,7 @@ class TargetSpec(StrictModel):
     # database not listed; default: the address SHOW DATABASES reports, normalized).
     server: str | None = Field(default=None, min_length=1, max_length=200)
     upstreams: dict[str, Annotated[str, Field(min_length=1, max_length=200)]] = {}
+    log: LogSpec | None = None
 
     @model_validator(mode="after")
     def _join_by_kind(self) -> TargetSpec:
@@ -476,6 +532,7 @@ class Target:
     prepared_statements: bool = True
     server: str | None = None
     upstreams: Mapping[str, str] = field(default_factory=dict)
+    log: LogSpec | None = None
 
     def server_label(self) -> str:
         """A PostgreSQL target's `server` label: as configured, else its DSN's address."""
@@ -647,6 +704,7 @@ def _resolve_targets(specs: list[tuple[str, TargetSpec]], problems: list[str]) -
             timeout = check.timeout or t.connect_timeout
             login_check = LoginCheck(login_conninfo, check.interval, timeout)
         conninfo = kind_of(t.kind).resolve_conninfo(conninfo, f"{where}.dsn", problems)
+        _check_log_kind(t, where, problems)
         targets.append(
             Target(
                 t.name,
@@ -658,9 +716,25 @@ def _resolve_targets(specs: list[tuple[str, TargetSpec]], problems: list[str]) -
                 t.prepared_statements,
                 t.server,
                 dict(t.upstreams),
+                t.log,
             )
         )
     return targets
+
+
+def _check_log_kind(t: TargetSpec, where: str, problems: list[str]) -> None:
+    """PgBouncer writes its own log format; a PostgreSQL server never writes it."""
+    if t.log is None:
+        return
+    if t.kind == "pgbouncer" and t.log.format != "pgbouncer":
+        problems.append(
+            f"{where}.log.format: a pgbouncer target's log is format pgbouncer, not {t.log.format}"
+        )
+    elif t.kind != "pgbouncer" and t.log.format == "pgbouncer":
+        problems.append(
+            f"{where}.log.format: format pgbouncer is for kind: pgbouncer targets; a "
+            f"{t.kind} target's log is csvlog, jsonlog or stderr"
+        )
 
 
 def _resolve_auth_modules(

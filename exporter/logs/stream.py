@@ -14,6 +14,8 @@ from prometheus_client.core import (
 from prometheus_client.metrics_core import Metric
 
 from exporter.logs.classify import (
+    PG_REASONS,
+    PGBOUNCER_REASONS,
     Event,
     Failure,
     PgbouncerClassifier,
@@ -134,7 +136,13 @@ class LogStream:
                 ' "other".',
                 labels=(*names, "reason", "usename", "datname", "client_addr"),
             )
-        for key, count in sorted(self.failures.counts.copy().items()):
+        counts = self.failures.counts.copy()
+        # Every reason from 0 under empty user, database and client labels (where a refusal
+        # whose line lacks them is counted), so that increase() sees that reason's first one.
+        reasons = PGBOUNCER_REASONS if self.log_format == "pgbouncer" else PG_REASONS
+        for reason in reasons:
+            counts.setdefault((reason, "", "", ""), 0)
+        for key, count in sorted(counts.items()):
             family.add_metric([*base, *key], float(count))
         yield family
         if self.log_format == "pgbouncer":

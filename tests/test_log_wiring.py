@@ -1,0 +1,190 @@
+"""The log reader wired into the running exporter (exporter/scrape/logfeed.py): a real server's
+csvlog read from its log directory, refusals counted exactly on /metrics, the counts kept over
+a reload, and a log directory that vanishes reported without stopping the exporter."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from exporter.app import Exporter
+from exporter.config.model import parse_config
+from harness.localpg import LocalCluster
+from tests.conftest import new_cluster
+from tests.helpers import RunningExporter, Samples, wait_until
+
+FAILURES = "pg_connection_failures_total"
+# One slot for the exporter's own connection, five for the test to fill the server with.
+FULL = {"max_connections": 6, "superuser_reserved_connections": 0}
+
+
+@pytest.fixture
+def csvlog_cluster() -> Iterator[LocalCluster]:
+    cluster = new_cluster(
+        "15", logging_collector="on", log_destination="csvlog", log_directory="log", **FULL
+    )
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+class Reloadable:
+    """An exporter whose configuration the test changes, then reloads."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+        self.exporter = Exporter(
+            parse_config(config, "test config"),
+            "127.0.0.1",
+            0,
+            load_config=lambda: parse_config(self.config, "test config"),
+        )
+        self.exporter.start()
+        self.running = RunningExporter(self.exporter)
+
+    def reload(self, config: dict[str, Any]) -> None:
+        self.config = config
+        assert self.exporter.reload() == []
+
+
+def _refuse_over_tcp(cluster: LocalCluster, times: int) -> list[str]:
+    """Attempts at once over TCP (test_log_sources.py says why not the Unix socket)."""
+    refused: list[str] = []
+
+    def attempt() -> None:
+        try:
+            psycopg.connect(cluster.dsn(host="127.0.0.1"), connect_timeout=10).close()
+        except psycopg.OperationalError as exc:
+            refused.append(str(exc))
+
+    threads = [threading.Thread(target=attempt) for _ in range(times)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return refused
+
+
+def _open_in(directory: Path) -> list[str]:
+    """Files of `directory` this process holds open."""
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith(f"{directory}/"):
+                out.append(target)
+    return out
+
+
+def _target(cluster: LocalCluster, **log: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {"name": "main", "dsn": cluster.dsn()}
+    if log:
+        spec["log"] = log
+    return spec
+
+
+def test_refusals_are_counted_on_metrics_and_kept_over_a_reload(
+    csvlog_cluster: LocalCluster,
+) -> None:
+    cluster = csvlog_cluster
+    log = {"source": "file", "directory": str(cluster.data / "log"), "format": "csvlog"}
+    exp = Reloadable({"targets": [_target(cluster, **log)]})
+    held: list[psycopg.Connection] = []
+    stopped = False
+    try:
+        first = exp.running.scrape_until(
+            lambda s: (
+                s.get("pg_up", target="main") == 1
+                and s.get("pg_connections_exporter_log_up", target="main") == 1
+            ),
+            what="the target up and its log read",
+        )
+        # Every reason has a 0 series from the first scrape, so increase() sees the first one.
+        zeros = first.by(FAILURES, "reason", target="main", usename="", datname="")
+        assert zeros["too_many_clients"] == 0 and zeros["role_limit"] == 0, zeros
+        assert zeros.keys() >= {"authentication_failed", "no_hba_entry", "could_not_fork"}
+
+        held = [psycopg.connect(cluster.dsn()) for _ in range(5)]
+        refused = _refuse_over_tcp(cluster, 40)
+        others = [r for r in refused if "too many clients" not in r]
+        assert len(refused) == 40 and not others, others
+        who = {
+            "target": "main",
+            "reason": "too_many_clients",
+            "usename": "postgres",
+            "datname": "postgres",
+            "client_addr": "127.0.0.1",
+        }
+        exp.running.scrape_until(
+            lambda s: s.get(FAILURES, **who) == 40,
+            what="40 refusals counted on /metrics",
+        )
+
+        # A reload that leaves the target's log settings alone keeps its stream and counts.
+        other = {"name": "other", "dsn": cluster.dsn(), "connect_timeout": 3}
+        exp.reload({"targets": [_target(cluster, **log), other]})
+        assert exp.running.scrape().get(FAILURES, **who) == 40
+        refused = _refuse_over_tcp(cluster, 3)
+        assert len(refused) == 3, refused
+        exp.running.scrape_until(lambda s: s.get(FAILURES, **who) == 43, what="43 counted")
+
+        # Removed: its series go; added again: a new stream from the end of the log (the
+        # refusals already counted are not counted again).
+        exp.reload({"targets": [_target(cluster), other]})
+        assert exp.running.scrape().series(FAILURES, target="main") == []
+        logs = cluster.data / "log"
+        wait_until(lambda: not _open_in(logs), 10, what="its log file closed")
+        exp.reload({"targets": [_target(cluster, **log), other]})
+        again = exp.running.scrape_until(
+            lambda s: s.get("pg_connections_exporter_log_up", target="main") == 1,
+            what="the log read again",
+        )
+        assert again.get(FAILURES, **who) is None
+        assert again.get(FAILURES, **{**who, "usename": "", "datname": "", "client_addr": ""}) == 0
+        assert _open_in(logs)
+        # Stopped: its task cancelled and the file closed.
+        exp.running.stop()
+        stopped = True
+        wait_until(lambda: not _open_in(logs), 10, what="the log file closed on stop")
+    finally:
+        for conn in held:
+            conn.close()
+        if not stopped:
+            exp.running.stop()
+
+
+def test_a_vanished_log_directory_is_log_up_0_and_the_exporter_keeps_serving(
+    csvlog_cluster: LocalCluster,
+) -> None:
+    directory = Path(tempfile.mkdtemp(prefix="pgce-logwiring-"))
+    (directory / "postgresql.csv").write_text("")
+    log = {"directory": str(directory), "format": "csvlog"}
+    exp = Reloadable({"targets": [_target(csvlog_cluster, **log)]})
+    try:
+        exp.running.scrape_until(
+            lambda s: s.get("pg_connections_exporter_log_up", target="main") == 1,
+            what="the log read",
+        )
+        shutil.rmtree(directory)
+
+        def unreadable(s: Samples) -> bool:
+            return (
+                s.get("pg_connections_exporter_log_up", target="main") == 0
+                and (s.get("pg_connections_exporter_log_errors_total", reason="missing") or 0) > 0
+            )
+
+        samples = exp.running.scrape_until(unreadable, what="log_up 0, errors by missing")
+        assert samples.get("pg_up", target="main") == 1
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+        exp.running.stop()

@@ -1,0 +1,71 @@
+"""exporter/scrape/logfeed.py without a loop: which targets get a feed, that a reload keeps an
+unchanged target's stream, and that two targets' families come out once each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.config.model import Target, parse_config
+from exporter.scrape.logfeed import LogFeeds
+
+
+def targets(tmp_path: Path, *specs: dict[str, Any]) -> tuple[Target, ...]:
+    (tmp_path / "postgresql.csv").write_bytes(b"")
+    return parse_config({"targets": list(specs)}, "conf.yaml").targets
+
+
+def spec(tmp_path: Path, name: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "dsn": "host=db1",
+        "log": {"directory": str(tmp_path), "format": "csvlog"},
+        **extra,
+    }
+
+
+def test_two_targets_make_one_family_per_name(tmp_path: Path) -> None:
+    feeds = LogFeeds(targets(tmp_path, spec(tmp_path, "a"), spec(tmp_path, "b")))
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(feeds)
+    families = list(text_string_to_metric_families(generate_latest(registry).decode()))
+    names = [f.name for f in families]
+    assert len(names) == len(set(names)), names
+    up = next(f for f in families if f.name == "pg_connections_exporter_log_up")
+    assert sorted(s.labels["target"] for s in up.samples) == ["a", "b"]
+    feeds.close()
+
+
+def test_a_reload_keeps_unchanged_streams_and_drops_the_others(tmp_path: Path) -> None:
+    feeds = LogFeeds(targets(tmp_path, spec(tmp_path, "a"), spec(tmp_path, "b")))
+    before = {f.name: f.stream for f in feeds._feeds.values()}
+    relabelled = spec(tmp_path, "b", labels={"env": "prod"})
+    feeds.update(targets(tmp_path, spec(tmp_path, "a", connect_timeout=2), relabelled))
+    after = {f.name: f.stream for f in feeds._feeds.values()}
+    assert after["a"] is before["a"]  # only the connection changed
+    assert after["b"] is not before["b"]  # its series' labels changed: a new stream
+    feeds.update(targets(tmp_path, {"name": "a", "dsn": "host=db1"}))
+    assert feeds._feeds == {}
+    feeds.close()
+
+
+def test_a_stderr_prefix_the_reader_cannot_parse_is_logged_and_not_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad = {"directory": str(tmp_path), "format": "stderr", "log_line_prefix": "%u%d "}
+    good = {**bad, "log_line_prefix": "%m [%p] %u@%d "}
+    feeds = LogFeeds(
+        targets(
+            tmp_path,
+            {"name": "bad", "dsn": "host=db1", "log": bad},
+            {"name": "good", "dsn": "host=db1", "log": good},
+        )
+    )
+    assert [f.name for f in feeds._feeds.values()] == ["good"]
+    [record] = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert getattr(record, "target", None) == "bad" and "%u%d" in getattr(record, "error", "")
+    feeds.close()

@@ -96,6 +96,10 @@ class NotConnected(Exception):
     """No connection to the target within the time given (the reason is in last_failure)."""
 
 
+class _Closing(Exception):
+    """No attempt: the connection is being closed."""
+
+
 class Busy(Exception):
     """The target's connection is in use (by a scrape): what a sampler's tick skips for."""
 
@@ -114,7 +118,8 @@ class _HeldPool(AsyncConnectionPool[psycopg.AsyncConnection[Any]]):
         try:
             conn = await super()._connect(timeout)
         except Exception as exc:
-            self._owner._failed(exc)
+            if not isinstance(exc, _Closing):
+                self._owner._failed(exc)
             raise
         self._owner._succeeded()
         return conn
@@ -146,6 +151,7 @@ class TargetConnection:
         self._failures_in_a_row = 0
         self._next_attempt = 0.0
         self._users = 0
+        self._closing = asyncio.Event()
         kwargs: dict[str, Any] = {
             "autocommit": True,
             "application_name": APPLICATION_NAME,
@@ -187,6 +193,7 @@ class TargetConnection:
 
     async def close(self, timeout: float = 5.0) -> None:
         """Close the connection, once its user (if any) is done with it or `timeout` passed."""
+        self._closing.set()
         await self._pool.close(timeout)
 
     @property
@@ -201,10 +208,14 @@ class TargetConnection:
 
     async def _spaced(self) -> None:
         """Before an attempt: at most one a second, backing off to one every 10 s while they
-        fail, however often the pool asks."""
+        fail, however often the pool asks; none once closing (the wait ends at once, so a
+        close never waits out a backoff)."""
         wait = self._next_attempt - time.monotonic()
         if wait > 0:
-            await asyncio.sleep(wait)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), wait)
+        if self._closing.is_set():
+            raise _Closing
 
     def _succeeded(self) -> None:
         self._failures_in_a_row = 0

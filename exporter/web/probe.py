@@ -90,8 +90,7 @@ class DynamicTargets:
     async def close(self) -> None:
         with self._lock:
             held, self._held = list(self._held.values()), {}
-        for h in held:
-            await h.scraper.close()
+        await asyncio.gather(*(h.scraper.close() for h in held))
 
     def held(self) -> list[_Held]:
         with self._lock:

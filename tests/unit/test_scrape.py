@@ -13,15 +13,15 @@ from exporter.scrape.scraper import Scraper
 from tests.unit.fakes import config, install
 
 
-async def scraper_of(*names: str, **settings: object) -> Scraper:
-    scraper = Scraper(config(*names, **settings))
-    await scraper.open()
-    return scraper
+def scraper_of(*names: str, **settings: object) -> Scraper:
+    """Not opened: its targets are replaced by fakes first (install), then it is opened."""
+    return Scraper(config(*names, **settings))
 
 
 async def test_every_target_answers_in_config_order() -> None:
-    scraper = await scraper_of("a", "b", "c")
+    scraper = scraper_of("a", "b", "c")
     fakes = install(scraper)
+    await scraper.open()
     results = await scraper.scrape(5)
     assert [r.target.name for r in results] == ["a", "b", "c"]
     assert all(r.up for r in results)
@@ -31,9 +31,10 @@ async def test_every_target_answers_in_config_order() -> None:
 
 
 async def test_a_target_past_the_deadline_is_down_and_delays_no_other() -> None:
-    scraper = await scraper_of("slow", "b", "c")
+    scraper = scraper_of("slow", "b", "c")
     release = asyncio.Event()
     install(scraper, slow={"release": release})
+    await scraper.open()
     started = time.monotonic()
     results = await scraper.scrape(0.3)
     elapsed = time.monotonic() - started
@@ -47,9 +48,10 @@ async def test_a_target_past_the_deadline_is_down_and_delays_no_other() -> None:
 
 
 async def test_concurrent_scrapes_join_one_run_per_target() -> None:
-    scraper = await scraper_of("a", "b")
+    scraper = scraper_of("a", "b")
     release = asyncio.Event()
     fakes = install(scraper, a={"release": release})
+    await scraper.open()
     scrapes = [asyncio.create_task(scraper.scrape(10)) for _ in range(4)]
     await asyncio.wait_for(fakes["a"].running.wait(), 5)
     # /probe?target=a, arriving while a's run is in flight, joins the same run.
@@ -67,14 +69,16 @@ async def test_concurrent_scrapes_join_one_run_per_target() -> None:
 
 
 async def test_scrape_target_of_an_unknown_name_is_none() -> None:
-    scraper = await scraper_of("a")
+    scraper = scraper_of("a")
     install(scraper)
+    await scraper.open()
     assert await scraper.scrape_target("nope", 1) is None
 
 
 async def test_a_failing_run_costs_only_its_target(caplog: pytest.LogCaptureFixture) -> None:
-    scraper = await scraper_of("broken", "b")
+    scraper = scraper_of("broken", "b")
     install(scraper, broken={"error": RuntimeError("bug")})
+    await scraper.open()
     results = await scraper.scrape(5)
     assert [r.up for r in results] == [False, True]
     assert results[0].error == "internal error (see the log)"
@@ -82,9 +86,10 @@ async def test_a_failing_run_costs_only_its_target(caplog: pytest.LogCaptureFixt
 
 
 async def test_runs_are_bounded_by_scrape_concurrency() -> None:
-    scraper = await scraper_of(*[f"t{i}" for i in range(6)], scrape_concurrency=2)
+    scraper = scraper_of(*[f"t{i}" for i in range(6)], scrape_concurrency=2)
     release = asyncio.Event()
     fakes = install(scraper, **{f"t{i}": {"release": release} for i in range(6)})
+    await scraper.open()
     await scraper.scrape(0.3)
     running = sum(f.running.is_set() for f in fakes.values())
     assert running == 2, running
@@ -92,9 +97,10 @@ async def test_runs_are_bounded_by_scrape_concurrency() -> None:
 
 
 async def test_a_reload_closes_a_removed_target_once_its_run_ends() -> None:
-    scraper = await scraper_of("a", "b")
+    scraper = scraper_of("a", "b")
     release = asyncio.Event()
     fakes = install(scraper, a={"release": release})
+    await scraper.open()
     waiting = asyncio.create_task(scraper.scrape(10))
     await asyncio.wait_for(fakes["a"].running.wait(), 5)
     await scraper.reload(config("b"))

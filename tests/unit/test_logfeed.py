@@ -53,7 +53,7 @@ def test_a_reload_keeps_unchanged_streams_and_drops_the_others(tmp_path: Path) -
     feeds.close()
 
 
-def test_a_stderr_prefix_the_reader_cannot_parse_is_logged_and_not_read(
+def test_a_stderr_prefix_the_reader_cannot_parse_is_logged_log_up_0_and_not_read(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     bad = {"directory": str(tmp_path), "format": "stderr", "log_line_prefix": "%u%d "}
@@ -65,7 +65,30 @@ def test_a_stderr_prefix_the_reader_cannot_parse_is_logged_and_not_read(
             {"name": "good", "dsn": "host=db1", "log": good},
         )
     )
-    assert [f.name for f in feeds._feeds.values()] == ["good"]
+    by_name = {f.name: f for f in feeds._feeds.values()}
+    assert by_name["bad"].prefix_known is False and by_name["bad"].asks_prefix is False
+    assert by_name["good"].prefix_known is True
     [record] = [r for r in caplog.records if r.levelname == "ERROR"]
     assert getattr(record, "target", None) == "bad" and "%u%d" in getattr(record, "error", "")
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(feeds)
+    families = {
+        f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())
+    }
+    up = {s.labels["target"]: s.value for s in families["pg_connections_exporter_log_up"].samples}
+    assert up["bad"] == 0
+    errors = [
+        (s.labels["target"], s.labels["reason"], s.value)
+        for s in families["pg_connections_exporter_log_errors"].samples
+    ]
+    assert errors == [("bad", "prefix", 1.0)]
+    feeds.close()
+
+
+def test_a_stderr_log_without_a_prefix_asks_the_server(tmp_path: Path) -> None:
+    log = {"directory": str(tmp_path), "format": "stderr"}
+    feeds = LogFeeds(targets(tmp_path, {"name": "a", "dsn": "host=db1", "log": log}))
+    [feed] = feeds._feeds.values()
+    assert feed.asks_prefix and not feed.prefix_known
+    assert feed.use_prefix("%m [%p] %q%u@%d %h ") and feed.prefix_known
     feeds.close()

@@ -58,12 +58,24 @@ class Running:
     """An exporter on one target (`main`, connecting as the pg_monitor role `monitor`)."""
 
     def __init__(self, cluster: LocalCluster, log: dict[str, Any], remote_poll: float = 0.2):
-        config = {"targets": [{"name": "main", "dsn": cluster.dsn(user="monitor"), "log": log}]}
-        self.exporter = Exporter(parse_config(config, "test config"), "127.0.0.1", 0)
+        self.config: dict[str, Any] = {
+            "targets": [{"name": "main", "dsn": cluster.dsn(user="monitor"), "log": log}]
+        }
+        self.exporter = Exporter(
+            parse_config(self.config, "test config"),
+            "127.0.0.1",
+            0,
+            load_config=lambda: parse_config(self.config, "test config"),
+        )
         # Polled faster than the shipped 2 s, so the test waits less (the rule is the same).
         self.exporter.log_feeds.remote_poll = remote_poll
         self.exporter.start()
         self.running = RunningExporter(self.exporter)
+
+    def reload(self, **target: Any) -> None:
+        """The target's settings changed by `target`, reloaded."""
+        self.config = {"targets": [{**self.config["targets"][0], **target}]}
+        assert self.exporter.reload() == []
 
     def until(self, check: Any, what: str, timeout: float = 30.0) -> Samples:
         return self.running.scrape_until(check, timeout, what)
@@ -110,7 +122,20 @@ WHO = {
 }
 
 
-@pytest.mark.parametrize(("major", "log_format"), [("15", "csvlog"), ("18", "jsonlog")])
+@pytest.mark.parametrize(
+    ("major", "log_format"),
+    # The function and the listing on every major (pg_ls_logdir() and pg_read_binary_file's
+    # four-argument form are the same from 12 on); jsonlog from 15.
+    [
+        ("12", "csvlog"),
+        ("13", "csvlog"),
+        ("14", "csvlog"),
+        ("15", "csvlog"),
+        ("16", "jsonlog"),
+        ("17", "csvlog"),
+        ("18", "jsonlog"),
+    ],
+)
 def test_a_storm_read_remotely_is_counted_exactly(
     servers: list[LocalCluster], major: str, log_format: str
 ) -> None:
@@ -127,13 +152,48 @@ def test_a_storm_read_remotely_is_counted_exactly(
         assert after.get(FAILURES, **WHO) == 40
         assert after.get(ERRORS, target="main", reason="function_missing") is None
         # Through the held connection only: the server has one session of the exporter's.
-        with psycopg.connect(cluster.dsn()) as conn:
-            [(sessions,)] = conn.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE usename = 'monitor'"
-            ).fetchall()
-        assert sessions == 1
+        assert _sessions_of_monitor(cluster) == 1
     finally:
         exp.stop()
+
+
+def _sessions_of_monitor(cluster: LocalCluster) -> int:
+    with psycopg.connect(cluster.dsn()) as conn:
+        [(sessions,)] = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = 'monitor'"
+        ).fetchall()
+    return int(sessions)
+
+
+def test_a_reload_keeps_the_remote_counts_and_follows_a_new_connection(
+    servers: list[LocalCluster],
+) -> None:
+    cluster = _cluster("15", "csvlog")
+    servers.append(cluster)
+    cluster.execute(SQL.read_text(), GRANT)
+    exp = Running(cluster, {"source": "remote", "format": "csvlog"})
+    try:
+        exp.until(_log_read, "the log read remotely")
+        _storm(cluster, 5)
+        exp.until(lambda s: s.get(FAILURES, **WHO) == 5, "5 refusals counted")
+        [(old_pid,)] = _monitor_pids(cluster)
+        # A changed connect_timeout: a new connection, the same log settings: the same stream.
+        exp.reload(connect_timeout=7)
+        assert exp.running.scrape().get(FAILURES, **WHO) == 5
+        exp.until(
+            lambda s: _log_read(s) and _monitor_pids(cluster) not in ([], [(old_pid,)]),
+            "the new connection in use",
+        )
+        _storm(cluster, 3)
+        exp.until(lambda s: s.get(FAILURES, **WHO) == 8, "3 more through the new connection")
+        assert _sessions_of_monitor(cluster) == 1
+    finally:
+        exp.stop()
+
+
+def _monitor_pids(cluster: LocalCluster) -> list[tuple[int]]:
+    with psycopg.connect(cluster.dsn()) as conn:
+        return conn.execute("SELECT pid FROM pg_stat_activity WHERE usename = 'monitor'").fetchall()
 
 
 def test_the_function_missing_is_log_up_0_one_log_line_and_the_exporter_serves(

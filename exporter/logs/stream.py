@@ -228,7 +228,8 @@ class LogStream:
         errors = CounterMetricFamily(
             "pg_connections_exporter_log_errors_total",
             "Attempts to read the target's log that failed, by reason (missing, permission,"
-            " error).",
+            " error; remote: function_missing, timeout; stderr: prefix, a log_line_prefix the"
+            " reader cannot parse).",
             labels=(*names, "reason"),
         )
         for reason, count in sorted(source.errors.copy().items()):

@@ -215,14 +215,22 @@ class LogFeeds(Collector):
     async def _follow(self, feed: _Feed) -> None:
         try:
             while True:
-                if not feed.prefix_known:
-                    if not feed.asks_prefix:
-                        return  # the configuration's prefix was refused: nothing to read
-                    await asyncio.sleep(await self._ask_prefix(feed))
-                elif feed.spec.source == "remote":
-                    await asyncio.sleep(await self._read_remote(feed))
-                else:
-                    await asyncio.sleep(await self._read_file(feed))
+                if not feed.prefix_known and not feed.asks_prefix:
+                    return  # the configuration's prefix was refused: nothing to read
+                try:
+                    if not feed.prefix_known:
+                        wait = await self._ask_prefix(feed)
+                    elif feed.spec.source == "remote":
+                        wait = await self._read_remote(feed)
+                    else:
+                        wait = await self._read_file(feed)
+                except Exception as exc:  # a bug costs this poll, never the feed
+                    if feed.problem != "error":
+                        log.exception("reading the log failed", extra={"target": feed.name})
+                    feed.problem = "error"  # logged just now, with the traceback
+                    feed.failed("error", repr(exc))
+                    wait = self.remote_poll
+                await asyncio.sleep(wait)
         finally:
             feed.close()
 

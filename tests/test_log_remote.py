@@ -311,3 +311,40 @@ def test_a_shown_prefix_the_reader_cannot_parse_is_log_up_0_with_a_reason(
         assert line.levelname == "ERROR" and "%m %u%d" in getattr(line, "error", "")
     finally:
         exp.stop()
+
+
+def test_rotation_by_the_logging_collector_read_remotely_loses_and_duplicates_nothing(
+    servers: list[LocalCluster],
+) -> None:
+    cluster = _cluster(
+        "15",
+        "csvlog",
+        log_rotation_size="1kB",  # a new file every few refusals
+        log_filename="postgresql-%H%M%S.log",
+    )
+    servers.append(cluster)
+    cluster.execute(SQL.read_text(), GRANT)
+    exp = Running(cluster, {"source": "remote", "format": "csvlog"})
+    try:
+        exp.until(_log_read, "the log read remotely")
+        held = [psycopg.connect(cluster.dsn()) for _ in range(5)]
+        sent = 0
+        try:
+            for _ in range(30):  # ~3 s at a steady rate, read by the exporter as it goes
+                for _ in range(2):
+                    with pytest.raises(psycopg.OperationalError, match="too many clients"):
+                        psycopg.connect(cluster.dsn(host="127.0.0.1"), connect_timeout=5)
+                sent += 2
+                time.sleep(0.1)
+        finally:
+            for conn in held:
+                conn.close()
+        exp.until(lambda s: s.get(FAILURES, **WHO) == sent, f"{sent} refusals counted")
+        time.sleep(1.0)
+        after = exp.running.scrape()
+        assert after.get(FAILURES, **WHO) == sent
+        rotations = after.get("pg_connections_exporter_log_rotations_total", how="next_file")
+        assert (rotations or 0) >= 3, rotations
+        assert len(list((cluster.data / "log").glob("*.csv"))) >= 3
+    finally:
+        exp.stop()

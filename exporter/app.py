@@ -16,6 +16,7 @@ from prometheus_client.registry import CollectorRegistry
 from exporter.config.errors import ConfigError
 from exporter.config.model import Config
 from exporter.config.targetfiles import TargetFilesWatcher
+from exporter.db.connection import TargetConnection
 from exporter.metrics.collector import ExporterCollector, ReloadStatus
 from exporter.scrape.logfeed import LogFeeds
 from exporter.scrape.scraper import Scraper
@@ -55,7 +56,7 @@ class Exporter:
         self.probes = Probes(self.scraper)
         self.registry.register(ProbeSelfCollector(self.probes))
         # The targets' logs (exporter/scrape/logfeed.py): tasks on the loop, kept over reloads.
-        self.log_feeds = LogFeeds(config.targets)
+        self.log_feeds = LogFeeds(config.targets, self._connection_of)
         self.registry.register(self.log_feeds)
         self.target_files = TargetFilesWatcher(
             lambda: self.config.target_files,
@@ -81,6 +82,10 @@ class Exporter:
         )
         self.server = make_server(self.web, listen_host, listen_port, http_limits)
         self._tasks: list[asyncio.Task[None]] = []
+
+    def _connection_of(self, name: str) -> TargetConnection | None:
+        """A configured target's held connection now (for its log feed, on the loop)."""
+        return next((t.connection for t in self.scraper.targets if t.target.name == name), None)
 
     @property
     def port(self) -> int:

@@ -9,7 +9,7 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from exporter.config.model import parse_config
 from harness.localpg import LocalCluster
 from tests.conftest import new_cluster
 from tests.helpers import RunningExporter, Samples, wait_until
+from tests.pgbouncer_server import PgBouncer
 
 FAILURES = "pg_connection_failures_total"
 # One slot for the exporter's own connection, five for the test to fill the server with.
@@ -188,3 +189,47 @@ def test_a_vanished_log_directory_is_log_up_0_and_the_exporter_keeps_serving(
     finally:
         shutil.rmtree(directory, ignore_errors=True)
         exp.running.stop()
+
+
+def test_pgbouncer_refusals_are_counted_on_metrics(
+    pgbouncer_for: Callable[..., PgBouncer],
+) -> None:
+    """A `kind: pgbouncer` target's own log, read through the running exporter: clients over
+    max_client_conn counted exactly."""
+    cluster = new_cluster("15")
+    try:
+        bouncer = pgbouncer_for(cluster, max_client_conn=4)
+        log = {"directory": str(bouncer.dir), "format": "pgbouncer", "pattern": "pgbouncer.log"}
+        target = {"name": "pool", "kind": "pgbouncer", "dsn": bouncer.dsn(), "log": log}
+        exp = Reloadable({"targets": [target]})
+        refused = {"target": "pool", "reason": "max_client_conn"}
+        clients: list[psycopg.Connection] = []
+        try:
+            first = exp.running.scrape_until(
+                lambda s: (
+                    s.get("pg_up", target="pool") == 1
+                    and s.get("pg_connections_exporter_log_up", target="pool") == 1
+                ),
+                what="the pgbouncer target up and its log read",
+            )
+            assert first.get("pgbouncer_client_failures_total", **refused, user="") == 0
+            # The exporter's own console connection and 3 clients: max_client_conn reached.
+            clients = [psycopg.connect(bouncer.dsn("postgres", "app")) for _ in range(3)]
+            for _ in range(5):
+                with pytest.raises(psycopg.OperationalError, match="max_client_conn"):
+                    psycopg.connect(bouncer.dsn("postgres", "app"), connect_timeout=5)
+            who = {**refused, "user": "", "database": "", "client_addr": "127.0.0.1"}
+            exp.running.scrape_until(
+                lambda s: s.get("pgbouncer_client_failures_total", **who) == 5,
+                what="5 clients refused for max_client_conn on /metrics",
+            )
+            threading.Event().wait(0.5)  # more polls: counted once
+            again = exp.running.scrape()
+            assert again.get("pgbouncer_client_failures_total", **who) == 5
+            assert again.series("pg_connection_failures_total") == []
+        finally:
+            for conn in clients:
+                conn.close()
+            exp.running.stop()
+    finally:
+        cluster.stop()

@@ -265,24 +265,15 @@ class LogSpec(StrictModel):
     connections"); the reader is exporter/logs, driven by exporter/scrape/logfeed."""
 
     source: Literal["file", "remote"] = "file"
-    # source: file: the log directory as seen from where the exporter runs.
+    # source: file: the log directory as seen from where the exporter runs. source: remote
+    # reads the server's own log directory through pgce_read_log over the held connection.
     directory: Path | None = None
     format: LogFormat
     # The files of the format in the directory; default by format (*.csv, *.json, *.log).
     pattern: str | None = Field(default=None, min_length=1, max_length=200)
-    # stderr: the server's log_line_prefix (with source: file the exporter has no way to SHOW
-    # it yet, so it is given here).
+    # stderr: the server's log_line_prefix; when not given, the exporter reads it with SHOW
+    # over the held connection.
     log_line_prefix: str | None = Field(default=None, max_length=1000)
-
-    @field_validator("source")
-    @classmethod
-    def _source(cls, v: str) -> str:
-        if v == "remote":
-            raise ValueError(
-                "source: remote (reading the log over the held connection) is not supported "
-                "yet in this release; use source: file with the log directory"
-            )
-        return v
 
     @field_validator("directory")
     @classmethod
@@ -302,10 +293,16 @@ class LogSpec(StrictModel):
     def _needs(self) -> LogSpec:
         if self.source == "file" and self.directory is None:
             raise ValueError("directory is required with source: file")
-        if self.format == "stderr" and not self.log_line_prefix:
+        if self.source == "remote" and self.directory is not None:
             raise ValueError(
-                "format stderr needs log_line_prefix: the server's (SHOW log_line_prefix), "
-                "for example '%m [%p] %q%u@%d %h '"
+                "directory is for source: file; source: remote reads the server's own "
+                "log_directory through pgce_read_log"
+            )
+        if self.format == "stderr" and self.log_line_prefix == "":
+            raise ValueError(
+                "log_line_prefix is empty: give the server's (SHOW log_line_prefix), for "
+                "example '%m [%p] %q%u@%d %h ', or leave it out to have it read over the "
+                "connection"
             )
         if self.format != "stderr" and self.log_line_prefix is not None:
             raise ValueError("log_line_prefix is for format stderr only")
@@ -726,7 +723,12 @@ def _check_log_kind(t: TargetSpec, where: str, problems: list[str]) -> None:
     """PgBouncer writes its own log format; a PostgreSQL server never writes it."""
     if t.log is None:
         return
-    if t.kind == "pgbouncer" and t.log.format != "pgbouncer":
+    if t.kind == "pgbouncer" and t.log.source == "remote":
+        problems.append(
+            f"{where}.log.source: a pgbouncer target's log cannot be read remotely (its "
+            "console has no function to read it); use source: file"
+        )
+    elif t.kind == "pgbouncer" and t.log.format != "pgbouncer":
         problems.append(
             f"{where}.log.format: a pgbouncer target's log is format pgbouncer, not {t.log.format}"
         )

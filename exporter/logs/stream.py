@@ -74,16 +74,28 @@ class LogStream:
         self.label_names = tuple(labels)
         self.label_values = tuple(labels.values())
         self.log_format = log_format
-        self.parser = parser_for(log_format, log_line_prefix, max_line)
+        self.max_line = max_line
+        self.parser: LineParser
         self.classifier: PostgresClassifier | PgbouncerClassifier
-        if log_format == "pgbouncer":
-            self.classifier = PgbouncerClassifier()
-        else:
-            precise = getattr(getattr(self.parser, "prefix", None), "millisecond_time", True)
-            self.classifier = PostgresClassifier(setup_from_timestamps=precise)
+        self._use_parser(parser_for(log_format, log_line_prefix, max_line))
         self.source = source_counts
         self.failures = FailureCounts(max_series)
         self.setup = SetupTimes()
+
+    def use_log_line_prefix(self, log_line_prefix: str) -> None:
+        """For `stderr` before the first feed: the server's prefix, once read over the
+        connection (PrefixError if it cannot be read back; the stream is unchanged then)."""
+        if self.log_format != "stderr":
+            raise ValueError("log_line_prefix is for format stderr only")
+        self._use_parser(parser_for("stderr", log_line_prefix, self.max_line))
+
+    def _use_parser(self, parser: LineParser) -> None:
+        self.parser = parser
+        if self.log_format == "pgbouncer":
+            self.classifier = PgbouncerClassifier()
+        else:
+            precise = getattr(getattr(parser, "prefix", None), "millisecond_time", True)
+            self.classifier = PostgresClassifier(setup_from_timestamps=precise)
 
     def feed(self, pieces: Iterable[Piece]) -> list[Event]:
         """Parse, classify and count; the events are returned for the caller's logs or tests."""
@@ -216,7 +228,8 @@ class LogStream:
         errors = CounterMetricFamily(
             "pg_connections_exporter_log_errors_total",
             "Attempts to read the target's log that failed, by reason (missing, permission,"
-            " error).",
+            " error; remote: function_missing, timeout; stderr: prefix, a log_line_prefix the"
+            " reader cannot parse).",
             labels=(*names, "reason"),
         )
         for reason, count in sorted(source.errors.copy().items()):

@@ -25,7 +25,12 @@ def problems(*targets: dict[str, Any]) -> list[str]:
 @pytest.mark.parametrize(
     ("target", "key", "words"),
     [
-        ({**PG, "log": {**CSV, "source": "remote"}}, "targets[0].log.source", "not supported yet"),
+        ({**PG, "log": {**CSV, "source": "remote"}}, "targets[0].log", "directory is for source"),
+        (
+            {**BOUNCER, "log": {"source": "remote", "format": "pgbouncer"}},
+            "targets[0].log.source",
+            "cannot be read remotely",
+        ),
         ({**PG, "log": {**CSV, "source": "ftp"}}, "targets[0].log.source", "'file'"),
         ({**PG, "log": {"format": "csvlog"}}, "targets[0].log", "directory is required"),
         ({**PG, "log": {**CSV, "directory": "log"}}, "targets[0].log.directory", "absolute"),
@@ -35,7 +40,11 @@ def problems(*targets: dict[str, Any]) -> list[str]:
             "targets[0].log.format",
             "required",
         ),
-        ({**PG, "log": {**CSV, "format": "stderr"}}, "targets[0].log", "needs log_line_prefix"),
+        (
+            {**PG, "log": {**CSV, "format": "stderr", "log_line_prefix": ""}},
+            "targets[0].log",
+            "log_line_prefix is empty",
+        ),
         (
             {**PG, "log": {**CSV, "log_line_prefix": "%m [%p] "}},
             "targets[0].log",
@@ -73,6 +82,8 @@ def test_the_log_sections_of_each_kind_are_accepted() -> None:
                 },
                 {**BOUNCER, "log": {"directory": "/var/log/pgbouncer", "format": "pgbouncer"}},
                 {**PG, "name": "d"},
+                {**PG, "name": "e", "log": {"source": "remote", "format": "csvlog"}},
+                {**PG, "name": "f", "log": {"directory": "/logs/pg", "format": "stderr"}},
             ]
         },
         "conf.yaml",
@@ -83,3 +94,6 @@ def test_the_log_sections_of_each_kind_are_accepted() -> None:
     assert logs["c"] is not None and logs["c"].log_line_prefix == "%m [%p] %q%u@%d %h "
     assert logs["b"] is not None and logs["b"].format == "pgbouncer"
     assert logs["d"] is None
+    assert logs["e"] is not None and logs["e"].source == "remote" and logs["e"].directory is None
+    # stderr without a prefix: the exporter asks the server (SHOW log_line_prefix).
+    assert logs["f"] is not None and logs["f"].log_line_prefix is None

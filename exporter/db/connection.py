@@ -201,11 +201,6 @@ class TargetConnection:
         conn = self._session
         return conn is not None and not conn.closed and not conn.broken
 
-    @property
-    def busy(self) -> bool:
-        """Whether someone holds (or waits for) the connection now."""
-        return self._users > 0
-
     async def _spaced(self) -> None:
         """Before an attempt: at most one a second, backing off to one every 10 s while they
         fail, however often the pool asks; none once closing (the wait ends at once, so a

@@ -116,17 +116,9 @@ class Scraper:
             await asyncio.wait([r for _, r in runs], timeout=max(0.0, timeout))
         return [_result(t, run) for t, run in runs]
 
-    async def scrape_target(self, name: str, timeout: float) -> TargetResult | None:
-        """One configured target's result within `timeout` (joining a run in flight), or None
-        if the configuration has no target of that name: what /probe?target=NAME serves."""
-        target = next((t for t in self.targets if t.target.name == name), None)
-        if target is None:
-            return None
-        return await self.answer(target, time.monotonic() + timeout)
-
     async def answer(self, target: TargetScraper, deadline: float) -> TargetResult:
-        """`target`'s result by `deadline` (a run of one not of this config too: /probe's
-        servers from discovery), joining its run in flight."""
+        """`target`'s result by `deadline`, joining its run in flight: what /probe serves, for
+        a configured target and for a server from discovery alike."""
         run = self.start(target, deadline)
         await asyncio.wait([run], timeout=max(0.0, deadline - time.monotonic()))
         return _result(target, run)

@@ -55,24 +55,16 @@ async def test_concurrent_scrapes_join_one_run_per_target() -> None:
     scrapes = [asyncio.create_task(scraper.scrape(10)) for _ in range(4)]
     await asyncio.wait_for(fakes["a"].running.wait(), 5)
     # /probe?target=a, arriving while a's run is in flight, joins the same run.
-    probe = asyncio.create_task(scraper.scrape_target("a", 10))
+    probe = asyncio.create_task(scraper.answer(fakes["a"], time.monotonic() + 10))  # type: ignore[arg-type]
     await asyncio.sleep(0.05)
     release.set()
     answers = [[r.up for r in results] for results in await asyncio.gather(*scrapes)]
     assert answers == [[True, True]] * 4
-    probed = await probe
-    assert probed is not None and probed.up
+    assert (await probe).up
     assert fakes["a"].runs == 1
     # A run that has ended is not joined: the next scrape runs the target again.
     await scraper.scrape(5)
     assert fakes["a"].runs == 2
-
-
-async def test_scrape_target_of_an_unknown_name_is_none() -> None:
-    scraper = scraper_of("a")
-    install(scraper)
-    await scraper.open()
-    assert await scraper.scrape_target("nope", 1) is None
 
 
 async def test_a_failing_run_costs_only_its_target(caplog: pytest.LogCaptureFixture) -> None:

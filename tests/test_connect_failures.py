@@ -11,7 +11,7 @@ from exporter.db.failures import classify
 from harness.localpg import LocalCluster, free_port
 from harness.workload import SessionSpec, Workload
 from tests.conftest import ALL_MAJORS, VERSIONS, new_cluster, require
-from tests.helpers import http_get
+from tests.helpers import http_get, wait_until
 
 
 def test_down_at_start_then_recovers_by_itself(exporter_for) -> None:
@@ -66,7 +66,12 @@ def test_full_server_refusal_reasons(major: str, exporter_for) -> None:
         cluster.execute("CREATE ROLE app LOGIN", "CREATE ROLE lim LOGIN CONNECTION LIMIT 0")
         with Workload(cluster.dsn()) as w:
             for _ in range(4):
-                w.open(SessionSpec("idle", user="app"))
+                # The CREATE ROLE session's backend holds a slot until it has exited (under
+                # load, after its client has gone): the slot is free again once it has.
+                wait_until(
+                    lambda: _opened(w, SessionSpec("idle", user="app")),
+                    what="an ordinary slot to take",
+                )
             # Ordinary roles are refused now; so is an exporter that starts only now as one.
             running = exporter_for(
                 {
@@ -110,3 +115,14 @@ def test_full_server_refusal_reasons(major: str, exporter_for) -> None:
 )
 def test_classify_messages(message: str, reason: str) -> None:
     assert classify(psycopg.OperationalError(f"connection failed: {message}")) == reason
+
+
+def _opened(w: Workload, spec: SessionSpec) -> bool:
+    """Whether `spec`'s session got in (False if it was refused for want of a slot)."""
+    try:
+        w.open(spec)
+    except psycopg.OperationalError as exc:
+        if "reserved" in str(exc) or "too many" in str(exc):
+            return False
+        raise
+    return True

@@ -71,6 +71,7 @@ class Exporter:
             web_config,
             probe=self.probes.collector,
             scrape=collector.begin,
+            scrape_on_loop=collector.results,
             pages={
                 "/": LandingPage(
                     lambda: self.config, self.status, telemetry_path, self.probes.summary

@@ -314,7 +314,10 @@ class TargetConnection:
         timeout = self._timeout_to_set(seconds)
         if timeout is None:
             return
-        await conn.execute("SELECT set_config('statement_timeout', %s, false)", (timeout,))
+        # Our own "<digits>ms", written in: sent as the scrape's statements are (statements.py),
+        # not through a cursor.
+        assert timeout[:-2].isdigit(), timeout
+        await self.control(conn, f"SET statement_timeout = '{timeout}'")
         self._session_timeout = timeout
 
     def _timeout_to_set(self, seconds: float) -> str | None:

@@ -57,10 +57,15 @@ class ExporterCollector(Collector):
         self.reload_status = reload_status
 
     def begin(self) -> Future[list[TargetResult]]:
-        """The scrape, started on the scraper's event loop: the HTTP handler awaits it there,
-        holding no worker, then renders with its results (`scraped`)."""
+        """The scrape, started on the scraper's event loop from another thread: the HTTP
+        handler awaits it there, holding no worker, then renders with its results
+        (`scraped`)."""
         coro = self.scraper.scrape(self._timeout())
         return asyncio.run_coroutine_threadsafe(coro, self.scraper.loop)
+
+    async def results(self) -> list[TargetResult]:
+        """The scrape, on the loop (`scrape_timeout` set in this task's context)."""
+        return await self.scraper.scrape(self._timeout())
 
     def _timeout(self) -> float:
         settings = self.scraper.config.settings

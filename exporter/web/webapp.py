@@ -59,10 +59,13 @@ class WebApp:
         pages: Mapping[str, Page] | None = None,
         probe: Probe | None = None,
         scrape: Callable[[], Future[list[TargetResult]]] | None = None,
+        scrape_on_loop: Callable[[], Awaitable[list[TargetResult]]] | None = None,
     ) -> None:
-        """`scrape` starts the scrape the telemetry path renders (ExporterCollector.begin),
-        so that the scrape is awaited on the loop, not on a worker."""
+        """`scrape` starts the scrape the telemetry path renders from a worker
+        (ExporterCollector.begin), `scrape_on_loop` on the loop (ExporterCollector.results):
+        either way the scrape is awaited on the loop, not on a worker."""
         self.scrape = scrape
+        self.scrape_on_loop = scrape_on_loop
         self.registry = registry
         self.pages = dict(pages or {})
         self.telemetry_path = telemetry_path
@@ -164,7 +167,9 @@ class _Answers:
             return timed_out
         req = _Request(request.method, request.raw_path, request.headers)
         loop = asyncio.get_running_loop()
-        outcome = await loop.run_in_executor(self._workers, self.answer, req)
+        outcome: _Answer | _Deferred | None = await self._on_loop(req)
+        if outcome is None:
+            outcome = await loop.run_in_executor(self._workers, self.answer, req)
         if isinstance(outcome, _Deferred):
             await asyncio.wrap_future(outcome.due)
             outcome = await loop.run_in_executor(self._workers, outcome.render)
@@ -182,6 +187,33 @@ class _Answers:
             extra={"client": client_address(request), "request": f"{req.method} {req.path}"},
         )
         return response
+
+    async def _on_loop(self, request: _Request) -> _Answer | None:
+        """A /metrics scrape without basic auth, taken on the loop: the scrape awaited there,
+        one hand-off to a worker for the rendering (each thread crossing costs a scrape of
+        one target CPU: docs/benchmarks.md). None for everything else (admitted on a worker:
+        bcrypt blocks)."""
+        scrape = self.web.scrape_on_loop
+        if (
+            scrape is None
+            or request.method not in ("GET", "HEAD")
+            or urlsplit(request.path).path != self.web.telemetry_path
+            or self.web.web_config.auth is not None
+        ):
+            return None
+        refused = self._admitted(request)  # the rate limit alone: no bcrypt without auth
+        if refused is not None:
+            return refused
+        header = request.headers.get("X-Prometheus-Scrape-Timeout-Seconds")
+        token = scrape_timeout.set(_prometheus_timeout(header))
+        try:
+            results = await scrape()
+        finally:
+            scrape_timeout.reset(token)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._workers, lambda: self._metrics(request, results=results)
+        )
 
     async def _discard_body(self, request: web.BaseRequest) -> bool:
         """Read and drop a request body (none is expected) within the I/O timeout (else

@@ -118,8 +118,20 @@ def test_only_postgres_prepares_and_only_when_the_target_allows() -> None:
     assert not _connection("pgbouncer").prepared("SHOW POOLS")
 
 
+class _ControlRecorded(TargetConnection):
+    """A real TargetConnection (never opened) whose own statements go to the fake's record."""
+
+    async def control(self, conn: Any, sql: str) -> None:
+        conn.executed.append(sql)
+
+
+def _recording(kind: str) -> TargetConnection:
+    target = Target("t", "host=nowhere", {}, 1.0, kind, None, True)  # type: ignore[arg-type]
+    return _ControlRecorded(target, statement_timeout=5.0, lock_timeout=1.0)
+
+
 async def test_session_set_up_and_statement_timeout_only_where_the_kind_has_one() -> None:
-    postgres, conn = _connection("postgres"), FakeConn(FakeServer())
+    postgres, conn = _recording("postgres"), FakeConn(FakeServer())
     await postgres._configure(conn)  # type: ignore[arg-type]
     assert len(conn.executed) == 1 and "lock_timeout" in conn.executed[0]
     await postgres.set_statement_timeout(conn, 5.0)  # type: ignore[arg-type]
@@ -133,7 +145,7 @@ async def test_session_set_up_and_statement_timeout_only_where_the_kind_has_one(
     await postgres.set_statement_timeout(conn, 2.0)  # type: ignore[arg-type]
     assert len(conn.executed) == 2
 
-    bouncer, conn = _connection("pgbouncer"), FakeConn(FakeServer())
+    bouncer, conn = _recording("pgbouncer"), FakeConn(FakeServer())
     await bouncer._configure(conn)  # type: ignore[arg-type]
     await bouncer.set_statement_timeout(conn, 2.0)  # type: ignore[arg-type]
     assert conn.executed == []  # the console refuses SET

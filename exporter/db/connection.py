@@ -199,6 +199,12 @@ class TargetConnection:
         """Whether someone holds (or waits for) the connection now."""
         return self._users > 0
 
+    @property
+    def wanted(self) -> bool:
+        """Inside `idle_connection`: whether someone else (a scrape) now waits for the
+        connection, so that a sampler gives it back before its next statement."""
+        return self._users > 1
+
     async def _spaced(self) -> None:
         """Before an attempt: at most one a second, backing off to one every 10 s while they
         fail, however often the pool asks."""

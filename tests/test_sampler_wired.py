@@ -25,6 +25,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from exporter.app import Exporter
+from exporter.config.model import parse_config
 from harness.localpg import LocalCluster
 from harness.workload import SessionSpec, Workload
 from tests.conftest import new_cluster, require_program
@@ -261,4 +263,67 @@ def test_full_silent_and_down_servers_keep_scrape_deadlines_and_nothing_piles_up
         if stopped is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(stopped, signal.SIGCONT)
+        cluster.stop()
+
+
+@pytest.mark.timeout(120)
+def test_reload_keeps_totals_and_probe_targets_are_sampled_while_held(tmp_path: Path) -> None:
+    cluster = new_cluster("15")
+    current: list[dict[str, Any]] = []
+    exporter: Exporter | None = None
+    try:
+        one = {"name": "a", "dsn": cluster.dsn()}
+        two = {"name": "b", "dsn": cluster.dsn(host="127.0.0.1")}
+        current.append(
+            {
+                "targets": [one],
+                "auth_modules": {"m": {"userpass": {"username": "postgres"}}},
+                "probe": {"allowed_hosts": ["127.0.0.0/8"], "idle_timeout": "3s"},
+            }
+        )
+        exporter = Exporter(
+            parse_config(current[0], "test config"),
+            "127.0.0.1",
+            0,
+            load_config=lambda: parse_config(current[-1], "test config"),
+        )
+        exporter.start()
+        running = RunningExporter(exporter)
+
+        def taken(s: Samples, target: str) -> float:
+            return s.get("pg_connections_exporter_samples_total", target=target) or 0
+
+        before = running.scrape_until(lambda s: taken(s, "a") >= 3, what="a sampled").value(
+            "pg_connections_exporter_samples_total", target="a"
+        )
+        # A reload adding b: a keeps its totals (never backwards), b is sampled too.
+        current.append({**current[0], "targets": [one, two]})
+        assert exporter.reload() == []
+        s = running.scrape_until(lambda s: taken(s, "b") >= 2, what="b sampled")
+        assert taken(s, "a") >= before
+        assert exporter.samplers.tasks == 2
+        # A /probe server from discovery: sampled while held, its figures in its answer only.
+        address = f"127.0.0.1:{cluster.port}/postgres"
+        probe_url = f"{running.url}/probe?target={address}&auth_module=m"
+
+        def probed() -> Samples | None:
+            status, body, _ = http_get(probe_url)
+            assert status == 200, body
+            found = Samples(body)
+            return found if taken(found, address) >= 2 else None
+
+        wait_until(probed, 20, 0.3, "the probe target sampled")
+        assert exporter.samplers.tasks == 3
+        assert taken(running.scrape(), address) == 0  # not on /metrics
+        # Not probed for idle_timeout: swept, and its sampler stops; a reload removing b
+        # stops b's.
+        current.append(current[0])
+        assert exporter.reload() == []
+        wait_until(lambda: exporter.samplers.tasks == 1, 20, 0.2, "only a's sampler left")
+        s = running.scrape()
+        assert s.get("pg_connections_exporter_samples_total", target="b") is None
+        assert taken(s, "a") >= before
+    finally:
+        if exporter is not None:
+            exporter.stop()
         cluster.stop()

@@ -96,6 +96,8 @@ class Samplers(Collector):
         self._lock = threading.Lock()  # the entries as collect() on a worker reads them
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reconciler: asyncio.Task[None] | None = None
+        # Every sampler task not ended yet, a stopped target's included.
+        self._running: set[asyncio.Task[None]] = set()
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """On the loop: the targets' tasks, and the one that follows /probe's targets."""
@@ -134,9 +136,11 @@ class Samplers(Collector):
         if self._loop is not None:
             for entry in self._entries.values():
                 if entry.task is None:
-                    entry.task = self._loop.create_task(
+                    entry.task = task = self._loop.create_task(
                         self._drive(entry), name=f"sampler {entry.scraper.target.name}"
                     )
+                    self._running.add(task)
+                    task.add_done_callback(self._running.discard)
 
     def _new(self, scraper: TargetScraper, probe: bool, interval: float) -> _Entry:
         target = scraper.target
@@ -146,7 +150,7 @@ class Samplers(Collector):
 
     async def close(self) -> None:
         """On the loop, as the exporter stops: every task ended."""
-        tasks = [e.task for e in self._entries.values() if e.task is not None]
+        tasks = list(self._running)
         if self._reconciler is not None:
             tasks.append(self._reconciler)
         for task in tasks:
@@ -156,8 +160,8 @@ class Samplers(Collector):
 
     @property
     def tasks(self) -> int:
-        """Sampler tasks running (tests hold it bounded)."""
-        return sum(1 for e in self._entries.values() if e.task is not None and not e.task.done())
+        """Sampler tasks not ended yet, a removed target's included (tests hold it bounded)."""
+        return len(self._running)
 
     async def _follow(self) -> None:
         while True:

@@ -327,3 +327,28 @@ def test_reload_keeps_totals_and_probe_targets_are_sampled_while_held(tmp_path: 
         if exporter is not None:
             exporter.stop()
         cluster.stop()
+
+
+@pytest.mark.timeout(120)
+def test_a_pgbouncer_target_is_sampled_on_its_console(
+    pg: LocalCluster, pgbouncer_for, exporter_for
+) -> None:
+    bouncer = pgbouncer_for(pg)
+    running: RunningExporter = exporter_for(
+        {"targets": [{"name": "bouncer", "kind": "pgbouncer", "dsn": bouncer.dsn()}]}
+    )
+    with Workload(bouncer.dsn("postgres", "app")) as clients:
+        clients.open_many([SessionSpec("idle", dbname="app")] * 3)
+
+        def sampled(s: Samples) -> bool:
+            return (s.get("pgbouncer_client_connections_peak", target="bouncer") or 0) >= 3 and (
+                s.get("pg_connections_exporter_samples_total", target="bouncer") or 0
+            ) >= 3
+
+        s = running.scrape_until(sampled, 20, "the console sampled with 3 clients")
+    # The clients and the exporter's own console connection; max_client_conn read from
+    # SHOW CONFIG; nothing failed.
+    assert s.value("pgbouncer_clients_waiting_peak", target="bouncer") == 0
+    assert s.by("pgbouncer_client_connections_saturation_seconds_total", "level", target="bouncer")
+    errors = s.by("pg_connections_exporter_samples_missed_total", "reason", target="bouncer")
+    assert errors["error"] == 0 and errors["timeout"] == 0, errors

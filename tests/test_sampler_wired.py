@@ -182,11 +182,12 @@ def loop_tasks(running: RunningExporter) -> int:
 
 
 def exporter_backend(observer: psycopg.Connection[Any]) -> int:
-    row = observer.execute(
+    """The exporter's one backend (sampling never opens a second)."""
+    rows = observer.execute(
         "SELECT pid FROM pg_stat_activity WHERE application_name = 'pg-connections-exporter'"
-    ).fetchone()
-    assert row is not None
-    return int(row[0])
+    ).fetchall()
+    assert len(rows) == 1, rows
+    return int(rows[0][0])
 
 
 @pytest.mark.slow

@@ -253,8 +253,8 @@ async def _sample(
         )
         with guard as dog:
             await connection.set_statement_timeout(conn, bound)
-            for i, sql in enumerate(sampler.statements(now)):
-                if i and connection.wanted:
+            for sql in sampler.statements(now):
+                if connection.wanted:
                     return "busy"  # a scrape waits: it gets the connection now
                 limit = time.monotonic() + bound + SILENT_SERVER_GRACE + 1.0
                 each: AbstractContextManager[Watchdog | None] = (

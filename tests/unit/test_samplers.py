@@ -147,3 +147,45 @@ def test_a_late_tick_is_not_caught_up(monkeypatch: pytest.MonkeyPatch) -> None:
     # The late tick is followed by the next on the schedule, never by a burst of the lost ones.
     assert all(g >= 0.05 for g in gaps), gaps
     assert 6 <= len(ticks) <= 9, ticks
+
+
+class _Console:
+    """A PgBouncer console's TargetConnection: a scrape starts waiting for the connection once
+    the first statement has run."""
+
+    def __init__(self) -> None:
+        from exporter.kinds import kind_of
+
+        self.policy = kind_of("pgbouncer").policy
+        self.statement_timeout = 5.0
+        self.ran: list[str] = []
+        self.wanted = False
+        self.target = parse_config({"targets": [{"name": "b", "dsn": "host=x"}]}, "c").targets[0]
+
+    @asynccontextmanager
+    async def idle_connection(self) -> AsyncIterator[Any]:
+        yield object()
+
+    def watchdog(self, conn: Any, seconds: float) -> Any:
+        from contextlib import nullcontext
+
+        return nullcontext(None)
+
+    async def set_statement_timeout(self, conn: Any, seconds: float) -> None:
+        pass
+
+    async def query(self, conn: Any, sql: str, params: Any, limit: float) -> Any:
+        self.ran.append(sql)
+        self.wanted = True  # a scrape arrived meanwhile
+        return [], ()
+
+
+def test_a_tick_gives_the_connection_back_between_statements_when_a_scrape_waits() -> None:
+    from exporter.sampling.sampler import TargetSampler
+
+    console = _Console()
+    sampler = TargetSampler("pgbouncer", {"target": "b"}, SamplerSettings())
+    assert len(sampler.statements(1.0)) >= 2
+    asyncio.run(Samplers.tick(console, sampler, 1.0))  # type: ignore[arg-type]
+    assert console.ran == ["SHOW LISTS"]  # the scrape waited one statement, not three
+    assert sampler.slots.read(1.0).missed == {"busy": 1}

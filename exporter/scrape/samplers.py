@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 import zlib
@@ -47,6 +48,9 @@ log = logging.getLogger(__name__)
 # How often the set of targets is compared with the tasks (probe targets come and go with
 # discovery; a reload also updates at once).
 RECONCILE_SECONDS = 1.0
+# Ticks start on a grid of this many seconds: the targets due in one step share the loop's
+# wake-up (the exporter's CPU per sample is mostly waking up for it).
+TICK_GRID = 0.1
 
 # What makes a sampler the same one after a reload (its totals kept).
 _Levels = tuple[float, ...]
@@ -179,7 +183,8 @@ class Samplers(Collector):
         phase = zlib.crc32(entry.scraper.target.name.encode()) % 1000 / 1000
         next_at = time.monotonic() + phase * interval
         while True:
-            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            at = math.ceil(next_at / TICK_GRID) * TICK_GRID
+            await asyncio.sleep(max(0.0, at - time.monotonic()))
             if entry.stopped:
                 return
             now = time.monotonic()

@@ -146,7 +146,7 @@ def test_a_late_tick_is_not_caught_up(monkeypatch: pytest.MonkeyPatch) -> None:
     gaps = [b - a for a, b in itertools.pairwise(ticks)]
     # The late tick is followed by the next on the schedule, never by a burst of the lost ones.
     assert all(g >= 0.05 for g in gaps), gaps
-    assert 6 <= len(ticks) <= 9, ticks
+    assert 5 <= len(ticks) <= 9, ticks  # the lost ticks skipped, not run late
 
 
 class _Console:

@@ -15,6 +15,11 @@ so the benchmark starts ceil(N / 60) local servers, each on 60 loopback addresse
     python benchmarks/fleet.py                       # 100, 500, 1000; 3 rounds of 15 s
     python benchmarks/fleet.py --sizes 50 --rounds 2 --interval 5 --idle-sockets 200  # quick
     python benchmarks/fleet.py --sizes 1000 --no-peer --idle-sockets 0 --baseline SCRIPT  # A/B
+    python benchmarks/fleet.py --sizes 1,100,1000 --no-peer --idle-sockets 0 --sampler-ab
+
+With --sampler-ab, each size runs pg-connections-exporter twice in the same run, on the same
+servers: the sampler at its defaults (issue 26: every target sampled between scrapes), then
+`sampler: {enabled: false}`; the difference in CPU per round is the sampler's cost.
 
 Not part of the test suite's pass/fail: the figures depend on the machine.
 """
@@ -238,6 +243,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="another build's console script (as scrape_cost.py --baseline): measured after "
         "this one at each size, on the same servers",
     )
+    parser.add_argument(
+        "--sampler-ab",
+        action="store_true",
+        help="at each size, ours with the sampler at its defaults and then with it off",
+    )
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     raise_fd_limit(args.idle_sockets + 4096)
@@ -263,12 +273,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ours = start_ours(workdir, config=config)
                 try:
                     rows.append(measure(OURS_APP, ours, servers, n, OURS_APP, args))
+                    if args.sampler_ab:
+                        rows[-1].contender = f"{OURS_APP} (sampler on)"
                     print(rows[-1].line(), flush=True)
                     if n == max(sizes) and args.idle_sockets:
                         lines += idle_sockets(ours, args.idle_sockets)
                         print(lines[-1], flush=True)
                 finally:
                     ours.stop()
+                if args.sampler_ab:
+                    off = workdir / f"fleet-{n}-sampler-off.yaml"
+                    off.write_text(
+                        yaml.safe_dump({"targets": targets, "sampler": {"enabled": False}})
+                    )
+                    quiet = start_ours(workdir, config=off)
+                    try:
+                        rows.append(measure(OURS_APP, quiet, servers, n, OURS_APP, args))
+                        rows[-1].contender = f"{OURS_APP} (sampler off)"
+                        print(rows[-1].line(), flush=True)
+                    finally:
+                        quiet.stop()
                 if args.baseline:
                     base = start_ours(workdir, config=config, script=Path(args.baseline))
                     try:

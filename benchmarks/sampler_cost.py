@@ -13,12 +13,19 @@ the server with N idle clients: SHOW LISTS and SHOW POOLS per sample (and SHOW C
 minute, as the sampler asks), the CPU of the pgbouncer process (it is single-threaded: its CPU
 is what its clients wait behind).
 
-    python benchmarks/sampler_cost.py --sizes 100,1000 --runs 2000 [--pgbouncer]
+With --core, the wired tick instead (exporter/scrape/samplers.py, `Samplers.tick` on a
+target's held connection, on an asyncio loop as the exporter runs it), ticks 10 ms apart: its
+wall time (the most a scrape arriving mid-tick waits for the connection) and this process's
+CPU per tick. The exporter's CPU at 1, 100 and 1,000 targets, sampler on and off, is
+`fleet.py --sampler-ab`.
+
+    python benchmarks/sampler_cost.py --sizes 100,1000 --runs 2000 [--pgbouncer | --core]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import shutil
 import statistics
@@ -134,11 +141,47 @@ def pgbouncer_rows(cluster: LocalCluster, sizes: list[int], runs: int) -> None:
         bouncer.stop()
 
 
+def core_rows(dsn: str, n: int, runs: int) -> None:
+    """The exporter's own tick on one target at `n` sessions: wall and CPU per tick."""
+    from exporter.config.model import parse_config
+    from exporter.scrape.samplers import Samplers
+    from exporter.scrape.target import TargetScraper
+
+    config = parse_config({"targets": [{"name": "bench", "dsn": dsn}]}, "bench")
+
+    async def ticks() -> None:
+        target = TargetScraper(config.targets[0], config.queries, config.settings)
+        await target.open()
+        while not target.connection.connected:
+            await asyncio.sleep(0.05)
+        sampler = TargetSampler("postgres", {"target": "bench"}, SamplerSettings())
+        walls, cpu = [], 0.0
+        for i in range(runs + 50):
+            own, start = time.process_time(), time.perf_counter()
+            await Samplers.tick(target.connection, sampler, time.monotonic())
+            if i >= 50:  # warm: prepared, loaders made
+                walls.append(time.perf_counter() - start)
+                cpu += time.process_time() - own
+            await asyncio.sleep(0.01)
+        await target.close()
+        ms = sorted(w * 1000 for w in walls)
+        missed = sampler.slots.read(time.monotonic()).missed
+        print(
+            f"| {n} | core tick (Samplers.tick, prepared) | {statistics.median(ms):.3f} "
+            f"| {ms[int(len(ms) * 0.99)]:.3f} | - | {cpu * 1000 / runs:.3f} |"
+            + (f" missed {missed}" if missed else ""),
+            flush=True,
+        )
+
+    asyncio.run(ticks())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100,1000")
     parser.add_argument("--runs", type=int, default=2000, help="runs of each statement per size")
     parser.add_argument("--pgbouncer", action="store_true", help="sample a PgBouncer instead")
+    parser.add_argument("--core", action="store_true", help="the exporter's wired tick instead")
     args = parser.parse_args(argv)
     sizes = sorted(int(s) for s in args.sizes.split(","))
     slots = next(q for q in builtin_queries() if q.name == "connection_slots")
@@ -162,6 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         dsn = cluster.dsn(user=MONITOR_ROLE, host="127.0.0.1")
         for n in sizes:
             workload.grow_to(n)
+            if args.core:
+                core_rows(dsn, n, args.runs)
+                continue
             runners = {
                 "sample, unprepared": Runner(dsn, POSTGRES_SAMPLE, prepare=False),
                 "sample, prepared": Runner(dsn, POSTGRES_SAMPLE, prepare=True),

@@ -19,6 +19,7 @@ from exporter.config.targetfiles import TargetFilesWatcher
 from exporter.db.connection import TargetConnection
 from exporter.metrics.collector import ExporterCollector, ReloadStatus
 from exporter.scrape.logfeed import LogFeeds
+from exporter.scrape.samplers import Samplers
 from exporter.scrape.scraper import Scraper
 from exporter.web.httpserver import HTTPLimits
 from exporter.web.landing import LandingPage, slot_figures
@@ -53,7 +54,15 @@ class Exporter:
         self._web_config = web_config
         collector = ExporterCollector(self.scraper, self._reload_status_now)
         self.registry.register(collector)
-        self.probes = Probes(self.scraper)
+        # Between scrapes (exporter/scrape/samplers.py): a task per target, totals kept over
+        # reloads; the configured targets' families on /metrics, a /probe target's in its answer.
+        self.samplers = Samplers(
+            config.sampler,
+            lambda: self.scraper.targets,
+            lambda: [h.scraper for h in self.probes.dynamic.held()],
+        )
+        self.registry.register(self.samplers)
+        self.probes = Probes(self.scraper, self.samplers.families)
         self.registry.register(ProbeSelfCollector(self.probes))
         # The targets' logs (exporter/scrape/logfeed.py): tasks on the loop, kept over reloads.
         self.log_feeds = LogFeeds(config.targets, self._connection_of)
@@ -106,12 +115,14 @@ class Exporter:
         if self._load_config is not None:
             self._tasks.append(loop.create_task(self.target_files.watch()))
         self.log_feeds.start(loop)
+        self.samplers.start(loop)
 
     async def _closing(self) -> None:
         """On the event loop, once it stops serving: its tasks end, every connection and log
         file closes."""
         for task in self._tasks:
             task.cancel()
+        await self.samplers.close()
         await self.probes.close()
         await self.scraper.close()
         self.log_feeds.close()
@@ -151,11 +162,15 @@ class Exporter:
                 log.exception("reading the configuration failed")
                 return self._refuse([f"internal error reading the configuration: {exc!r}"])
             self.scraper.call(self.scraper.reload(config))
+            self.scraper.call(self._resample(config))
             self.log_feeds.update(config.targets)
             self.config = config
             self._reload_status = ReloadStatus(True, time.time())
         log.info("configuration reloaded", extra={"targets": len(config.targets)})
         return []
+
+    async def _resample(self, config: Config) -> None:
+        self.samplers.update(config.sampler)
 
     def _refuse(self, problems: list[str]) -> list[str]:
         self._reload_status = ReloadStatus(False, self._reload_status.last_success_at)

@@ -471,8 +471,9 @@ Levels = Annotated[list[float], AfterValidator(_levels)]
 
 
 class SamplerSettings(StrictModel):
-    """Between scrapes (exporter/sampling/; not wired yet): one cheap sample per target every
-    `interval` on its held connection, kept as peaks over `window` and seconds at each level.
+    """Between scrapes (exporter/sampling/, driven by scrape/samplers.py): one cheap sample per
+    target every `interval` on its held connection, kept as peaks over `window` and seconds at
+    each level.
     The levels' defaults are alerts/thresholds.yaml's (tests/unit/test_sampling.py holds them
     to it); exhaustion (1) is always counted."""
 

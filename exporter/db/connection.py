@@ -201,6 +201,12 @@ class TargetConnection:
         conn = self._session
         return conn is not None and not conn.closed and not conn.broken
 
+    @property
+    def wanted(self) -> bool:
+        """Inside `idle_connection`: whether someone else (a scrape) now waits for the
+        connection, so that a sampler gives it back before its next statement."""
+        return self._users > 1
+
     async def _spaced(self) -> None:
         """Before an attempt: at most one a second, backing off to one every 10 s while they
         fail, however often the pool asks; none once closing (the wait ends at once, so a

@@ -150,6 +150,11 @@ class TargetSampler:
         self._max_client_conn: int | None = None
         self._limit_read_at: float | None = None
 
+    def retime(self, interval: float) -> None:
+        """A new interval (targets came or went): a sample still stands for at most two."""
+        self.interval = interval
+        self.slots.max_gap = self.waiting.max_gap = 2 * interval
+
     def statements(self, now: float) -> tuple[str, ...]:
         """What to run this tick, in order, on the held connection."""
         if self.kind == "postgres":

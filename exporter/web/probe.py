@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -220,8 +220,13 @@ class _ProbeCollector(Collector):
     starts the run (on the event loop) and gives its answer, due by the deadline, so that the
     HTTP worker need not wait for it (webapp.py answers when it comes); collect() waits."""
 
-    def __init__(self, start: Callable[[], tuple[TargetScraper, Future[TargetResult]]]) -> None:
+    def __init__(
+        self,
+        start: Callable[[], tuple[TargetScraper, Future[TargetResult]]],
+        sampled: Callable[[TargetScraper], Iterable[Metric]],
+    ) -> None:
         self._start = start
+        self._sampled = sampled
         self._begun: tuple[TargetScraper, Future[TargetResult]] | None = None
         self._lock = threading.Lock()
 
@@ -237,14 +242,20 @@ class _ProbeCollector(Collector):
         scraper, result = self._begun[0], answer.result()  # settled by the deadline
         yield from target_families([result])
         yield from derived_families([result])
+        yield from self._sampled(scraper)  # between scrapes (scrape/samplers.py)
         yield from self_families([scraper], [result])
 
 
 class Probes:
     """Answers /probe from the configured targets (Scraper) and the dynamic ones."""
 
-    def __init__(self, scraper: Scraper) -> None:
+    def __init__(
+        self,
+        scraper: Scraper,
+        sampled: Callable[[TargetScraper], Iterable[Metric]] = lambda scraper: (),
+    ) -> None:
         self.scraper = scraper
+        self.sampled = sampled
         self.dynamic = DynamicTargets(scraper)
 
     async def close(self) -> None:
@@ -270,10 +281,10 @@ class Probes:
         target = targets[0]
         if modules:
             held = self.dynamic.admit(modules[0], target)
-            return _ProbeCollector(lambda: self._dynamic(held))
+            return _ProbeCollector(lambda: self._dynamic(held), self.sampled)
         if not any(t.name == target for t in self.scraper.config.targets):
             raise self.dynamic.refuse(404, "unknown_target", _unknown_target(target))
-        return _ProbeCollector(lambda: self._configured(target))
+        return _ProbeCollector(lambda: self._configured(target), self.sampled)
 
     def _configured(self, name: str) -> tuple[TargetScraper, Future[TargetResult]]:
         timeout = effective_timeout(self.scraper.config)

@@ -90,16 +90,16 @@ def test_the_interval_stretches_over_all_targets_configured_and_probed() -> None
     probed: list[TargetScraper] = []
     samplers = Samplers(cfg.sampler, lambda: configured, lambda: probed)
     samplers.update()
-    assert {e.sampler.interval for e in samplers._entries.values()} == {1.5}  # 300 / 200
+    assert {e.sampler.interval for e in samplers._entries.values()} == {6.0}  # 300 / 50
     probed = scrapers(config(*({"name": f"p{i}", "dsn": "host=db2"} for i in range(100))))
     samplers.update()
-    assert {e.sampler.interval for e in samplers._entries.values()} == {2.0}
+    assert {e.sampler.interval for e in samplers._entries.values()} == {8.0}  # 400 / 50
     # A probe target's families are in its /probe answer, not /metrics.
     assert "p0" not in family_values(samplers, "pg_connections_exporter_samples_total")
     assert samplers.families(probed[0])
     probed = []
     samplers.update()
-    assert {e.sampler.interval for e in samplers._entries.values()} == {1.5}
+    assert {e.sampler.interval for e in samplers._entries.values()} == {6.0}
 
 
 class _Refusing:

@@ -71,9 +71,10 @@ def test_the_sampler_section_is_read_with_durations() -> None:
 
 def test_large_fleets_stretch_every_interval_to_the_cap() -> None:
     defaults = SamplerSettings()
-    assert effective_interval(defaults, 100) == 1.0
-    assert effective_interval(defaults, 1000) == 5.0  # 200 samples a second in all
-    assert effective_interval(defaults, 1000, probe=True) == 5.0
+    assert effective_interval(defaults, 50) == 1.0
+    assert effective_interval(defaults, 100) == 2.0  # 50 samples a second in all
+    assert effective_interval(defaults, 1000) == 20.0
+    assert effective_interval(defaults, 1000, probe=True) == 20.0
     slow_probes = SamplerSettings(probe_interval=10.0)
     assert effective_interval(slow_probes, 10, probe=True) == 10.0
 

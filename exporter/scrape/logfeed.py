@@ -27,8 +27,9 @@ from exporter.logs.stream import DEFAULT_PATTERNS, LogStream
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.25
-# Bytes read per poll: feeding them is ~20 ms of the loop's thread at 1 MiB of short lines;
-# a reader behind reads again at once (up to 4 MiB a second before it skips, filetail).
+# Bytes read per poll: small enough that feeding them holds the loop's thread only briefly
+# (docs/benchmarks.md, "Figures that were in code comments"); a reader behind reads again at
+# once (up to 4 MiB a second before it skips, filetail).
 BUDGET_BYTES = 1 << 20
 
 _Key = tuple[LogSpec, str, tuple[tuple[str, str], ...]]

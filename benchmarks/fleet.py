@@ -15,6 +15,8 @@ so the benchmark starts ceil(N / 60) local servers, each on 60 loopback addresse
     python benchmarks/fleet.py                       # 100, 500, 1000; 3 rounds of 15 s
     python benchmarks/fleet.py --sizes 50 --rounds 2 --interval 5 --idle-sockets 200  # quick
     python benchmarks/fleet.py --sizes 1000 --no-peer --idle-sockets 0 --baseline SCRIPT  # A/B
+    python benchmarks/fleet.py --sizes 1000 --no-peer --idle-sockets 0 --baseline SCRIPT \
+        --baseline-first                             # the same, the baseline first
     python benchmarks/fleet.py --sizes 1,100,1000 --no-peer --idle-sockets 0 --sampler-ab
 
 With --sampler-ab, each size runs pg-connections-exporter twice in the same run, on the same
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import socket
 import statistics
 import sys
@@ -74,13 +77,15 @@ class Row:
     hwm_mb: float
     held: int
     up: int
+    load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average when the rounds began / ended
 
     def line(self) -> str:
         return (
             f"| {self.contender} | {self.targets} | {self.up} | "
             f"{statistics.median(self.scrape_s):.2f} / {max(self.scrape_s):.2f} | "
             f"{100 * statistics.median(self.cpu_share):.1f} % | {self.threads} | "
-            f"{self.rss_mb:.0f} / {self.hwm_mb:.0f} | {self.held} |"
+            f"{self.rss_mb:.0f} / {self.hwm_mb:.0f} | {self.held} | "
+            f"{self.load[0]:.1f} → {self.load[1]:.1f} |"
         )
 
 
@@ -147,6 +152,7 @@ def measure(
                 break
             time.sleep(1)
         scrapes, shares = [], []
+        load_before = os.getloadavg()[0]
         for _ in range(args.rounds):
             start, cpu = time.monotonic(), cpu_seconds(proc.pid)
             took, body, encoding = http.get()
@@ -165,6 +171,7 @@ def measure(
             status["VmHWM"],
             held(servers, app),
             up,
+            (load_before, os.getloadavg()[0]),
         )
     finally:
         http.close()
@@ -227,7 +234,7 @@ def idle_sockets(proc: Process, count: int) -> list[str]:
 
 OURS_HEAD = (
     "| Exporter | Targets | Up | Scrape s (median / max) | CPU per round (share of one core) "
-    "| Threads | RSS MiB (now / peak) | Server connections |"
+    "| Threads | RSS MiB (now / peak) | Server connections | Load average (1 min) |"
 )
 
 
@@ -242,6 +249,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--baseline",
         help="another build's console script (as scrape_cost.py --baseline): measured after "
         "this one at each size, on the same servers",
+    )
+    parser.add_argument(
+        "--baseline-first",
+        action="store_true",
+        help="measure the baseline before this build (run once each way: each build first once)",
     )
     parser.add_argument(
         "--sampler-ab",
@@ -270,37 +282,28 @@ def main(argv: Sequence[str] | None = None) -> int:
                     )
                 config = workdir / f"fleet-{n}.yaml"
                 config.write_text(yaml.safe_dump({"targets": targets}))
-                ours = start_ours(workdir, config=config)
-                try:
-                    rows.append(measure(OURS_APP, ours, servers, n, OURS_APP, args))
-                    if args.sampler_ab:
-                        rows[-1].contender = f"{OURS_APP} (sampler on)"
-                    print(rows[-1].line(), flush=True)
-                    if n == max(sizes) and args.idle_sockets:
-                        lines += idle_sockets(ours, args.idle_sockets)
-                        print(lines[-1], flush=True)
-                finally:
-                    ours.stop()
-                if args.sampler_ab:
-                    off = workdir / f"fleet-{n}-sampler-off.yaml"
-                    off.write_text(
-                        yaml.safe_dump({"targets": targets, "sampler": {"enabled": False}})
-                    )
-                    quiet = start_ours(workdir, config=off)
-                    try:
-                        rows.append(measure(OURS_APP, quiet, servers, n, OURS_APP, args))
-                        rows[-1].contender = f"{OURS_APP} (sampler off)"
-                        print(rows[-1].line(), flush=True)
-                    finally:
-                        quiet.stop()
+                off = workdir / f"fleet-{n}-sampler-off.yaml"
+                off.write_text(yaml.safe_dump({"targets": targets, "sampler": {"enabled": False}}))
+                # (script, config, label): this build, the baseline, this build's sampler off.
+                builds: list[tuple[Path | None, Path, str]] = [(None, config, "")]
                 if args.baseline:
-                    base = start_ours(workdir, config=config, script=Path(args.baseline))
+                    base = (Path(args.baseline), config, " (baseline)")
+                    builds.insert(0 if args.baseline_first else 1, base)
+                if args.sampler_ab:
+                    builds[0 if builds[0][0] is None else 1] = (None, config, " (sampler on)")
+                    builds.append((None, off, " (sampler off)"))
+                for script, build_config, label in builds:
+                    proc = start_ours(workdir, config=build_config, script=script)
                     try:
-                        rows.append(measure(OURS_APP, base, servers, n, OURS_APP, args))
-                        rows[-1].contender = f"{OURS_APP} (baseline)"
+                        rows.append(measure(OURS_APP, proc, servers, n, OURS_APP, args))
+                        if label:
+                            rows[-1].contender = f"{OURS_APP}{label}"
                         print(rows[-1].line(), flush=True)
+                        if not label and n == max(sizes) and args.idle_sockets:
+                            lines += idle_sockets(proc, args.idle_sockets)
+                            print(lines[-1], flush=True)
                     finally:
-                        base.stop()
+                        proc.stop()
                 if not args.no_peer and Path(PEER_BINARY).exists():
                     peer = start_peer(workdir, peer_dsns, *PEER_MULTI_TARGET_FLAGS)
                     try:
@@ -318,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 server.stop()
     print()
     print(OURS_HEAD)
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
         print(row.line())
     for line in lines:

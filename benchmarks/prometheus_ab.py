@@ -13,6 +13,7 @@ Not part of the test suite's pass/fail: the figures depend on the machine.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -50,12 +51,16 @@ def main() -> int:
         prometheus = PrometheusServer("prometheus", list(instance.values())).start()
         try:
             cpu = {name: cpu_seconds(p.pid) for name, p in builds.items()}
+            load = os.getloadavg()[0]
             started = time.monotonic()
             time.sleep(args.seconds)
             elapsed = time.monotonic() - started
             cpu = {name: cpu_seconds(p.pid) - cpu[name] for name, p in builds.items()}
             window = f"{args.seconds - 5}s"
-            print(f"{args.sessions} sessions, {args.seconds} s at a 1 s interval")
+            print(
+                f"{args.sessions} sessions, {args.seconds} s at a 1 s interval, load average "
+                f"(1 min) {load:.1f} → {os.getloadavg()[0]:.1f}"
+            )
             print(
                 "| Build | scrapes | scrape_duration_seconds ms (median / mean / max) | "
                 "exporter CPU ms per scrape |"

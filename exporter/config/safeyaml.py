@@ -29,8 +29,8 @@ from yaml.constructor import ConstructorError
 
 from exporter.config.errors import ConfigError
 
-# Caps. A config file with 10,000 targets is ~2 MB and ~120,000 values (nodes); 200,000
-# values take ~2 s and ~100 MB to compose.
+# Caps: above a config file of 10,000 targets, below what takes seconds and a lot of memory
+# to compose (figures: docs/benchmarks.md, "Figures that were in code comments").
 MAX_YAML_BYTES = 4 << 20
 MAX_SECRET_BYTES = 64 << 10
 MAX_DEPTH = 64

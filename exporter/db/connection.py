@@ -338,7 +338,7 @@ class TargetConnection:
 
     def prepared(self, sql: str) -> bool:
         """Whether to run `sql` as a prepared statement, parsed and planned once per session
-        instead of on every scrape (at 100 backends: 2.4 -> 0.9 ms for the built-in queries).
+        instead of on every scrape (server CPU: docs/benchmarks.md, "Profile, and what changed").
         Only where the kind allows it (PostgreSQL), for a single statement (the extended
         protocol refuses several)."""
         return (
@@ -610,8 +610,8 @@ def _ms(seconds: float) -> str:
     return f"{max(1, round(seconds * 1000))}ms"
 
 
-# Query texts as sent, one object for every target sending the same (the built-in queries
-# are ~14 KB: 14 MB at 1,000 targets otherwise); emptied when reloads pile up more.
+# Query texts as sent, one object for every target sending the same (not a copy per target:
+# docs/benchmarks.md, "Later: statements over libpq"); emptied when reloads pile up more.
 _SHARED_TEXTS: dict[bytes, bytes] = {}
 
 

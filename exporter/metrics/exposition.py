@@ -56,8 +56,8 @@ except ImportError:  # pragma: no cover - depends on the installed prometheus_cl
 
 Encoder = Callable[[Collector], bytes]
 
-# gzip's level for a body: a scrape body is repetitive, and level 1 already shrinks it ~7x at
-# 60 % of level 5's CPU (docs/benchmarks.md).
+# gzip's level for a body: a scrape body is repetitive, and level 1 already shrinks it most of
+# the way for less CPU than the default (docs/benchmarks.md, "Profile, and what changed").
 GZIP_LEVEL = 1
 
 # Text-format suffixes that prometheus_client moves into gauges of their own, at the end.
@@ -133,8 +133,8 @@ def _labels(labels: dict[str, str], escaping: str) -> str:
 
 
 # (sample name, escaping, label items) -> the line up to the value, per format: the same series
-# come back scrape after scrape, so each is rendered once (half the encoding's CPU). ~0.5 KB a
-# series; emptied when it holds twice as many as a render writes lines (series gone since).
+# come back scrape after scrape, so each is rendered once (docs/benchmarks.md, "Profile, and
+# what changed"); emptied when it holds twice as many as a render writes lines (series gone).
 _om_prefixes: dict[tuple[str, str, tuple[tuple[str, str], ...]], str] = {}
 _text_prefixes: dict[tuple[str, str, tuple[tuple[str, str], ...]], str] = {}
 
@@ -188,8 +188,9 @@ def _go_float(value: Any) -> str:
 
 def encode(encoder: Encoder, registry: Collector, gzipped: bool) -> bytes:
     """The body `encoder` (from choose_encoder) writes for `registry`, gzipped if asked. This
-    module's encoders compress each batch of lines as it is encoded: at 1,000 targets the
-    plain body (~30 MB) is never held whole, nor its copy joined for gzip (peak memory)."""
+    module's encoders compress each batch of lines as it is encoded: a large plain body is
+    never held whole, nor its copy joined for gzip (peak memory; docs/benchmarks.md, "Figures
+    that were in code comments")."""
     func = encoder.func if isinstance(encoder, functools.partial) else None
     if func is _openmetrics or func is _text:
         return encoder(registry, gzipped=gzipped)  # type: ignore[call-arg]  # ours take gzipped
@@ -241,8 +242,8 @@ def _render_openmetrics(metrics: Iterable[Any], escaping: str, gzipped: bool = F
 
 class _Written:
     """The body so far, encoded (and with `gzipped` compressed) a batch of lines at a time: the
-    lines of 1,000 targets (~30 MB) are never held as strings, one joined string and its bytes
-    all at once, and a gzipped body never as plain bytes."""
+    lines of many targets are never held as strings, one joined string and its bytes all at
+    once, and a gzipped body never as plain bytes."""
 
     BATCH = 16384
 
@@ -251,7 +252,7 @@ class _Written:
         self.lines = 0
         self._gzipped = gzipped
         # Made at the first batch: a body of one batch (one target's) is compressed in one call,
-        # holding the compressor's ~300 KB only meanwhile, as gzip.compress does.
+        # holding the compressor's state only meanwhile, as gzip.compress does.
         self._gzip: Any = None
 
     def take(self, out: list[str]) -> None:
@@ -353,8 +354,9 @@ def _line_function(
     """A function writing a segment's line: f(b, v, x), or with `le` f(b, v, le, x); `b` the
     segment's base label values, `v` the row's, `x` the value. The label pairs are in the
     order prometheus_client writes them (sorted by name). Compiled once per shape into one
-    f-string (a quarter of str.format's CPU); the generated source holds only parameter
-    names and indexes, every name and quote is a constant passed in."""
+    f-string (cheaper than str.format: docs/benchmarks.md, "Figures that were in code
+    comments"); the generated source holds only parameter names and indexes, every name and
+    quote is a constant passed in."""
     key = (sample, names, base, escaping, le)
     line = _line_functions.get(key)
     if line is not None:

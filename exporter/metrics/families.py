@@ -1,12 +1,12 @@
 """Metric families that keep their samples as rows of label values until asked for Samples.
 
-prometheus_client's `add_metric` makes a `Sample` with a label dict for every series: at 1,000
-targets that is ~200,000 dicts a scrape, most of the collector's CPU, made only for the encoder
-to take apart again. These families keep `(label values, value)` rows instead, grouped in
-segments that share their label names (targets may carry different constant labels), and
-exposition.py renders them straight from the rows. Anyone else reading `samples` (the
-library's encoder, tests, the registry's helpers) gets exactly the Samples the library's own
-family of that type would hold.
+prometheus_client's `add_metric` makes a `Sample` with a label dict for every series, made only
+for the encoder to take apart again: at 1,000 targets most of the collector's CPU (figures:
+docs/benchmarks.md, "A fleet on one exporter"). These families keep `(label values, value)`
+rows instead, grouped in segments that share their label names (targets may carry different
+constant labels), and exposition.py renders them straight from the rows. Anyone else reading
+`samples` (the library's encoder, tests, the registry's helpers) gets exactly the Samples the
+library's own family of that type would hold.
 """
 
 from __future__ import annotations

@@ -43,8 +43,9 @@ REMOTE_POLL_SECONDS = 2.0
 BUSY_RETRY_SECONDS = 0.25
 # A refused prefix (or one not read yet for want of a connection) is asked for again this often.
 PREFIX_RETRY_SECONDS = 30.0
-# Bytes read per poll: feeding them is ~20 ms of the loop's thread at 1 MiB of short lines;
-# a reader behind reads again at once (up to 4 MiB a second before it skips, filetail).
+# Bytes read per poll: small enough that feeding them holds the loop's thread only briefly
+# (docs/benchmarks.md, "Figures that were in code comments"); a reader behind reads again at
+# once (up to 4 MiB a second before it skips, filetail).
 BUDGET_BYTES = 1 << 20
 # A stand-in until the server's stderr prefix is known: nothing is fed through it.
 _PENDING_PREFIX = "%m [%p] "

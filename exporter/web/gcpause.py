@@ -1,14 +1,12 @@
 """The cyclic garbage collector, paused while a /metrics answer is being made.
 
-A scrape round makes a few hundred container objects a target (rows, samples, families, lines:
-some 300,000 at 1,000 targets) that live until the body is written, and no reference cycles
-(benchmarks/fleet_profile.py counts what the collections find: nothing). With the collector
-on, those objects set off some 90 collections a round that free nothing: in process, at 240
-targets, 0.26-0.38 ms of a target's 1.8-2.2 ms of CPU (docs/benchmarks.md). Paused, reference
-counting frees everything as before. The collector runs again as soon as no answer is being
-made, and overlapping answers never keep it off longer than MAX_PAUSE, so that cycles made
-meanwhile by anything else wait at most that long.
-"""
+An answer (a scrape's metric families, the encoding, gzip) makes hundreds of thousands of
+container objects at 1,000 targets that live until the body is written, and no reference
+cycles (tests/test_gcpause.py). With the collector on, those objects set off hundreds of
+collections a round that free nothing (docs/benchmarks.md, "The hand-built parts on the new
+core"). Paused, reference counting frees everything as before. The collector runs again as soon
+as no answer is being made, and overlapping answers never keep it off longer than MAX_PAUSE,
+so that cycles made meanwhile by anything else wait at most that long."""
 
 from __future__ import annotations
 

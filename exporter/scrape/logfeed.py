@@ -30,6 +30,7 @@ from exporter.logs.prefix import PrefixError
 from exporter.logs.remote import RemoteTail
 from exporter.logs.source import Piece, SourceCounts
 from exporter.logs.stream import DEFAULT_PATTERNS, LogStream
+from exporter.scrape.merged import merged_families
 from exporter.scrape.remotelog import failure_reason, read_remote, show_log_line_prefix
 
 log = logging.getLogger(__name__)
@@ -304,12 +305,4 @@ class LogFeeds(Collector):
         """The streams' families, one per name over all targets."""
         with self._lock:
             streams = [feed.stream for feed in self._feeds.values()]
-        merged: dict[str, Metric] = {}
-        for stream in streams:
-            for family in stream.collect():
-                into = merged.get(family.name)
-                if into is None:
-                    merged[family.name] = family
-                else:
-                    into.samples.extend(family.samples)
-        yield from merged.values()
+        yield from merged_families(streams)

@@ -41,6 +41,7 @@ from exporter.db.connection import Busy, NotConnected, TargetConnection, Watchdo
 from exporter.kinds import WatchdogScope
 from exporter.sampling.sampler import MissReason, SamplerKind, TargetSampler, effective_interval
 from exporter.sampling.statements import Rows
+from exporter.scrape.merged import merged_families
 from exporter.scrape.target import SILENT_SERVER_GRACE, TargetScraper
 
 log = logging.getLogger(__name__)
@@ -224,25 +225,13 @@ class Samplers(Collector):
         """The configured targets' families, one per name over all of them."""
         with self._lock:
             samplers = [e.sampler for e in self._entries.values() if not e.probe]
-        yield from _merged(samplers)
+        yield from merged_families(samplers)
 
     def families(self, scraper: TargetScraper) -> list[Metric]:
         """One target's families, for its /probe answer (none if it is not sampled)."""
         with self._lock:
             samplers = [e.sampler for e in self._entries.values() if e.scraper is scraper]
-        return list(_merged(samplers))
-
-
-def _merged(samplers: Sequence[TargetSampler]) -> Iterator[Metric]:
-    merged: dict[str, Metric] = {}
-    for sampler in samplers:
-        for family in sampler.collect():
-            into = merged.get(family.name)
-            if into is None:
-                merged[family.name] = family
-            else:
-                into.samples.extend(family.samples)
-    yield from merged.values()
+        return list(merged_families(samplers))
 
 
 async def _sample(

@@ -6,6 +6,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -15,6 +16,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
 
+import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.app import Exporter
@@ -190,3 +192,24 @@ class ExporterProcess:
         code = stop_process(self.proc, sig, timeout)
         self.log.close()
         return code
+
+
+def refuse_at_once(dsn: str, times: int) -> list[str]:
+    """`times` connection attempts to `dsn` at once, each on a thread; the messages of those
+    refused. Give a TCP DSN for a storm: a Unix socket whose small listen backlog is full
+    answers EAGAIN at once (the attempt never reaches the server, which logs nothing), where
+    TCP retries the SYN."""
+    refused: list[str] = []
+
+    def attempt() -> None:
+        try:
+            psycopg.connect(dsn, connect_timeout=10).close()
+        except psycopg.OperationalError as exc:
+            refused.append(str(exc))
+
+    threads = [threading.Thread(target=attempt) for _ in range(times)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return refused

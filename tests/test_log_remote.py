@@ -20,7 +20,7 @@ from exporter.app import Exporter
 from exporter.config.model import parse_config
 from harness.localpg import LocalCluster
 from tests.conftest import new_cluster
-from tests.helpers import RunningExporter, Samples
+from tests.helpers import RunningExporter, Samples, refuse_at_once
 
 SQL = Path(__file__).resolve().parents[1] / "exporter" / "logs" / "sql" / "pgce_read_log.sql"
 FAILURES = "pg_connection_failures_total"
@@ -88,20 +88,8 @@ def _storm(cluster: LocalCluster, times: int) -> None:
     """Fill the server, then `times` attempts at once over TCP (test_log_sources.py says why
     not the Unix socket); every one refused for too many clients."""
     held = [psycopg.connect(cluster.dsn()) for _ in range(5)]
-    refused: list[str] = []
-
-    def attempt() -> None:
-        try:
-            psycopg.connect(cluster.dsn(host="127.0.0.1"), connect_timeout=10).close()
-        except psycopg.OperationalError as exc:
-            refused.append(str(exc))
-
     try:
-        threads = [threading.Thread(target=attempt) for _ in range(times)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30)
+        refused = refuse_at_once(cluster.dsn(host="127.0.0.1"), times)
     finally:
         for conn in held:
             conn.close()

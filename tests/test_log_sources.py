@@ -25,7 +25,7 @@ from exporter.logs.remote import LISTING_SQL, READ_SQL, RemoteTail
 from exporter.logs.stream import DEFAULT_PATTERNS, LogStream
 from harness.localpg import LocalCluster, _service_user
 from tests.conftest import new_cluster, require_program
-from tests.helpers import wait_until
+from tests.helpers import refuse_at_once, wait_until
 from tests.pgbouncer_server import PgBouncer
 
 SQL = Path(__file__).resolve().parents[1] / "exporter" / "logs" / "sql" / "pgce_read_log.sql"
@@ -96,23 +96,12 @@ def test_a_storm_of_concurrent_refusals_is_counted_exactly(major: str) -> None:
         stream = LogStream({"target": "t"}, "csvlog", tail.counts)
         stream.feed(tail.read_available(1 << 20))
         held = [psycopg.connect(cluster.dsn(user="postgres")) for _ in range(5)]
-        refused: list[str] = []
-
-        # Over TCP: a Unix socket whose small listen backlog is full answers EAGAIN at once (the
-        # attempt never reaches the server, which logs nothing), where TCP retries the SYN.
-        def attempt() -> None:
-            try:
-                psycopg.connect(cluster.dsn(host="127.0.0.1"), connect_timeout=10).close()
-            except psycopg.OperationalError as exc:
-                refused.append(str(exc))
-
-        threads = [threading.Thread(target=attempt) for _ in range(40)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30)
-        for conn in held:
-            conn.close()
+        try:
+            # Over TCP (refuse_at_once says why).
+            refused = refuse_at_once(cluster.dsn(host="127.0.0.1"), 40)
+        finally:
+            for conn in held:
+                conn.close()
         others = [r for r in refused if "too many clients" not in r]
         assert len(refused) == 40 and not others, others
         expected = {("too_many_clients", "postgres", "postgres", "127.0.0.1"): 40}

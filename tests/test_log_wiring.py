@@ -20,7 +20,7 @@ from exporter.app import Exporter
 from exporter.config.model import parse_config
 from harness.localpg import LocalCluster
 from tests.conftest import new_cluster
-from tests.helpers import RunningExporter, Samples, wait_until
+from tests.helpers import RunningExporter, Samples, refuse_at_once, wait_until
 from tests.pgbouncer_server import PgBouncer
 
 FAILURES = "pg_connection_failures_total"
@@ -56,24 +56,6 @@ class Reloadable:
     def reload(self, config: dict[str, Any]) -> None:
         self.config = config
         assert self.exporter.reload() == []
-
-
-def _refuse_over_tcp(cluster: LocalCluster, times: int) -> list[str]:
-    """Attempts at once over TCP (test_log_sources.py says why not the Unix socket)."""
-    refused: list[str] = []
-
-    def attempt() -> None:
-        try:
-            psycopg.connect(cluster.dsn(host="127.0.0.1"), connect_timeout=10).close()
-        except psycopg.OperationalError as exc:
-            refused.append(str(exc))
-
-    threads = [threading.Thread(target=attempt) for _ in range(times)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    return refused
 
 
 def _open_in(directory: Path) -> list[str]:
@@ -116,7 +98,7 @@ def test_refusals_are_counted_on_metrics_and_kept_over_a_reload(
         assert zeros.keys() >= {"authentication_failed", "no_hba_entry", "could_not_fork"}
 
         held = [psycopg.connect(cluster.dsn()) for _ in range(5)]
-        refused = _refuse_over_tcp(cluster, 40)
+        refused = refuse_at_once(cluster.dsn(host="127.0.0.1"), 40)
         others = [r for r in refused if "too many clients" not in r]
         assert len(refused) == 40 and not others, others
         who = {
@@ -135,7 +117,7 @@ def test_refusals_are_counted_on_metrics_and_kept_over_a_reload(
         other = {"name": "other", "dsn": cluster.dsn(), "connect_timeout": 3}
         exp.reload({"targets": [_target(cluster, **log), other]})
         assert exp.running.scrape().get(FAILURES, **who) == 40
-        refused = _refuse_over_tcp(cluster, 3)
+        refused = refuse_at_once(cluster.dsn(host="127.0.0.1"), 3)
         assert len(refused) == 3, refused
         exp.running.scrape_until(lambda s: s.get(FAILURES, **who) == 43, what="43 counted")
 

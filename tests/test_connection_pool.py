@@ -90,6 +90,24 @@ async def test_the_samplers_borrow_never_waits(pg: LocalCluster) -> None:
             assert time.monotonic() - started < 0.1
         async with connection.idle_connection() as conn:
             assert (await (await conn.execute("SELECT 1")).fetchone()) == (1,)
+        # A terminated session: the borrow says so and starts no attempt (between scrapes the
+        # exporter does not race the server's clients for the slot it freed); a scrape's use
+        # replaces it.
+        (old,) = await asyncio.to_thread(_sessions, pg)
+        await asyncio.to_thread(_terminate, pg, old)
+        deadline = time.monotonic() + 10
+        while old in await asyncio.to_thread(_sessions, pg):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        for _ in range(5):
+            with pytest.raises(NotConnected):
+                async with connection.idle_connection():
+                    pass
+            await asyncio.sleep(0.1)
+        assert await asyncio.to_thread(_sessions, pg) == []
+        async with connection.connection(timeout=10) as conn:
+            assert (await (await conn.execute("SELECT 1")).fetchone()) == (1,)
+        assert len(await asyncio.to_thread(_sessions, pg)) == 1
     finally:
         await connection.close()
 

@@ -284,11 +284,15 @@ class TargetConnection:
     @asynccontextmanager
     async def idle_connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         """The held connection at once, for a sampler's tick that must never delay a scrape:
-        Busy if anyone holds or waits for it, NotConnected if there is none now (no attempt is
-        started for it)."""
+        Busy if anyone holds or waits for it, NotConnected if there is none now, or if the
+        server has said something on it (most likely its goodbye: a terminated session).
+        No attempt is started for it: the next scrape's check replaces a lost session, so
+        that between scrapes the exporter does not race the server's clients for the slot a
+        lost session freed."""
         if self._users:
             raise Busy
-        if not self.connected:
+        conn = self._session
+        if conn is None or conn.closed or conn.broken or _readable(conn):
             raise NotConnected
         async with self.connection(0.001) as conn:
             yield conn
@@ -308,9 +312,7 @@ class TargetConnection:
             return
         if conn.closed or conn.broken:
             raise psycopg.OperationalError("the connection is closed")
-        poller = select.poll()  # not select(): a descriptor may be above FD_SETSIZE
-        poller.register(conn.fileno(), select.POLLIN)
-        if poller.poll(0):
+        if _readable(conn):
             await conn.execute("")
 
     async def set_statement_timeout(
@@ -584,6 +586,14 @@ class ScrapeTransaction:
         # On failure the connection is gone: its check before the next use replaces it.
         with contextlib.suppress(psycopg.Error):
             await self._owner.control(self._conn, command)
+
+
+def _readable(conn: psycopg.AsyncConnection[Any]) -> bool:
+    """Whether the server has sent something on the idle `conn` (poll, not select: a
+    descriptor may be above FD_SETSIZE)."""
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
 
 
 @functools.lru_cache(maxsize=1024)

@@ -556,7 +556,7 @@ def render_groups(t: Mapping[str, Any]) -> list[dict[str, Any]]:
             f"""
             {where}: no slot was left for ordinary roles for about
             {{{{ $value | printf "%.0f" }}}} seconds in the last {brief["window"]}
-            (sampled every second between scrapes)"""
+            (sampled between scrapes)"""
             + _sel(job)
             + "{{ with query (printf `pg_connections_used_peak{%s}` $sel) }}"
             ", peak {{ . | first | value }}"

@@ -195,7 +195,7 @@ def saturation_rows(L: Layout) -> None:
     L.add(
         timeseries(
             "Time at each saturation level",
-            "Share of the time, sampled every second between scrapes, that utilization was at "
+            "Share of the time, sampled between scrapes (every second by default), that utilization was at "
             "or above each level: the alerts' 80% and 90%, and 100% (exhaustion: ordinary "
             "roles refused). 100% for a few seconds is PostgresConnectionsBrieflyExhausted.",
             [

@@ -195,9 +195,10 @@ def saturation_rows(L: Layout) -> None:
     L.add(
         timeseries(
             "Time at each saturation level",
-            "Share of the time, sampled between scrapes (every second by default), that utilization was at "
-            "or above each level: the alerts' 80% and 90%, and 100% (exhaustion: ordinary "
-            "roles refused). 100% for a few seconds is PostgresConnectionsBrieflyExhausted.",
+            "Share of the time, sampled between scrapes (every second by default), that "
+            "utilization was at or above each level: the alerts' 80% and 90%, and 100% "
+            "(exhaustion: ordinary roles refused). 100% for a few seconds is "
+            "PostgresConnectionsBrieflyExhausted.",
             [
                 q(
                     f"max by (level) (rate(pg_connections_saturation_seconds_total{{{F}}}"

@@ -112,6 +112,38 @@ async def test_the_samplers_borrow_never_waits(pg: LocalCluster) -> None:
         await connection.close()
 
 
+async def test_a_session_lost_under_a_samplers_statement_waits_for_a_scrape(
+    pg: LocalCluster,
+) -> None:
+    """The server ends the session while a sampler's statement runs on it: the pool learns of
+    the loss at once, and still opens no session until a scrape needs one (between scrapes
+    the freed slot is left to the server's clients)."""
+    connection = _connection(pg.dsn())
+    await connection.open()
+    try:
+        async with connection.connection(timeout=10):
+            pass
+        (old,) = await asyncio.to_thread(_sessions, pg)
+        with pytest.raises(psycopg.OperationalError):
+            async with connection.idle_connection() as conn:
+                sleeping = asyncio.ensure_future(conn.execute("SELECT pg_sleep(5)"))
+                await asyncio.sleep(0.3)
+                await asyncio.to_thread(_terminate, pg, old)
+                await sleeping
+        deadline = time.monotonic() + 10
+        while old in await asyncio.to_thread(_sessions, pg):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        for _ in range(15):
+            await asyncio.sleep(0.1)
+            assert await asyncio.to_thread(_sessions, pg) == [], "replaced without a scrape"
+        async with connection.connection(timeout=10) as conn:
+            assert (await (await conn.execute("SELECT 1")).fetchone()) == (1,)
+        assert len(await asyncio.to_thread(_sessions, pg)) == 1
+    finally:
+        await connection.close()
+
+
 class _Refuser:
     """A TCP port that accepts each connection and closes it at once, noting when: every
     connect attempt made to it, as the server sees them."""

@@ -114,6 +114,7 @@ class _HeldPool(AsyncConnectionPool[psycopg.AsyncConnection[Any]]):
         self._owner = owner
 
     async def _connect(self, timeout: float | None = None) -> psycopg.AsyncConnection[Any]:
+        await self._owner._wanted_again()
         await self._owner._spaced()
         try:
             conn = await super()._connect(timeout)
@@ -151,6 +152,11 @@ class TargetConnection:
         self._failures_in_a_row = 0
         self._next_attempt = 0.0
         self._users = 0
+        # Users that need a session now (a scrape, a probe; not a sampler's borrow), and an
+        # event set when one comes (or the connection closes): a lost session is replaced only
+        # then (_wanted_again).
+        self._demand = 0
+        self._demanded = asyncio.Event()
         self._closing = asyncio.Event()
         kwargs: dict[str, Any] = {
             "autocommit": True,
@@ -194,6 +200,7 @@ class TargetConnection:
     async def close(self, timeout: float = 5.0) -> None:
         """Close the connection, once its user (if any) is done with it or `timeout` passed."""
         self._closing.set()
+        self._demanded.set()
         await self._pool.close(timeout)
 
     @property
@@ -206,6 +213,19 @@ class TargetConnection:
         """Inside `idle_connection`: whether someone else (a scrape) now waits for the
         connection, so that a sampler gives it back before its next statement."""
         return self._users > 1
+
+    async def _wanted_again(self) -> None:
+        """Before an attempt: the first session is opened at once (start-up); a lost one is
+        replaced only once someone needs it (a scrape), not when the pool notices the loss
+        (a sampler's statement on a session the server ended). Between scrapes the exporter
+        does not race the server's clients for the slot the lost session freed."""
+        if self._session is None:
+            return
+        while self._demand == 0 and not self._closing.is_set():
+            self._demanded.clear()
+            await self._demanded.wait()
+        if self._closing.is_set():
+            raise _Closing
 
     async def _spaced(self) -> None:
         """Before an attempt: at most one a second, backing off to one every 10 s while they
@@ -263,12 +283,17 @@ class TargetConnection:
         )
 
     @asynccontextmanager
-    async def connection(self, timeout: float) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    async def connection(
+        self, timeout: float, demand: bool = True
+    ) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         """The held connection, waiting at most `timeout` seconds for it to be (re)opened (or
         for its user to be done); NotConnected if it is not there by then. A connection left
         broken, mid-statement or in a transaction goes back to the pool, which rolls it back
-        or replaces it in the background."""
+        or replaces it in the background (a lost one while someone with `demand` waits)."""
         self._users += 1
+        if demand:
+            self._demand += 1
+            self._demanded.set()
         try:
             try:
                 conn = await self._pool.getconn(max(timeout, 0.001))
@@ -280,21 +305,23 @@ class TargetConnection:
                 await self._pool.putconn(conn)
         finally:
             self._users -= 1
+            if demand:
+                self._demand -= 1
 
     @asynccontextmanager
     async def idle_connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         """The held connection at once, for a sampler's tick that must never delay a scrape:
         Busy if anyone holds or waits for it, NotConnected if there is none now, or if the
         server has said something on it (most likely its goodbye: a terminated session).
-        No attempt is started for it: the next scrape's check replaces a lost session, so
-        that between scrapes the exporter does not race the server's clients for the slot a
-        lost session freed."""
+        No attempt is started for it, nor for a session lost during it: the next scrape
+        replaces a lost session (_wanted_again), so that between scrapes the exporter does
+        not race the server's clients for the slot a lost session freed."""
         if self._users:
             raise Busy
         conn = self._session
         if conn is None or conn.closed or conn.broken or _readable(conn):
             raise NotConnected
-        async with self.connection(0.001) as conn:
+        async with self.connection(0.001, demand=False) as conn:
             yield conn
 
     async def _check(self, conn: psycopg.AsyncConnection[Any]) -> None:

@@ -127,7 +127,10 @@ async def test_a_session_lost_under_a_samplers_statement_waits_for_a_scrape(
         with pytest.raises(psycopg.OperationalError):
             async with connection.idle_connection() as conn:
                 sleeping = asyncio.ensure_future(conn.execute("SELECT pg_sleep(5)"))
-                await asyncio.sleep(0.3)
+                deadline = time.monotonic() + 10
+                while not await asyncio.to_thread(_sleeping, pg, old):
+                    assert time.monotonic() < deadline, "the statement never ran"
+                    await asyncio.sleep(0.02)
                 await asyncio.to_thread(_terminate, pg, old)
                 await sleeping
         deadline = time.monotonic() + 10
@@ -142,6 +145,21 @@ async def test_a_session_lost_under_a_samplers_statement_waits_for_a_scrape(
         assert len(await asyncio.to_thread(_sessions, pg)) == 1
     finally:
         await connection.close()
+        # Had it failed mid-way, a sleeping session would be counted by the next test on
+        # this shared server.
+        for pid in await asyncio.to_thread(_sessions, pg):
+            await asyncio.to_thread(_terminate, pg, pid)
+
+
+def _sleeping(pg: LocalCluster, pid: int) -> bool:
+    """Whether backend `pid` is running its pg_sleep now."""
+    with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT state = 'active' AND query LIKE '%%pg_sleep%%' FROM pg_stat_activity"
+            " WHERE pid = %s",
+            (pid,),
+        ).fetchone()
+    return bool(row and row[0])
 
 
 class _Refuser:

@@ -311,15 +311,15 @@ class TargetConnection:
     @asynccontextmanager
     async def idle_connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         """The held connection at once, for a sampler's tick that must never delay a scrape:
-        Busy if anyone holds or waits for it, NotConnected if there is none now, or if the
-        server has said something on it (most likely its goodbye: a terminated session).
-        No attempt is started for it, nor for a session lost during it: the next scrape
-        replaces a lost session (_wanted_again), so that between scrapes the exporter does
-        not race the server's clients for the slot a lost session freed."""
+        Busy if anyone holds or waits for it, NotConnected if there is none now (the pool's
+        check finds a session the server ended). No attempt is started for it, nor for a
+        session lost during it: the next scrape replaces a lost session (_wanted_again), so
+        that between scrapes the exporter does not race the server's clients for the slot a
+        lost session freed."""
         if self._users:
             raise Busy
         conn = self._session
-        if conn is None or conn.closed or conn.broken or _readable(conn):
+        if conn is None or conn.closed or conn.broken:
             raise NotConnected
         async with self.connection(0.001, demand=False) as conn:
             yield conn

@@ -146,17 +146,14 @@ class TargetSampler:
         # missed for a scrape is still covered, a longer silence is not guessed at.
         gap = 2 * self.interval
         self.slots = Accumulator([*levels, 1.0], settings.window, gap)
-        # PgBouncer's waiting clients (a PostgreSQL target has none: ~1 KB a target less).
-        self.waiting = Accumulator([1.0], settings.window, gap) if kind == "pgbouncer" else None
+        self.waiting = Accumulator([1.0], settings.window, gap)
         self._max_client_conn: int | None = None
         self._limit_read_at: float | None = None
 
     def retime(self, interval: float) -> None:
         """A new interval (targets came or went): a sample still stands for at most two."""
         self.interval = interval
-        for accumulator in (self.slots, self.waiting):
-            if accumulator is not None:
-                accumulator.max_gap = 2 * interval
+        self.slots.max_gap = self.waiting.max_gap = 2 * interval
 
     def statements(self, now: float) -> tuple[str, ...]:
         """What to run this tick, in order, on the held connection."""
@@ -181,8 +178,7 @@ class TargetSampler:
             self.missed(now, "error")
             return
         self.slots.record(now, bouncer.clients, self._max_client_conn)
-        if self.waiting is not None:
-            self.waiting.record(now, bouncer.waiting, 1)
+        self.waiting.record(now, bouncer.waiting, 1)
 
     def missed(self, now: float, reason: MissReason) -> None:
         self.slots.missed(now, reason)
@@ -195,7 +191,6 @@ class TargetSampler:
             used, ratio, seconds = POSTGRES_METRICS
             peaks = ((used, slots.peak_value), (ratio, slots.peak_ratio))
         else:
-            assert self.waiting is not None, "a PgBouncer sampler has its waiting clients"
             waiting = self.waiting.read(now)
             wait_peak, wait_seconds, clients, seconds = PGBOUNCER_METRICS
             peaks = ((wait_peak, waiting.peak_value), (clients, slots.peak_value))

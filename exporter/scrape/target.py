@@ -38,8 +38,9 @@ from exporter.scrape.logincheck import LoginChecker, LoginResult
 
 log = logging.getLogger(__name__)
 
-# Results of at most this many rows are fingerprinted to compare with the next (CPU per target).
-_KEEP_ROWS = 64
+# Results of at most this many rows are fingerprinted to compare with the next; larger ones
+# (sessions by client, by application) seldom repeat, and would cost the hashing for nothing.
+_FINGERPRINTED_ROWS = 64
 QUERY_ERROR_REASONS = ("error", "timeout", "deadline", "connection", "invalid_result")
 # Seconds kept back from the deadline so that the answer still reaches Prometheus in time.
 DEADLINE_MARGIN = 0.25
@@ -89,11 +90,20 @@ def rows_fingerprint(rows: Sequence[Row]) -> bytes | None:
     pickle cannot write (the rows are then built every time). Kept instead of the rows
     themselves, which at 1,000 targets held 50 MB between scrapes (docs/benchmarks.md, "The
     fleet's memory")."""
+    digest = hashlib.blake2b(digest_size=16)
     try:
-        data = pickle.dumps(rows, protocol=5)
+        # Pickled straight into the hash: no copy of a large value is made for it.
+        pickle.Pickler(_Hashing(digest), protocol=5).dump(rows)
     except Exception:  # any value a loader may give that has no pickle: not fingerprinted
         return None
-    return hashlib.blake2b(data, digest_size=16).digest()
+    return digest.digest()
+
+
+class _Hashing:
+    """A file for pickle that feeds what it is given to a hash."""
+
+    def __init__(self, digest: Any) -> None:
+        self.write = digest.update
 
 
 class TargetScraper:
@@ -371,7 +381,7 @@ class TargetScraper:
                 )
             self._complete_columns[query.name] = columns  # checked once per result shape
         last = self._last_rows.get(query.name)
-        fingerprint = rows_fingerprint(rows) if len(rows) <= _KEEP_ROWS else None
+        fingerprint = rows_fingerprint(rows) if len(rows) <= _FINGERPRINTED_ROWS else None
         if (
             fingerprint is not None
             and last is not None
